@@ -1,0 +1,310 @@
+"""Clearing arithmetic (清分): what each order contributes to the running balances,
+as double-entry postings, and the balances they add up to.
+
+Every order has a *position*: the legs it currently contributes, each leg an
+(account, bucket, component) with a signed amount in minor units. Accounts:
+
+    channel:<id>         what the channel collected for us (asset, +)
+    coupon:<channel>     platform-funded coupons owed by the marketing account (+)
+    merchant:<id>        what we owe the merchant (liability, -)
+    fees:<channel>       fees charged to merchants (income, -)
+
+A payment of amount A with platform coupon C and channel fee F (S11):
+
+    channel:<ch>   gross   +(A - C)
+    coupon:<ch>    coupon  +C
+    merchant:<m>   gross   -A
+    merchant:<m>   fee     +F
+    fees:<ch>      fee     -F
+
+A refund of R:  channel:<ch> refund -R,  merchant:<m> refund +R.
+A reversal moves its original's position to zero.
+
+The bucket is the order's standing: `provisional` or `confirmed` (S10). When an
+order's state changes, tally posts the difference between its new and old
+position. Each position sums to zero per bucket, so every posting does too, and
+at every moment:
+
+    sum(merchant payable) + sum(fees) == sum(channel) + sum(coupon funding)
+
+(payable and fees being the negated account balances). `BalanceBook.check()` and
+the property tests hold tally to that after every event.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from tally.events import iso_ms
+from tally.money import format_minor
+from tally.orders import OrderState, OrderView, Standing
+
+BUCKETS = ("provisional", "confirmed")
+COMPONENTS = ("gross", "refund", "fee", "coupon")
+
+Leg = tuple[str, str, str]  # (account, bucket, component)
+
+
+def leg_key(account: str, bucket: str, component: str) -> str:
+    return f"{account}|{bucket}|{component}"
+
+
+def split_leg(key: str) -> Leg:
+    a, b, c = key.split("|")
+    return a, b, c
+
+
+def position(state: OrderState, v: OrderView) -> dict[str, int]:
+    """The legs an order contributes now, keyed by `leg_key`."""
+    if v.standing is Standing.NONE or not state.known:
+        return {}
+    bucket = v.standing.value
+    ch, m = state.channel_id, state.merchant_id
+    legs: dict[str, int] = {}
+
+    def add(account: str, component: str, amount: int) -> None:
+        if amount:
+            k = leg_key(account, bucket, component)
+            legs[k] = legs.get(k, 0) + amount
+
+    if state.type == "payment":
+        a, c, f = state.amount, state.coupon_amount, v.fee
+        add(f"channel:{ch}", "gross", a - c)
+        add(f"coupon:{ch}", "coupon", c)
+        add(f"merchant:{m}", "gross", -a)
+        add(f"merchant:{m}", "fee", f)
+        add(f"fees:{ch}", "fee", -f)
+    elif state.type == "refund":
+        add(f"channel:{ch}", "refund", -state.amount)
+        add(f"merchant:{m}", "refund", state.amount)
+    # a reversal order has no position of its own: it zeroes its original's
+    return legs
+
+
+def diff(new: dict[str, int], old: dict[str, int]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for k in new.keys() | old.keys():
+        d = new.get(k, 0) - old.get(k, 0)
+        if d:
+            out[k] = d
+    return out
+
+
+@dataclass(slots=True)
+class Posting:
+    """One balanced movement of the balances, caused by one change of one order."""
+
+    posting_id: str  # <txn_id>:<seq>, stable across replays
+    txn_id: str
+    seq: int
+    merchant_id: str | None
+    channel_id: str | None
+    currency: str
+    reason: str  # the standing moved to: provisional | confirmed | none
+    legs: dict[str, int]
+    event_time_ms: int
+    business_date: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "posting_id": self.posting_id,
+            "txn_id": self.txn_id,
+            "seq": self.seq,
+            "merchant_id": self.merchant_id,
+            "channel_id": self.channel_id,
+            "currency": self.currency,
+            "reason": self.reason,
+            "business_date": self.business_date,
+            "event_time": iso_ms(self.event_time_ms),
+            "legs": [
+                {
+                    "account": a,
+                    "bucket": b,
+                    "component": c,
+                    "amount": format_minor(amt, self.currency),
+                    "amount_minor": amt,
+                }
+                for (a, b, c), amt in sorted((split_leg(k), v) for k, v in self.legs.items())
+            ],
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Posting:
+        from tally.events import parse_timestamp
+
+        return cls(
+            posting_id=d["posting_id"],
+            txn_id=d["txn_id"],
+            seq=d["seq"],
+            merchant_id=d.get("merchant_id"),
+            channel_id=d.get("channel_id"),
+            currency=d["currency"],
+            reason=d["reason"],
+            legs={
+                leg_key(x["account"], x["bucket"], x["component"]): int(x["amount_minor"])
+                for x in d["legs"]
+            },
+            event_time_ms=parse_timestamp(d["event_time"], "event_time"),
+            business_date=d.get("business_date"),
+        )
+
+    def legs_by_account(self) -> Iterator[tuple[str, dict[str, int]]]:
+        """Group legs by account: what the balance agent applies per account key."""
+        grouped: dict[str, dict[str, int]] = defaultdict(dict)
+        for k, v in self.legs.items():
+            a, b, c = split_leg(k)
+            grouped[a][f"{b}|{c}"] = v
+        yield from grouped.items()
+
+
+def repost(state: OrderState, v: OrderView, event_time_ms: int) -> Posting | None:
+    """Move the order's posted position to what its state now calls for."""
+    target = position(state, v)
+    delta = diff(target, state.posted)
+    if not delta:
+        return None
+    state.posting_seq += 1
+    state.posted = target
+    assert state.currency is not None
+    return Posting(
+        posting_id=f"{state.txn_id}:{state.posting_seq}",
+        txn_id=state.txn_id,
+        seq=state.posting_seq,
+        merchant_id=state.merchant_id,
+        channel_id=state.channel_id,
+        currency=state.currency,
+        reason=v.standing.value,
+        legs=delta,
+        event_time_ms=event_time_ms,
+        business_date=state.business_date,
+    )
+
+
+# ------------------------------------------------------------------ balances
+
+
+@dataclass(slots=True)
+class Balance:
+    """Running balance of one account in one currency: amounts per bucket|component."""
+
+    account: str
+    currency: str
+    amounts: dict[str, int] = field(default_factory=dict)  # "<bucket>|<component>"
+    postings: int = 0
+
+    def apply(self, legs: dict[str, int]) -> None:
+        for k, v in legs.items():
+            self.amounts[k] = self.amounts.get(k, 0) + v
+        self.postings += 1
+
+    def total(self, bucket: str | None = None, component: str | None = None) -> int:
+        s = 0
+        for k, v in self.amounts.items():
+            b, c = k.split("|")
+            if (bucket is None or b == bucket) and (component is None or c == component):
+                s += v
+        return s
+
+    @property
+    def kind(self) -> str:
+        return self.account.split(":", 1)[0]
+
+    @property
+    def owner(self) -> str:
+        return self.account.split(":", 1)[1]
+
+    def summary(self) -> dict[str, Any]:
+        """Human-facing figures, signed from the account holder's side: a merchant's
+        `net` is what we owe it; a channel's `net` is what it collected for us."""
+        sign = -1 if self.kind in ("merchant", "fees") else 1
+        cur = self.currency
+
+        def fmt(x: int) -> str:
+            return format_minor(sign * x, cur)
+
+        return {
+            "account": self.account,
+            "currency": cur,
+            "provisional": fmt(self.total("provisional")),
+            "confirmed": fmt(self.total("confirmed")),
+            "gross": fmt(self.total(component="gross")),
+            "refunds": fmt(self.total(component="refund")),
+            "fees": fmt(self.total(component="fee")),
+            "coupon_funding": fmt(self.total(component="coupon")),
+            "net": fmt(self.total()),
+            "postings": self.postings,
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "account": self.account,
+            "currency": self.currency,
+            "amounts": self.amounts,
+            "postings": self.postings,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Balance:
+        return cls(d["account"], d["currency"], dict(d["amounts"]), d["postings"])
+
+
+def balance_key(account: str, currency: str) -> str:
+    return f"{account}|{currency}"
+
+
+class BalanceBook:
+    """All balances, in memory: for tests, the simulator's oracle and summaries.
+    The stream keeps the same `Balance` objects in a Faust table keyed by account."""
+
+    def __init__(self) -> None:
+        self.balances: dict[str, Balance] = {}
+        self.applied: set[str] = set()
+
+    def apply(self, p: Posting) -> bool:
+        if p.posting_id in self.applied:
+            return False
+        self.applied.add(p.posting_id)
+        for account, legs in p.legs_by_account():
+            k = balance_key(account, p.currency)
+            b = self.balances.get(k)
+            if b is None:
+                b = self.balances[k] = Balance(account, p.currency)
+            b.apply(legs)
+        return True
+
+    def apply_all(self, postings: Iterable[Posting]) -> None:
+        for p in postings:
+            self.apply(p)
+
+    def check(self) -> None:
+        """The double-entry invariant, per currency and bucket."""
+        assert_balanced(self.balances.values())
+
+
+class ImbalanceError(AssertionError):
+    pass
+
+
+def invariant_sums(balances: Iterable[Balance]) -> dict[tuple[str, str], dict[str, int]]:
+    """Per (currency, bucket): merchant payable, fees, channel, coupon funding."""
+    sums: dict[tuple[str, str], dict[str, int]] = defaultdict(
+        lambda: {"merchant": 0, "fees": 0, "channel": 0, "coupon": 0}
+    )
+    for b in balances:
+        for bucket in BUCKETS:
+            t = b.total(bucket)
+            sign = -1 if b.kind in ("merchant", "fees") else 1
+            sums[(b.currency, bucket)][b.kind] += sign * t
+    return dict(sums)
+
+
+def assert_balanced(balances: Iterable[Balance]) -> None:
+    for (cur, bucket), s in invariant_sums(balances).items():
+        if s["merchant"] + s["fees"] != s["channel"] + s["coupon"]:
+            raise ImbalanceError(
+                f"{cur} {bucket}: merchants {s['merchant']} + fees {s['fees']} != "
+                f"channels {s['channel']} + coupon funding {s['coupon']}"
+            )

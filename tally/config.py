@@ -1,0 +1,129 @@
+"""One configuration object for every part of tally.
+
+Read from the environment (prefix `TALLY_`) and from `.env` in the working
+directory; `tally config` prints the effective values with secrets masked.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from tally.policy import ChannelPolicy, Policies
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="TALLY_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        frozen=True,
+        extra="ignore",
+    )
+
+    # ------------------------------------------------------------------ broker
+    broker: str | None = Field(
+        None,
+        description="Kafka bootstrap servers as kafka://host:port[,host:port]; unset: start "
+        "the embedded Tansu broker (memory only)",
+    )
+    embedded_broker_host: str = Field("127.0.0.1", description="embedded broker listen address")
+    embedded_broker_port: int = Field(9092, description="embedded broker port")
+    app_id: str = Field("tally", description="Faust app id: consumer group and table prefix")
+    partitions: int = Field(4, ge=1, description="partitions of every tally topic")
+    processing_guarantee: str = Field(
+        "at_least_once",
+        description="at_least_once, or exactly_once (needs Apache Kafka transactions)",
+    )
+
+    # ------------------------------------------------------------------ topics
+    topic_transactions: str = "payments.transactions"
+    topic_callbacks: str = "payments.callbacks"
+    topic_breaks: str = "payments.breaks"
+    topic_postings: str = "payments.postings"
+    topic_status_queries: str = "payments.status-queries"
+    topic_dead_letter: str = "payments.dead-letter"
+
+    # --------------------------------------------------------------- behaviour
+    channels: dict[str, ChannelPolicy] = Field(
+        default_factory=dict,
+        description='per-channel policy as JSON, e.g. {"unionpay": {"cutoff": "23:00", '
+        '"query_before_final_success": true}}',
+    )
+    default_channel: ChannelPolicy = Field(
+        default_factory=ChannelPolicy, description="policy for channels not in TALLY_CHANNELS"
+    )
+    allowed_lateness_seconds: float = Field(
+        5.0, ge=0, description="event-time slack before timers fire"
+    )
+    idle_tick_seconds: float = Field(
+        2.0, gt=0, description="an idle partition's watermark follows the wall clock after this"
+    )
+    max_message_bytes: int = Field(
+        64 * 1024, gt=0, description="larger input messages go to the dead-letter topic"
+    )
+
+    # ----------------------------------------------------------------- storage
+    data_dir: str = Field("./data", description="local data (chDB files, logs)")
+    clickhouse_url: SecretStr | None = Field(
+        None, description="clickhouse://user:password@host:9000/db; unset: embedded chDB"
+    )
+
+    # ------------------------------------------------------------- operations
+    web_port: int = Field(6066, description="Faust web endpoint (health, metrics)")
+    log_level: str = Field("warning", description="worker log level")
+
+    @field_validator("broker")
+    @classmethod
+    def _broker_url(cls, v: str | None) -> str | None:
+        if v is None or v == "":
+            return None
+        if not re.match(r"^kafka://[^/,\s]+:\d+(,[^/,\s]+:\d+)*/?$", v):
+            raise ValueError(
+                f"TALLY_BROKER must look like kafka://host:port[,host:port], got {v!r}"
+            )
+        return v.rstrip("/")
+
+    @field_validator("processing_guarantee")
+    @classmethod
+    def _guarantee(cls, v: str) -> str:
+        if v not in ("at_least_once", "exactly_once"):
+            raise ValueError("TALLY_PROCESSING_GUARANTEE is at_least_once or exactly_once")
+        return v
+
+    # ---------------------------------------------------------------- helpers
+
+    @property
+    def embedded(self) -> bool:
+        return self.broker is None
+
+    def broker_url(self) -> str:
+        if self.broker:
+            return self.broker
+        return f"kafka://{self.embedded_broker_host}:{self.embedded_broker_port}"
+
+    def bootstrap_servers(self) -> str:
+        return self.broker_url().removeprefix("kafka://")
+
+    def policies(self) -> Policies:
+        return Policies(self.channels, self.default_channel)
+
+    def masked(self) -> dict[str, Any]:
+        """Effective settings as JSON-ready values, secrets masked."""
+        out: dict[str, Any] = json.loads(self.model_dump_json())
+        if self.clickhouse_url is not None:
+            out["clickhouse_url"] = _mask_url(self.clickhouse_url.get_secret_value())
+        return out
+
+
+def _mask_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return parts._replace(netloc=netloc).geturl()

@@ -1,0 +1,395 @@
+"""The event contract: what tally reads from `payments.transactions` and
+`payments.callbacks`, validated on the way in.
+
+The JSON Schema files in `tally/schemas/` describe the same contract for producers;
+`tests/test_events.py` checks that this validator and the schemas agree. Validation
+here is hand-written because it runs on every message (tens of thousands a second)
+and must say exactly which field is wrong.
+
+Unknown extra fields are ignored. Anything else that does not fit raises
+`InvalidEvent`, whose `code` is a short machine-readable reason (used as a metric
+label and in the dead-letter record) and whose message names the field.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from tally.money import MoneyError, format_minor, is_currency, to_minor
+
+TXN_TYPES = ("payment", "refund", "reversal")
+TXN_STATUSES = ("pending", "success", "failed", "closed")
+CALLBACK_SOURCES = ("sync", "notify", "query")
+CALLBACK_STATUSES = ("pending", "success", "failed", "reversed", "refunded")
+
+MAX_ID_LENGTH = 64
+_ID_RE = re.compile(r"^[\x21-\x7e]{1,64}$")  # printable ASCII, no spaces
+
+
+class InvalidEvent(ValueError):
+    """A message that does not satisfy the contract.
+
+    `code` is one of: bad_json, too_large, not_object, missing_field, wrong_type,
+    bad_id, unknown_enum, bad_amount, negative_amount, bad_currency, bad_timestamp,
+    key_mismatch, inconsistent.
+    """
+
+    def __init__(self, code: str, message: str, field: str | None = None) -> None:
+        super().__init__(f"{field}: {message}" if field else message)
+        self.code = code
+        self.field = field
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class Transaction:
+    """Our own record of an order (a payment, refund or reversal) at one moment."""
+
+    event_id: str
+    txn_id: str
+    type: str
+    merchant_id: str
+    channel_id: str
+    amount: int  # minor units
+    currency: str
+    status: str
+    original_txn_id: str | None
+    occurred_at_ms: int  # epoch milliseconds, UTC
+    coupon_amount: int = 0  # minor units, platform-funded (S11)
+    terminal_id: str | None = None
+
+    @property
+    def occurred_at(self) -> datetime:
+        return from_epoch_ms(self.occurred_at_ms)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "event_id": self.event_id,
+            "txn_id": self.txn_id,
+            "type": self.type,
+            "merchant_id": self.merchant_id,
+            "channel_id": self.channel_id,
+            "amount": format_minor(self.amount, self.currency),
+            "currency": self.currency,
+            "status": self.status,
+            "original_txn_id": self.original_txn_id,
+            "occurred_at": iso_ms(self.occurred_at_ms),
+        }
+        if self.coupon_amount:
+            out["coupon_amount"] = format_minor(self.coupon_amount, self.currency)
+        if self.terminal_id is not None:
+            out["terminal_id"] = self.terminal_id
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Callback:
+    """One piece of channel evidence about an order: sync, notify or query."""
+
+    event_id: str
+    txn_id: str
+    channel_id: str
+    channel_txn_id: str
+    source: str
+    status: str
+    amount: int  # minor units
+    currency: str
+    fee: int | None  # minor units; None when the channel did not say
+    occurred_at_ms: int
+
+    @property
+    def occurred_at(self) -> datetime:
+        return from_epoch_ms(self.occurred_at_ms)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "event_id": self.event_id,
+            "txn_id": self.txn_id,
+            "channel_id": self.channel_id,
+            "channel_txn_id": self.channel_txn_id,
+            "source": self.source,
+            "status": self.status,
+            "amount": format_minor(self.amount, self.currency),
+            "currency": self.currency,
+            "fee": None if self.fee is None else format_minor(self.fee, self.currency),
+            "occurred_at": iso_ms(self.occurred_at_ms),
+        }
+
+
+Event = Transaction | Callback
+
+
+# --------------------------------------------------------------------------- time
+
+
+def from_epoch_ms(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+def to_epoch_ms(dt: datetime) -> int:
+    if dt.tzinfo is None:
+        raise ValueError("naive datetime: tally keeps every timestamp timezone-aware")
+    return int(round(dt.timestamp() * 1000))
+
+
+def iso_ms(ms: int) -> str:
+    """RFC 3339 in UTC with millisecond precision: 2026-11-25T04:45:26.123Z."""
+    return from_epoch_ms(ms).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def parse_timestamp(value: object, field: str) -> int:
+    if not isinstance(value, str):
+        raise InvalidEvent("wrong_type", "must be an RFC 3339 string", field)
+    if len(value) > 40 or "T" not in value.upper():
+        raise InvalidEvent("bad_timestamp", f"not an RFC 3339 timestamp: {value[:40]!r}", field)
+    try:
+        dt = datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidEvent(
+            "bad_timestamp", f"not an RFC 3339 timestamp: {value[:40]!r}", field
+        ) from None
+    if dt.tzinfo is None:
+        raise InvalidEvent("bad_timestamp", f"needs a UTC offset: {value!r}", field)
+    return to_epoch_ms(dt)
+
+
+# ---------------------------------------------------------------------- validation
+
+
+def _require(d: dict[str, Any], field: str) -> Any:
+    try:
+        value = d[field]
+    except KeyError:
+        raise InvalidEvent("missing_field", "required field is missing", field) from None
+    if value is None:
+        raise InvalidEvent("missing_field", "required field is null", field)
+    return value
+
+
+def _ident(d: dict[str, Any], field: str, optional: bool = False) -> Any:
+    value = d.get(field) if optional else _require(d, field)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidEvent("wrong_type", f"must be a string, got {type(value).__name__}", field)
+    if not _ID_RE.match(value):
+        raise InvalidEvent("bad_id", f"must be 1-{MAX_ID_LENGTH} printable ASCII characters", field)
+    return value
+
+
+def _enum(d: dict[str, Any], field: str, allowed: tuple[str, ...]) -> str:
+    value = _require(d, field)
+    if not isinstance(value, str):
+        raise InvalidEvent("wrong_type", f"must be a string, got {type(value).__name__}", field)
+    if value not in allowed:
+        raise InvalidEvent(
+            "unknown_enum", f"{value[:40]!r} is not one of {', '.join(allowed)}", field
+        )
+    return value
+
+
+def _currency(d: dict[str, Any]) -> str:
+    value = _require(d, "currency")
+    if not isinstance(value, str):
+        raise InvalidEvent("wrong_type", "must be a string", "currency")
+    if not is_currency(value):
+        raise InvalidEvent("bad_currency", f"{value[:10]!r} is not an ISO 4217 code", "currency")
+    return value
+
+
+def _amount(d: dict[str, Any], field: str, currency: str, optional: bool = False) -> Any:
+    value = d.get(field) if optional else _require(d, field)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidEvent(
+            "wrong_type",
+            f'must be a decimal string like "12.34", got {type(value).__name__}',
+            field,
+        )
+    try:
+        return to_minor(value, currency)
+    except MoneyError as exc:
+        code = "negative_amount" if value.startswith("-") else "bad_amount"
+        raise InvalidEvent(code, str(exc), field) from None
+
+
+def _object(raw: bytes | str | dict[str, Any], max_bytes: int) -> dict[str, Any]:
+    if isinstance(raw, dict):
+        return raw
+    if len(raw) > max_bytes:
+        raise InvalidEvent("too_large", f"message is {len(raw)} bytes, limit {max_bytes}")
+    try:
+        d = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidEvent("bad_json", f"not valid JSON: {exc}") from None
+    if not isinstance(d, dict):
+        raise InvalidEvent("not_object", f"must be a JSON object, got {type(d).__name__}")
+    return d
+
+
+def _check_key(key: bytes | str | None, txn_id: str) -> None:
+    if key is None:
+        raise InvalidEvent("key_mismatch", "message has no key; the key must be the txn_id")
+    k = key.decode("utf-8", "replace") if isinstance(key, bytes) else key
+    if k != txn_id:
+        raise InvalidEvent("key_mismatch", f"message key {k[:64]!r} differs from txn_id {txn_id!r}")
+
+
+DEFAULT_MAX_BYTES = 64 * 1024
+
+
+def parse_transaction(
+    raw: bytes | str | dict[str, Any],
+    key: bytes | str | None = None,
+    *,
+    check_key: bool = False,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> Transaction:
+    d = _object(raw, max_bytes)
+    event_id = _ident(d, "event_id")
+    txn_id = _ident(d, "txn_id")
+    if check_key:
+        _check_key(key, txn_id)
+    txn_type = _enum(d, "type", TXN_TYPES)
+    merchant_id = _ident(d, "merchant_id")
+    channel_id = _ident(d, "channel_id")
+    currency = _currency(d)
+    amount = _amount(d, "amount", currency)
+    status = _enum(d, "status", TXN_STATUSES)
+    original = _ident(d, "original_txn_id", optional=True)
+    if txn_type != "payment" and original is None:
+        raise InvalidEvent("missing_field", f"required for a {txn_type}", "original_txn_id")
+    if original is not None and original == txn_id:
+        raise InvalidEvent("inconsistent", "must differ from txn_id", "original_txn_id")
+    occurred = parse_timestamp(_require(d, "occurred_at"), "occurred_at")
+    coupon = _amount(d, "coupon_amount", currency, optional=True) or 0
+    if coupon > amount:
+        raise InvalidEvent("inconsistent", "coupon exceeds the order amount", "coupon_amount")
+    if coupon and txn_type != "payment":
+        raise InvalidEvent("inconsistent", "only a payment carries a coupon", "coupon_amount")
+    terminal = _ident(d, "terminal_id", optional=True)
+    return Transaction(
+        event_id=event_id,
+        txn_id=txn_id,
+        type=txn_type,
+        merchant_id=merchant_id,
+        channel_id=channel_id,
+        amount=amount,
+        currency=currency,
+        status=status,
+        original_txn_id=original,
+        occurred_at_ms=occurred,
+        coupon_amount=coupon,
+        terminal_id=terminal,
+    )
+
+
+def parse_callback(
+    raw: bytes | str | dict[str, Any],
+    key: bytes | str | None = None,
+    *,
+    check_key: bool = False,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> Callback:
+    d = _object(raw, max_bytes)
+    event_id = _ident(d, "event_id")
+    txn_id = _ident(d, "txn_id")
+    if check_key:
+        _check_key(key, txn_id)
+    channel_id = _ident(d, "channel_id")
+    channel_txn_id = _ident(d, "channel_txn_id")
+    source = _enum(d, "source", CALLBACK_SOURCES)
+    status = _enum(d, "status", CALLBACK_STATUSES)
+    currency = _currency(d)
+    amount = _amount(d, "amount", currency)
+    fee = _amount(d, "fee", currency, optional=True)
+    occurred = parse_timestamp(_require(d, "occurred_at"), "occurred_at")
+    return Callback(
+        event_id=event_id,
+        txn_id=txn_id,
+        channel_id=channel_id,
+        channel_txn_id=channel_txn_id,
+        source=source,
+        status=status,
+        amount=amount,
+        currency=currency,
+        fee=fee,
+        occurred_at_ms=occurred,
+    )
+
+
+# ----------------------------------------------------------------------- dead letters
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A message that was not processed, kept whole with the reason."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+    code: str
+    reason: str
+    field: str | None
+    dead_at_ms: int
+    value_size: int = -1  # size of the original value when `value` was cut
+    value_sha256: str = ""
+
+    @classmethod
+    def of(
+        cls,
+        *,
+        topic: str,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        value: bytes,
+        error: InvalidEvent,
+        dead_at_ms: int,
+        keep_bytes: int = DEFAULT_MAX_BYTES,
+    ) -> DeadLetter:
+        """Build a dead letter; values over `keep_bytes` are cut to that size (the
+        record keeps the original size and SHA-256 so the cut is visible)."""
+        return cls(
+            topic=topic,
+            partition=partition,
+            offset=offset,
+            key=key,
+            value=value[:keep_bytes],
+            code=error.code,
+            reason=str(error),
+            field=error.field,
+            dead_at_ms=dead_at_ms,
+            value_size=len(value),
+            value_sha256=hashlib.sha256(value).hexdigest(),
+        )
+
+    @property
+    def dead_letter_id(self) -> str:
+        return f"{self.topic}:{self.partition}:{self.offset}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "dead_letter_id": self.dead_letter_id,
+            "topic": self.topic,
+            "partition": self.partition,
+            "offset": self.offset,
+            "key_b64": None if self.key is None else base64.b64encode(self.key).decode(),
+            "value_b64": base64.b64encode(self.value).decode(),
+            "value_size": self.value_size if self.value_size >= 0 else len(self.value),
+            "value_truncated": 0 <= len(self.value) < self.value_size,
+            "value_sha256": self.value_sha256,
+            "code": self.code,
+            "reason": self.reason,
+            "field": self.field,
+            "dead_at": iso_ms(self.dead_at_ms),
+        }

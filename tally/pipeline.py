@@ -1,0 +1,191 @@
+"""The stream topology, run in memory: the same routing the Faust agents do, with
+dicts for tables. Used by unit and property tests, by the simulator's oracle and
+by `tally bench core`.
+
+    payments.transactions ┐                         ┌─> payments.breaks
+    payments.callbacks    ┼─> Reconciler (per txn) ─┼─> payments.postings ─> balances
+    tally links (internal)┘        │                ├─> payments.status-queries
+                                   └─ claims ─> ChannelTxnIndex ─> payments.breaks
+
+Malformed messages become `DeadLetter`s with the reason; they never raise.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka.partitioner import murmur2
+
+from tally.breaks import Break, ChannelTxnClaim
+from tally.clearing import BalanceBook, Posting
+from tally.events import (
+    DEFAULT_MAX_BYTES,
+    DeadLetter,
+    InvalidEvent,
+    parse_callback,
+    parse_transaction,
+)
+from tally.orders import OrderState
+from tally.policy import Policies
+from tally.realtime import ChannelTxnIndex, Outputs, Reconciler, ReversalLink, StatusQuery
+
+TRANSACTIONS = "payments.transactions"
+CALLBACKS = "payments.callbacks"
+
+
+def partition_for(key: str | bytes, partitions: int) -> int:
+    """Kafka's default (Java-compatible murmur2) partitioner, as aiokafka and Faust use."""
+    kb = key.encode() if isinstance(key, str) else key
+    return (murmur2(kb) & 0x7FFFFFFF) % partitions
+
+
+@dataclass
+class Envelope:
+    """One message as `tally produce` and the simulator write it: topic, key, value."""
+
+    topic: str
+    key: str | None
+    value: Any  # a dict for well-formed JSON, raw bytes/str for deliberately bad input
+
+    def value_bytes(self) -> bytes:
+        if isinstance(self.value, bytes):
+            return self.value
+        if isinstance(self.value, str):
+            return self.value.encode()
+        return json.dumps(self.value, separators=(",", ":")).encode()
+
+    def to_line(self) -> str:
+        v: Any = self.value
+        if isinstance(v, bytes):
+            return json.dumps(
+                {"topic": self.topic, "key": self.key, "value_raw": v.decode("utf-8", "replace")}
+            )
+        if isinstance(v, str):
+            return json.dumps({"topic": self.topic, "key": self.key, "value_raw": v})
+        return json.dumps({"topic": self.topic, "key": self.key, "value": v}, separators=(",", ":"))
+
+    @classmethod
+    def from_line(cls, line: str, lineno: int = 0) -> Envelope:
+        try:
+            d = json.loads(line)
+        except ValueError as exc:
+            raise ValueError(f"line {lineno}: not JSON: {exc}") from None
+        if not isinstance(d, dict) or "topic" not in d:
+            raise ValueError(f'line {lineno}: an envelope needs a "topic" field')
+        if "value_raw" in d:
+            return cls(d["topic"], d.get("key"), str(d["value_raw"]))
+        if "value" not in d:
+            raise ValueError(f'line {lineno}: an envelope needs a "value" field')
+        return cls(d["topic"], d.get("key"), d["value"])
+
+
+@dataclass
+class LocalPipeline:
+    policies: Policies = field(default_factory=Policies)
+    partitions: int = 1
+    allowed_lateness_ms: int = 5000
+    max_message_bytes: int = DEFAULT_MAX_BYTES
+
+    def __post_init__(self) -> None:
+        self.orders: dict[str, OrderState] = {}
+        self.reconciler = Reconciler(
+            self.policies,
+            self.orders,
+            allowed_lateness_ms=self.allowed_lateness_ms,
+            partition_of=lambda k: partition_for(k, self.partitions),
+        )
+        self.index = ChannelTxnIndex({})
+        self.index_claims: dict[str, ChannelTxnClaim] = self.index.claims  # type: ignore[assignment]
+        self.book = BalanceBook()
+        self.breaks: dict[str, Break] = {}
+        self.postings: list[Posting] = []
+        self.queries: list[StatusQuery] = []
+        self.dead_letters: list[DeadLetter] = []
+        self.processed = 0
+        self.duplicates = 0
+        self._offsets: dict[tuple[str, int], int] = {}
+
+    # -------------------------------------------------------------- feeding
+
+    def feed(self, topic: str, key: str | bytes | None, value: bytes) -> Outputs:
+        kb = key.encode() if isinstance(key, str) else key
+        partition = partition_for(kb, self.partitions) if kb is not None else 0
+        offset = self._offsets.get((topic, partition), 0)
+        self._offsets[(topic, partition)] = offset + 1
+        try:
+            if topic == TRANSACTIONS:
+                txn = parse_transaction(value, kb, check_key=True, max_bytes=self.max_message_bytes)
+                out = self.reconciler.on_transaction(txn, partition)
+            elif topic == CALLBACKS:
+                cb = parse_callback(value, kb, check_key=True, max_bytes=self.max_message_bytes)
+                out = self.reconciler.on_callback(cb, partition)
+            else:
+                raise InvalidEvent("unknown_topic", f"tally does not read topic {topic!r}")
+        except InvalidEvent as exc:
+            self.dead_letters.append(
+                DeadLetter.of(
+                    topic=topic,
+                    partition=partition,
+                    offset=offset,
+                    key=kb,
+                    value=value,
+                    error=exc,
+                    dead_at_ms=int(time.time() * 1000),
+                )
+            )
+            return Outputs()
+        self.processed += 1
+        if out.duplicate:
+            self.duplicates += 1
+        self._route(out)
+        return out
+
+    def feed_envelope(self, env: Envelope) -> Outputs:
+        return self.feed(env.topic, env.key, env.value_bytes())
+
+    def feed_all(self, envelopes: Iterable[Envelope]) -> None:
+        for env in envelopes:
+            self.feed_envelope(env)
+
+    def tick(self, advance_ms: int) -> None:
+        """Idle wall-clock advance on every partition (end of a replay)."""
+        for p in range(self.partitions):
+            self._route(self.reconciler.on_tick(p, advance_ms))
+
+    def _route(self, out: Outputs) -> None:
+        pending: deque[ReversalLink] = deque(out.links)
+        self._collect(out)
+        while pending:
+            link = pending.popleft()
+            p = partition_for(link.original_txn_id, self.partitions)
+            o = self.reconciler.on_link(link, p)
+            pending.extend(o.links)
+            self._collect(o)
+        for claim in out.claims:
+            b = self.index.on_claim(claim)
+            if b is not None:
+                self.breaks.setdefault(b.break_id, b)
+
+    def _collect(self, out: Outputs) -> None:
+        for b in out.breaks:
+            self.breaks.setdefault(b.break_id, b)
+        for p in out.postings:
+            self.postings.append(p)
+            self.book.apply(p)
+        self.queries.extend(out.queries)
+
+    # -------------------------------------------------------------- results
+
+    def breaks_by_kind(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for b in self.breaks.values():
+            counts[b.kind] = counts.get(b.kind, 0) + 1
+        return dict(sorted(counts.items()))
+
+    def break_set(self) -> set[tuple[str, str]]:
+        return {(b.kind, b.txn_id) for b in self.breaks.values()}

@@ -1,0 +1,102 @@
+"""Per-channel policy: how far to trust evidence, when to query, and the channel's
+business day (日切).
+
+Pure data and arithmetic; no I/O. `ChannelPolicy` objects come from the settings
+(`TALLY_CHANNELS`, JSON) and fall back to `TALLY_DEFAULT_CHANNEL`.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime, time, timedelta
+from enum import StrEnum
+from functools import lru_cache
+from zoneinfo import ZoneInfo
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class Mode(StrEnum):
+    """S10: how an order with uncertain outcome counts in the balances."""
+
+    PESSIMISTIC = "pessimistic"  # failed until success is certain
+    OPTIMISTIC = "optimistic"  # successful until failure is certain
+
+
+class ChannelPolicy(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    mode: Mode = Mode.PESSIMISTIC
+    query_before_final_success: bool = Field(
+        False,
+        description="S3: a sync success is only provisional until a query or notify "
+        "confirms it; tally requests a status query at once.",
+    )
+    timezone: str = Field("Asia/Shanghai", description="the channel's local time zone")
+    cutoff: time = Field(
+        time(0, 0),
+        description="local time at which the channel closes its business day; an "
+        "item at or after it belongs to the next day (UnionPay: 23:00)",
+    )
+    carry_window_seconds: int = Field(
+        180, ge=0, description="S8: items this close to the cutoff may match the neighbouring day"
+    )
+    sla_seconds: int = Field(30, gt=0, description="S4: time to a final status for a payment")
+    refund_sla_seconds: int = Field(
+        3600, gt=0, description="S13: refunds are often only accepted; final state comes later"
+    )
+    query_interval_seconds: int = Field(15, gt=0, description="time between status queries")
+    max_queries: int = Field(3, ge=1, description="unanswered queries before pending_timeout")
+    orphan_grace_seconds: int = Field(
+        60, ge=0, description="S5: evidence for an unknown order waits this long for it"
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, v: str) -> str:
+        _zone(v)
+        return v
+
+    # ----------------------------------------------------------- business day
+
+    def business_date(self, at_ms: int) -> date:
+        """The channel's business date for an instant (epoch ms, UTC)."""
+        return business_date(at_ms, self.timezone, self.cutoff)
+
+    def cutoff_ms(self, business: date) -> int:
+        """End of a business date, as epoch ms: the cutoff on that local date
+        (midnight cutoff: the following midnight)."""
+        return cutoff_ms(business, self.timezone, self.cutoff)
+
+
+@lru_cache(maxsize=64)
+def _zone(name: str) -> ZoneInfo:
+    return ZoneInfo(name)
+
+
+def business_date(at_ms: int, zone: str, cutoff: time) -> date:
+    local = datetime.fromtimestamp(at_ms / 1000, tz=_zone(zone))
+    d = local.date()
+    if cutoff != time(0, 0) and local.time() >= cutoff:
+        d += timedelta(days=1)
+    return d
+
+
+def cutoff_ms(business: date, zone: str, cutoff: time) -> int:
+    if cutoff == time(0, 0):
+        end = datetime.combine(business + timedelta(days=1), cutoff, tzinfo=_zone(zone))
+    else:
+        end = datetime.combine(business, cutoff, tzinfo=_zone(zone))
+    return int(end.timestamp() * 1000)
+
+
+class Policies:
+    """Lookup of channel policies with a default for channels not listed."""
+
+    def __init__(
+        self, channels: dict[str, ChannelPolicy] | None = None, default: ChannelPolicy | None = None
+    ) -> None:
+        self.channels = dict(channels or {})
+        self.default = default or ChannelPolicy()
+
+    def __getitem__(self, channel_id: str) -> ChannelPolicy:
+        return self.channels.get(channel_id, self.default)
