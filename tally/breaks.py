@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from datetime import date
 from enum import StrEnum
 from typing import Any
 
@@ -203,8 +204,6 @@ def detect(state: OrderState, v: OrderView, policy: ChannelPolicy) -> list[Findi
 
     # S12: final evidence after the cutoff of the order's business day
     if state.known and state.created_at_ms is not None:
-        from datetime import date
-
         assert state.business_date is not None
         cutoff = policy.cutoff_ms(date.fromisoformat(state.business_date))
         late = [ev for ev in ev_all if ev.final and ev.occurred_at_ms >= cutoff]

@@ -18,7 +18,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from tally.money import MoneyError, format_minor, is_currency, to_minor
@@ -127,6 +127,8 @@ Event = Transaction | Callback
 
 # --------------------------------------------------------------------------- time
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
 
 def from_epoch_ms(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, tz=UTC)
@@ -135,7 +137,7 @@ def from_epoch_ms(ms: int) -> datetime:
 def to_epoch_ms(dt: datetime) -> int:
     if dt.tzinfo is None:
         raise ValueError("naive datetime: tally keeps every timestamp timezone-aware")
-    return int(round(dt.timestamp() * 1000))
+    return (dt - _EPOCH) // timedelta(milliseconds=1)
 
 
 def iso_ms(ms: int) -> str:

@@ -30,6 +30,7 @@ from tally.breaks import (
     BreakKind,
     ChannelTxnClaim,
     Finding,
+    break_id,
     detect,
     duplicate_channel_txn,
     stamp,
@@ -287,8 +288,6 @@ class Reconciler:
         return out
 
     def _timed_out(self, state: OrderState) -> bool:
-        from tally.breaks import break_id
-
         return break_id(BreakKind.PENDING_TIMEOUT, state.txn_id) in state.raised
 
     def _raise(self, state: OrderState, f: Finding, event_time_ms: int, out: Outputs) -> None:
