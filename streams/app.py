@@ -1,0 +1,200 @@
+"""The Faust application: topics, tables and agents, built by one factory.
+
+    create_app(settings) -> Tally
+
+Nothing happens at import time. The agents are thin: they parse, call the pure
+domain core (`tally.realtime.Reconciler`, `tally.clearing.Balance`,
+`tally.realtime.ChannelTxnIndex`) and send what it returns.
+
+Topology (all topics have `settings.partitions` partitions):
+
+  payments.transactions ─┐                   ┌─> payments.breaks
+  payments.callbacks    ─┤                   ├─> payments.postings
+  <app>-links           ─┼─> reconcile ──────┼─> payments.status-queries
+  <app>-ticks           ─┘   (table orders)  ├─> payments.dead-letter
+                                             ├─> <app>-links  (keyed by original txn)
+                                             ├─> <app>-balance-legs ─> balances
+                                             └─> <app>-success-claims ─> claims
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import faust
+
+from streams import codecs
+from tally.config import Settings
+from tally.orders import OrderState
+from tally.pipeline import partition_for
+from tally.realtime import ChannelTxnIndex, Reconciler
+
+
+@dataclass
+class WorkerStats:
+    """In-process counters for summaries and `--until-idle`; Prometheus reads them too."""
+
+    consumed: Counter[str] = field(default_factory=Counter)  # by topic
+    produced: Counter[str] = field(default_factory=Counter)  # by topic
+    dead_letters: Counter[str] = field(default_factory=Counter)  # by reason code
+    breaks: Counter[str] = field(default_factory=Counter)  # by kind
+    duplicates: int = 0
+    last_activity: float = field(default_factory=time.monotonic)
+    positions: dict[tuple[str, int], int] = field(default_factory=dict)  # next offset by TP
+    partition_activity: dict[int, float] = field(default_factory=dict)  # wall, by partition
+    partition_ticked: dict[int, float] = field(default_factory=dict)
+    latencies_ms: list[float] = field(default_factory=list)  # ingest -> break, sampled
+
+    def seen(self, topic: str, partition: int, offset: int, activity: bool = True) -> None:
+        self.consumed[topic] += 1
+        self.positions[(topic, partition)] = offset + 1
+        if activity:
+            self.last_activity = time.monotonic()
+
+
+@dataclass
+class Tally:
+    """Everything `create_app` builds: the Faust app and handles on its parts."""
+
+    settings: Settings
+    app: faust.App
+    topics: dict[str, faust.TopicT]
+    orders: Any  # faust Table[str, OrderState]
+    watermarks: Any
+    balances: Any
+    balance_applied: Any  # (source TP > balance partition) -> last applied position
+    claims: Any
+    reconciler: Reconciler
+    index: ChannelTxnIndex
+    stats: WorkerStats
+    agents: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def input_topics(self) -> list[str]:
+        """Every topic some agent consumes (for lag / drain checks)."""
+        s = self.settings
+        return [
+            s.topic_transactions,
+            s.topic_callbacks,
+            self.internal("links"),
+            self.internal("balance-legs"),
+            self.internal("success-claims"),
+        ]
+
+    @property
+    def all_topics(self) -> list[str]:
+        s = self.settings
+        return [
+            *self.input_topics,
+            self.internal("ticks"),
+            s.topic_breaks,
+            s.topic_postings,
+            s.topic_status_queries,
+            s.topic_dead_letter,
+        ]
+
+    def internal(self, name: str) -> str:
+        return f"{self.settings.app_id}-{name}"
+
+
+def create_app(settings: Settings | None = None) -> Tally:
+    settings = settings or Settings()
+    codecs.register()
+    n = settings.partitions
+    app = faust.App(
+        settings.app_id,
+        broker=settings.broker_url(),
+        store="memory://",
+        autodiscover=False,
+        topic_partitions=n,
+        topic_replication_factor=1,
+        topic_allow_declare=True,
+        topic_disable_leader=True,
+        processing_guarantee=settings.processing_guarantee,
+        web_enabled=True,
+        web_port=settings.web_port,
+        web_bind="0.0.0.0",
+        broker_rebalance_timeout=10,
+        broker_session_timeout=10,
+        broker_heartbeat_interval=1,
+        broker_commit_every=2000,
+        broker_commit_interval=1.0,
+        stream_wait_empty=False,
+        table_cleanup_interval=3600,
+        producer_max_request_size=4 * 1024 * 1024,
+        consumer_max_fetch_size=4 * 1024 * 1024,
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+
+    def topic(name: str, internal: bool = False) -> faust.TopicT:
+        return app.topic(
+            name,
+            partitions=n,
+            key_type=bytes,
+            value_type=bytes,
+            key_serializer="raw",
+            value_serializer="raw",
+            internal=internal,
+        )
+
+    prefix = settings.app_id
+    topics = {
+        "transactions": topic(settings.topic_transactions),
+        "callbacks": topic(settings.topic_callbacks),
+        "links": topic(f"{prefix}-links", internal=True),
+        "ticks": topic(f"{prefix}-ticks", internal=True),
+        "balance-legs": topic(f"{prefix}-balance-legs", internal=True),
+        "success-claims": topic(f"{prefix}-success-claims", internal=True),
+        "breaks": topic(settings.topic_breaks),
+        "postings": topic(settings.topic_postings),
+        "status-queries": topic(settings.topic_status_queries),
+        "dead-letter": topic(settings.topic_dead_letter),
+    }
+    tables: dict[str, Any] = {}
+    for name, codec in (
+        ("orders", codecs.ORDER),
+        ("watermarks", "json"),
+        ("balances", codecs.BALANCE),
+        ("balance-applied", "json"),
+        ("channel-txn-claims", codecs.CLAIM),
+    ):
+        tables[name] = app.Table(
+            name,
+            partitions=n,
+            schema=faust.Schema(key_serializer="json", value_serializer=codec),
+        )
+    orders = tables["orders"]
+    reconciler = Reconciler(
+        settings.policies(),
+        orders,
+        tables["watermarks"],
+        allowed_lateness_ms=int(settings.allowed_lateness_seconds * 1000),
+        partition_of=lambda k: partition_for(k, n),
+    )
+    tally = Tally(
+        settings=settings,
+        app=app,
+        topics=topics,
+        orders=orders,
+        watermarks=tables["watermarks"],
+        balances=tables["balances"],
+        balance_applied=tables["balance-applied"],
+        claims=tables["channel-txn-claims"],
+        reconciler=reconciler,
+        index=ChannelTxnIndex(tables["channel-txn-claims"]),
+        stats=WorkerStats(),
+    )
+
+    from streams.agents import register_agents
+
+    register_agents(tally)
+    return tally
+
+
+def order_state(tally: Tally, txn_id: str) -> OrderState | None:
+    value: OrderState | None = tally.orders.get(txn_id)
+    return value
