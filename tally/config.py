@@ -75,7 +75,7 @@ class Settings(BaseSettings):
     )
 
     # ------------------------------------------------------------- operations
-    web_port: int = Field(6066, description="Faust web endpoint (health, metrics)")
+    web_port: int = Field(6066, ge=0, description="Faust web endpoint (health, metrics); 0 turns it off")
     log_level: str = Field("warning", description="worker log level")
 
     @field_validator("broker")

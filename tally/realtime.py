@@ -321,12 +321,14 @@ class Reconciler:
     def _advance(self, partition: int, to_ms: int) -> Outputs:
         out = Outputs()
         wm = self._wm.get(partition)
-        if wm is not None and to_ms <= wm:
-            return out
-        self._wm[partition] = to_ms
-        key = str(partition)
-        if to_ms - self.watermarks.get(key, 0) >= _WM_PERSIST_STEP_MS:
-            self.watermarks[key] = to_ms
+        if wm is None or to_ms > wm:
+            self._wm[partition] = wm = to_ms
+            key = str(partition)
+            if to_ms - self.watermarks.get(key, 0) >= _WM_PERSIST_STEP_MS:
+                self.watermarks[key] = to_ms
+        # timers armed behind the watermark (their order arrived late, or on the other
+        # input topic) fire now: the outcome depends on event time, not arrival order
+        to_ms = wm
         heap = self._timers.get(partition)
         while heap and heap[0][0] <= to_ms:
             due, kind, txn_id = heapq.heappop(heap)

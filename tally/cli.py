@@ -1,0 +1,362 @@
+"""The `tally` command line. Every command has --help."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+from pydantic import ValidationError
+
+from tally.config import Settings
+
+
+def _settings(**overrides: Any) -> Settings:
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        lines = [
+            f"  TALLY_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
+            for e in exc.errors()
+        ]
+        raise click.ClickException("invalid settings:\n" + "\n".join(lines)) from None
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+@contextlib.contextmanager
+def broker_for(settings: Settings, quiet: bool = False) -> Iterator[Settings]:
+    """The configured Kafka, or the embedded Tansu broker for the duration."""
+    if not settings.embedded:
+        yield settings
+        return
+    from streams.broker import MEMORY_ONLY_WARNING, BrokerError, EmbeddedBroker
+
+    broker = EmbeddedBroker(
+        settings.embedded_broker_host, settings.embedded_broker_port, settings.data_dir
+    )
+    try:
+        broker.start()
+    except BrokerError as exc:
+        raise click.ClickException(str(exc)) from None
+    if not quiet:
+        click.echo(f"started {MEMORY_ONLY_WARNING} (listening on {broker.url})", err=True)
+    try:
+        yield settings
+    finally:
+        broker.stop()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="tally")
+def main() -> None:
+    """tally: streaming real-time clearing and reconciliation for payment platforms.
+
+    Settings come from TALLY_* environment variables and ./.env; `tally config`
+    prints them. With TALLY_BROKER unset, commands that need a broker start the
+    embedded Tansu broker (memory only).
+    """
+
+
+# ------------------------------------------------------------------------ config
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+def config(as_json: bool) -> None:
+    """Print the effective settings (secrets masked)."""
+    s = _settings()
+    values = s.masked()
+    if as_json:
+        click.echo(json.dumps(values, indent=2, default=str))
+        return
+    fields = Settings.model_fields
+    for name, value in values.items():
+        desc = fields[name].description or ""
+        shown = json.dumps(value, default=str) if not isinstance(value, str) else value
+        click.echo(f"TALLY_{name.upper():<32}{shown}")
+        if desc:
+            click.echo(f"{'':<38}# {desc}")
+
+
+# ------------------------------------------------------------------------- run
+
+
+@main.command()
+@click.option(
+    "--simulate",
+    "rate",
+    type=float,
+    default=None,
+    metavar="RATE",
+    help="also feed simulated traffic at RATE events/s (event time follows the wall clock)",
+)
+@click.option(
+    "--until-idle",
+    type=float,
+    default=None,
+    metavar="SECONDS",
+    help="exit once every input topic is drained and quiet for SECONDS; print a summary",
+)
+@click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
+def run(rate: float | None, until_idle: float | None, as_json: bool) -> None:
+    """Run the always-on stream workers."""
+    s = _settings()
+    _logging(s.log_level)
+    with broker_for(s, quiet=as_json):
+        summary = asyncio.run(_run(s, rate, until_idle))
+    if summary is not None:
+        click.echo(json.dumps(summary.to_json(), indent=2) if as_json else summary.render())
+
+
+async def _run(s: Settings, rate: float | None, until_idle: float | None) -> Any:
+    from streams.app import create_app
+    from streams.worker import WorkerRunner
+
+    tally = create_app(s)
+    runner = WorkerRunner(tally)
+    feeder: asyncio.Task[Any] | None = None
+    if rate:
+        from streams.produce import produce
+        from tally.simulate import live_stream
+
+        feeder_source = live_stream(rate, s.policies())
+
+        async def feed() -> None:
+            await produce(s.bootstrap_servers(), feeder_source, rate=rate)
+
+    if until_idle is not None and not rate:
+        return await runner.run_until_idle(until_idle)
+    await runner.start()
+    click.echo(
+        f"tally workers running on {s.broker_url()} (partitions: {s.partitions}); Ctrl-C to stop",
+        err=True,
+    )
+    if rate:
+        feeder = asyncio.ensure_future(feed())
+    try:
+        if until_idle is not None:
+            await runner.wait_idle(until_idle)
+        else:
+            while True:
+                await asyncio.sleep(3600)
+    finally:
+        if feeder is not None:
+            feeder.cancel()
+        await runner.stop()
+    return None
+
+
+# ---------------------------------------------------------------------- produce
+
+
+@main.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--topic",
+    default=None,
+    help="send every line (a JSON value) to this topic, keyed by its txn_id; without "
+    'it every line is an envelope {"topic": ..., "key": ..., "value": {...}}',
+)
+def produce(file: Path, topic: str | None) -> None:
+    """Feed a JSON-lines FILE to the broker."""
+    from streams.produce import produce as send
+    from tally.pipeline import Envelope
+
+    s = _settings()
+    envelopes: list[Envelope] = []
+    with open(file, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            if topic is None:
+                try:
+                    envelopes.append(Envelope.from_line(line, lineno))
+                except ValueError as exc:
+                    raise click.ClickException(f"{file}: {exc}") from None
+            else:
+                try:
+                    value = json.loads(line)
+                    key = value.get("txn_id") if isinstance(value, dict) else None
+                    envelopes.append(Envelope(topic, key, value))
+                except ValueError:
+                    # a bad line is still sent: the worker dead-letters it with a reason
+                    envelopes.append(Envelope(topic, None, line.rstrip("\n")))
+    if s.embedded:
+        from streams.broker import port_open
+
+        if not port_open(s.embedded_broker_host, s.embedded_broker_port):
+            raise click.ClickException(
+                f"no broker at {s.broker_url()}: start `tally run` first (it starts the "
+                "embedded broker) or set TALLY_BROKER"
+            )
+    n = asyncio.run(
+        send(s.bootstrap_servers(), envelopes, progress=sys.stderr.isatty(), total=len(envelopes))
+    )
+    click.echo(f"sent {n:,} messages to {s.broker_url()}")
+
+
+# --------------------------------------------------------------------- simulate
+
+
+@main.command()
+@click.option(
+    "--events", type=int, default=100_000, show_default=True, help="number of input messages"
+)
+@click.option("--seed", type=int, default=7, show_default=True)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="write JSON lines (events.jsonl, expected-breaks.json) here instead of "
+    "sending to the broker",
+)
+@click.option(
+    "--rates",
+    default=None,
+    metavar="JSON",
+    help='anomaly rates as JSON, e.g. {"amount_mismatch": 0.01}',
+)
+def simulate(events: int, seed: int, out: Path | None, rates: str | None) -> None:
+    """Generate realistic traffic with every anomaly of domain.md injected."""
+    from tally.simulate import SimConfig, generate, write_jsonl
+
+    s = _settings()
+    cfg = SimConfig(events=events, seed=seed)
+    if rates:
+        try:
+            cfg = SimConfig(events=events, seed=seed, rates={**cfg.rates, **json.loads(rates)})
+        except (ValueError, TypeError) as exc:
+            raise click.ClickException(f"--rates: {exc}") from None
+    sim = generate(cfg, s.policies())
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        write_jsonl(sim, out / "events.jsonl")
+        (out / "expected-breaks.json").write_text(
+            json.dumps(sorted(sim.expected), indent=1) + "\n", encoding="utf-8"
+        )
+        click.echo(
+            f"wrote {len(sim.envelopes):,} messages to {out / 'events.jsonl'} "
+            f"({len(sim.expected):,} expected breaks, {sim.malformed:,} malformed, "
+            f"{sim.duplicates:,} re-deliveries)"
+        )
+        return
+    from streams.broker import port_open
+    from streams.produce import produce as send
+
+    if s.embedded and not port_open(s.embedded_broker_host, s.embedded_broker_port):
+        raise click.ClickException(
+            f"no broker at {s.broker_url()}: start `tally run` first, set TALLY_BROKER, "
+            "or use --out DIR"
+        )
+    n = asyncio.run(
+        send(
+            s.bootstrap_servers(),
+            sim.envelopes,
+            progress=sys.stderr.isatty(),
+            total=len(sim.envelopes),
+        )
+    )
+    click.echo(f"sent {n:,} messages to {s.broker_url()}")
+
+
+# ------------------------------------------------------------------------- demo
+
+
+@main.command()
+@click.option(
+    "--events", type=int, default=100_000, show_default=True, help="simulated input messages"
+)
+@click.option("--seed", type=int, default=7, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
+def demo(events: int, seed: int, as_json: bool) -> None:
+    """A first run: embedded broker, workers, simulated traffic, a summary."""
+    s = _settings()
+    _logging(s.log_level)
+    from tally.simulate import SimConfig, generate
+
+    if not as_json:
+        click.echo(f"simulating {events:,} events (seed {seed}) ...", err=True)
+    sim = generate(SimConfig(events=events, seed=seed), s.policies())
+    with broker_for(s, quiet=as_json):
+        summary, found = asyncio.run(_demo(s, sim, progress=not as_json))
+    missed = sim.expected - found
+    extra = found - sim.expected
+    result = summary.to_json()
+    result["injected"] = {
+        "expected_breaks": len(sim.expected),
+        "found": len(found & sim.expected),
+        "missed": len(missed),
+        "unexpected": len(extra),
+        "malformed": sim.malformed,
+        "redeliveries": sim.duplicates,
+    }
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+    else:
+        click.echo(summary.render())
+        click.echo(
+            f"injected anomalies: {len(sim.expected):,} expected breaks, "
+            f"{len(found & sim.expected):,} found, {len(missed):,} missed, "
+            f"{len(extra):,} unexpected; {sim.malformed:,} malformed messages injected"
+        )
+    missing_kinds = [k for k in _KINDS if not summary.breaks_by_kind.get(k)]
+    if missing_kinds or not summary.invariant_holds:
+        raise click.ClickException(
+            f"demo incomplete: no {', '.join(missing_kinds)} breaks"
+            if missing_kinds
+            else "double-entry invariant broken"
+        )
+
+
+_KINDS = (
+    "status_conflict",
+    "amount_mismatch",
+    "currency_mismatch",
+    "duplicate_success",
+    "reversal_after_success",
+    "orphan_callback",
+    "pending_timeout",
+    "late_callback",
+)
+
+
+async def _demo(s: Settings, sim: Any, progress: bool) -> tuple[Any, set[tuple[str, str]]]:
+    from streams.app import create_app
+    from streams.produce import produce as send
+    from streams.worker import WorkerRunner, read_topic
+
+    tally = create_app(s)
+    runner = WorkerRunner(tally)
+
+    async def feed() -> None:
+        await send(
+            s.bootstrap_servers(), sim.envelopes, progress=progress, total=len(sim.envelopes)
+        )
+
+    summary = await runner.run_until_idle(3.0, during=feed)
+    found = {
+        (b["kind"], b["txn_id"]) for b in await read_topic(s.bootstrap_servers(), s.topic_breaks)
+    }
+    return summary, found
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
