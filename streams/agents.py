@@ -1,8 +1,8 @@
 """Faust agents: thin shells around the domain core.
 
-- `reconcile`: transactions, callbacks, reversal links and idle ticks, keyed by
-  txn_id, into `Reconciler`; sends breaks, postings, status queries, dead letters
-  and the internal messages below.
+- `reconcile_{transactions,callbacks,links,ticks}`: one agent per input topic (all
+  co-partitioned, keyed by txn_id) feeding one shared `Reconciler`; they send
+  breaks, postings, status queries, dead letters and the internal messages below.
 - `balances`: posting legs keyed by account into the `balances` table.
 - `claims`: success claims keyed by channel transaction id into `ChannelTxnIndex`.
 - `idle_ticks` (timer): keeps an idle partition's event-time watermark moving with
@@ -44,20 +44,6 @@ def _dumps(d: dict[str, Any]) -> bytes:
 def register_agents(t: Tally) -> None:
     app, s, topics, stats = t.app, t.settings, t.topics, t.stats
     rec = t.reconciler
-    names = {
-        "transactions": s.topic_transactions,
-        "callbacks": s.topic_callbacks,
-        "links": t.internal("links"),
-        "ticks": t.internal("ticks"),
-    }
-    source = app.topic(
-        *names.values(),
-        partitions=s.partitions,
-        key_type=bytes,
-        value_type=bytes,
-        key_serializer="raw",
-        value_serializer="raw",
-    )
     started = time.time()
 
     def send(
@@ -112,39 +98,48 @@ def register_agents(t: Tally) -> None:
         for c in out.claims:
             send("success-claims", c.key, c.to_json())
 
-    @app.agent(source, name="tally.reconcile")
-    async def reconcile(stream: faust.StreamT[bytes]) -> None:
-        async for event in stream.events():
-            msg = event.message
-            topic, p = msg.topic, msg.partition
-            stats.seen(topic, p, msg.offset, activity=topic != names["ticks"])
-            try:
-                if topic == names["ticks"]:
-                    out = rec.on_tick(p, int(json.loads(msg.value)["advance_ms"]))
-                elif topic == names["links"]:
-                    out = rec.on_link(ReversalLink.from_json(json.loads(msg.value)), p)
+    def handle(kind: str, msg: Any) -> None:
+        """One message of `kind` (transactions | callbacks | links | ticks) into the
+        Reconciler; the four reconcile agents share it, their topics are co-partitioned."""
+        p = msg.partition
+        stats.seen(msg.topic, p, msg.offset, activity=kind != "ticks")
+        try:
+            if kind == "ticks":
+                out = rec.on_tick(p, int(json.loads(msg.value)["advance_ms"]))
+            elif kind == "links":
+                out = rec.on_link(ReversalLink.from_json(json.loads(msg.value)), p)
+            else:
+                stats.partition_activity[p] = time.time()
+                if kind == "transactions":
+                    txn = parse_transaction(
+                        msg.value, msg.key, check_key=True, max_bytes=s.max_message_bytes
+                    )
+                    out = rec.on_transaction(txn, p)
                 else:
-                    stats.partition_activity[p] = time.time()
-                    if topic == names["transactions"]:
-                        txn = parse_transaction(
-                            msg.value, msg.key, check_key=True, max_bytes=s.max_message_bytes
-                        )
-                        out = rec.on_transaction(txn, p)
-                    else:
-                        cb = parse_callback(
-                            msg.value, msg.key, check_key=True, max_bytes=s.max_message_bytes
-                        )
-                        out = rec.on_callback(cb, p)
-            except InvalidEvent as exc:
-                dead_letter(msg, exc)
-                continue
-            except Exception as exc:  # a bug must not stop the agent: park the message
-                log.exception("reconcile failed on %s[%s]@%s", topic, p, msg.offset)
-                dead_letter(msg, InvalidEvent("internal_error", f"{type(exc).__name__}: {exc}"))
-                continue
-            if out.duplicate:
-                stats.duplicates += 1
-            emit(out, f"{topic}:{p}", msg.offset, int(msg.timestamp * 1000))
+                    cb = parse_callback(
+                        msg.value, msg.key, check_key=True, max_bytes=s.max_message_bytes
+                    )
+                    out = rec.on_callback(cb, p)
+        except InvalidEvent as exc:
+            dead_letter(msg, exc)
+            return
+        except Exception as exc:  # a bug must not stop the agent: park the message
+            log.exception("reconcile failed on %s[%s]@%s", msg.topic, p, msg.offset)
+            dead_letter(msg, InvalidEvent("internal_error", f"{type(exc).__name__}: {exc}"))
+            return
+        if out.duplicate:
+            stats.duplicates += 1
+        emit(out, f"{msg.topic}:{p}", msg.offset, int(msg.timestamp * 1000))
+
+    def reconcile_agent(kind: str) -> Any:
+        async def reconcile(stream: faust.StreamT[bytes]) -> None:
+            async for event in stream.events():
+                handle(kind, event.message)
+
+        reconcile.__name__ = reconcile.__qualname__ = f"reconcile_{kind}"
+        return app.agent(topics[kind], name=f"tally.reconcile.{kind}")(reconcile)
+
+    reconcilers = {k: reconcile_agent(k) for k in ("transactions", "callbacks", "links", "ticks")}
 
     @app.agent(topics["balance-legs"], name="tally.balances")
     async def balances(stream: faust.StreamT[bytes]) -> None:
@@ -188,7 +183,7 @@ def register_agents(t: Tally) -> None:
     async def idle_ticks() -> None:
         now = time.time()
         assigned = app.assignor.assigned_actives()
-        for p in sorted({tp.partition for tp in assigned if tp.topic == names["transactions"]}):
+        for p in sorted({tp.partition for tp in assigned if tp.topic == s.topic_transactions}):
             active = stats.partition_activity.get(p, started)
             if now - active < s.idle_tick_seconds:
                 continue
@@ -198,7 +193,12 @@ def register_agents(t: Tally) -> None:
                 send("ticks", None, {"advance_ms": advance_ms, "wall": now}, partition=p)
                 stats.partition_ticked[p] = now
 
-    t.agents.update(reconcile=reconcile, balances=balances, claims=claims, idle_ticks=idle_ticks)
+    t.agents.update(
+        {f"reconcile_{k}": a for k, a in reconcilers.items()},
+        balances=balances,
+        claims=claims,
+        idle_ticks=idle_ticks,
+    )
 
     @app.on_partitions_revoked.connect
     async def _revoked(*args: Any, **kwargs: Any) -> None:
