@@ -42,12 +42,16 @@ class Settings(BaseSettings):
     )
 
     # ------------------------------------------------------------------ topics
-    topic_transactions: str = "payments.transactions"
-    topic_callbacks: str = "payments.callbacks"
-    topic_breaks: str = "payments.breaks"
-    topic_postings: str = "payments.postings"
-    topic_status_queries: str = "payments.status-queries"
-    topic_dead_letter: str = "payments.dead-letter"
+    topic_transactions: str = Field("payments.transactions", description="input: our orders")
+    topic_callbacks: str = Field("payments.callbacks", description="input: channel evidence")
+    topic_breaks: str = Field("payments.breaks", description="output: real-time breaks")
+    topic_postings: str = Field("payments.postings", description="output: balance movements")
+    topic_status_queries: str = Field(
+        "payments.status-queries", description="output: requests to query a pending order"
+    )
+    topic_dead_letter: str = Field(
+        "payments.dead-letter", description="output: messages not processed, with the reason"
+    )
 
     # --------------------------------------------------------------- behaviour
     channels: dict[str, ChannelPolicy] = Field(
@@ -69,10 +73,7 @@ class Settings(BaseSettings):
     )
 
     # ----------------------------------------------------------------- storage
-    data_dir: str = Field("./data", description="local data (chDB files, logs)")
-    clickhouse_url: SecretStr | None = Field(
-        None, description="clickhouse://user:password@host:9000/db; unset: embedded chDB"
-    )
+    data_dir: str = Field("./data", description="local data (embedded broker log)")
 
     # ------------------------------------------------------------- operations
     web_port: int = Field(6066, ge=0, description="Faust web endpoint (health, metrics); 0 turns it off")
@@ -116,8 +117,11 @@ class Settings(BaseSettings):
     def masked(self) -> dict[str, Any]:
         """Effective settings as JSON-ready values, secrets masked."""
         out: dict[str, Any] = json.loads(self.model_dump_json())
-        if self.clickhouse_url is not None:
-            out["clickhouse_url"] = _mask_url(self.clickhouse_url.get_secret_value())
+        for name, value in self:
+            if isinstance(value, SecretStr):
+                out[name] = _mask_url(value.get_secret_value())
+        if self.broker:
+            out["broker"] = _mask_url(self.broker)
         return out
 
 
