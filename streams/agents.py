@@ -125,11 +125,15 @@ def register_agents(t: Tally) -> None:
             return
         except Exception as exc:  # a bug must not stop the agent: park the message
             log.exception("reconcile failed on %s[%s]@%s", msg.topic, p, msg.offset)
+            for buffered in t.write_behind:  # a half-applied message leaves no state
+                buffered.pending.clear()
             dead_letter(msg, InvalidEvent("internal_error", f"{type(exc).__name__}: {exc}"))
             return
         if out.duplicate:
             stats.duplicates += 1
         emit(out, f"{msg.topic}:{p}", msg.offset, int(msg.timestamp * 1000))
+        for buffered in t.write_behind:  # outputs first, then the state's changelog
+            buffered.flush()
 
     def reconcile_agent(kind: str) -> Any:
         async def reconcile(stream: faust.StreamT[bytes]) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,6 +56,49 @@ class WorkerStats:
             self.last_activity = time.monotonic()
 
 
+class WriteBehind(MutableMapping[str, Any]):
+    """A table seen through a write buffer: the agents send a message's outputs first
+    and only then write the changed state to the table (its changelog). A worker
+    killed in between re-processes the message on restart and sends the same
+    outputs again (same ids) instead of having recorded state whose outputs were lost.
+    """
+
+    def __init__(self, table: Any) -> None:
+        self.table = table
+        self.pending: dict[str, Any] = {}
+
+    def __getitem__(self, key: str) -> Any:
+        if key in self.pending:
+            return self.pending[key]
+        return self.table[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        if key in self.pending:
+            return self.pending[key]
+        return self.table.get(key, default)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.pending[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        self.pending.pop(key, None)
+        del self.table[key]
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self.pending
+        for k in self.table:
+            if k not in self.pending:
+                yield k
+
+    def __len__(self) -> int:
+        return len(set(self.table.keys()) | set(self.pending))
+
+    def flush(self) -> None:
+        for k, v in self.pending.items():
+            self.table[k] = v
+        self.pending.clear()
+
+
 @dataclass
 class Tally:
     """Everything `create_app` builds: the Faust app and handles on its parts."""
@@ -71,6 +115,7 @@ class Tally:
     index: ChannelTxnIndex
     stats: WorkerStats
     agents: dict[str, Any] = field(default_factory=dict)
+    write_behind: list[WriteBehind] = field(default_factory=list)
 
     @property
     def input_topics(self) -> list[str]:
@@ -168,10 +213,12 @@ def create_app(settings: Settings | None = None) -> Tally:
             schema=faust.Schema(key_serializer="json", value_serializer=codec),
         )
     orders = tables["orders"]
+    order_writes = WriteBehind(orders)
+    watermark_writes = WriteBehind(tables["watermarks"])
     reconciler = Reconciler(
         settings.policies(),
-        orders,
-        tables["watermarks"],
+        order_writes,
+        watermark_writes,
         allowed_lateness_ms=int(settings.allowed_lateness_seconds * 1000),
         partition_of=lambda k: partition_for(k, n),
     )
@@ -187,6 +234,7 @@ def create_app(settings: Settings | None = None) -> Tally:
         reconciler=reconciler,
         index=ChannelTxnIndex(tables["channel-txn-claims"]),
         stats=WorkerStats(),
+        write_behind=[order_writes, watermark_writes],
     )
 
     from streams.agents import register_agents
