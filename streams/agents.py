@@ -3,7 +3,7 @@
 - `reconcile_{transactions,callbacks,links,ticks}`: one agent per input topic (all
   co-partitioned, keyed by txn_id) feeding one shared `Reconciler`; they send
   breaks, postings, status queries, dead letters and the internal messages below.
-- `balances`: posting legs keyed by account into the `balances` table.
+- postings are applied to the `balances` table shard of the message's partition.
 - `claims`: success claims keyed by channel transaction id into `ChannelTxnIndex`.
 - `idle_ticks` (timer): keeps an idle partition's event-time watermark moving with
   the wall clock, through the log, so replays stay deterministic.
@@ -44,6 +44,7 @@ def _dumps(d: dict[str, Any]) -> bytes:
 def register_agents(t: Tally) -> None:
     app, s, topics, stats = t.app, t.settings, t.topics, t.stats
     rec = t.reconciler
+    balances = t.write_behind["balances"]  # written after the outputs, like the orders
     started = time.time()
 
     def send(
@@ -67,7 +68,7 @@ def register_agents(t: Tally) -> None:
         send("dead-letter", dl.dead_letter_id, dl.to_json())
         stats.dead_letters[exc.code] += 1
 
-    def emit(out: Outputs, src: str, offset: int, ingested_ms: int) -> None:
+    def emit(out: Outputs, partition: int, ingested_ms: int) -> None:
         now_ms = int(time.time() * 1000)
         for b in out.breaks:
             b.detected_at_ms = now_ms
@@ -76,21 +77,13 @@ def register_agents(t: Tally) -> None:
             stats.breaks[b.kind] += 1
             if ingested_ms and len(stats.latencies_ms) < _LATENCY_SAMPLES:
                 stats.latencies_ms.append(now_ms - ingested_ms)
-        for i, p in enumerate(out.postings):
-            send("postings", p.txn_id, p.to_json())
-            for j, (account, legs) in enumerate(sorted(p.legs_by_account())):
-                send(
-                    "balance-legs",
-                    balance_key(account, p.currency),
-                    {
-                        "src": src,
-                        "pos": [offset, i, j],
-                        "posting_id": p.posting_id,
-                        "account": account,
-                        "currency": p.currency,
-                        "legs": legs,
-                    },
-                )
+        for posting in out.postings:
+            send("postings", posting.txn_id, posting.to_json())
+            for account, legs in posting.legs_by_account():
+                key = f"{balance_key(account, posting.currency)}|{partition}"
+                bal = balances.get(key) or Balance(account, posting.currency)
+                bal.apply(legs)
+                balances[key] = bal
         for q in out.queries:
             send("status-queries", q.txn_id, q.to_json())
         for link in out.links:
@@ -125,14 +118,14 @@ def register_agents(t: Tally) -> None:
             return
         except Exception as exc:  # a bug must not stop the agent: park the message
             log.exception("reconcile failed on %s[%s]@%s", msg.topic, p, msg.offset)
-            for buffered in t.write_behind:  # a half-applied message leaves no state
+            for buffered in t.write_behind.values():  # a half-applied message leaves no state
                 buffered.pending.clear()
             dead_letter(msg, InvalidEvent("internal_error", f"{type(exc).__name__}: {exc}"))
             return
         if out.duplicate:
             stats.duplicates += 1
-        emit(out, f"{msg.topic}:{p}", msg.offset, int(msg.timestamp * 1000))
-        for buffered in t.write_behind:  # outputs first, then the state's changelog
+        emit(out, p, int(msg.timestamp * 1000))
+        for buffered in t.write_behind.values():  # outputs first, then the state's changelog
             buffered.flush()
 
     def reconcile_agent(kind: str) -> Any:
@@ -144,28 +137,6 @@ def register_agents(t: Tally) -> None:
         return app.agent(topics[kind], name=f"tally.reconcile.{kind}")(reconcile)
 
     reconcilers = {k: reconcile_agent(k) for k in ("transactions", "callbacks", "links", "ticks")}
-
-    @app.agent(topics["balance-legs"], name="tally.balances")
-    async def balances(stream: faust.StreamT[bytes]) -> None:
-        async for event in stream.events():
-            msg = event.message
-            stats.seen(msg.topic, msg.partition, msg.offset)
-            try:
-                d = json.loads(msg.value)
-                mark = f"{d['src']}>{msg.partition}"
-                pos = list(d["pos"])
-                last = t.balance_applied.get(mark)
-                if last is not None and pos <= list(last):
-                    stats.duplicates += 1
-                    continue
-                key = balance_key(d["account"], d["currency"])
-                bal = t.balances.get(key) or Balance(d["account"], d["currency"])
-                bal.apply({k: int(v) for k, v in d["legs"].items()})
-                t.balances[key] = bal
-                t.balance_applied[mark] = pos
-            except Exception as exc:
-                log.exception("balances failed on %s[%s]@%s", msg.topic, msg.partition, msg.offset)
-                dead_letter(msg, InvalidEvent("internal_error", f"{type(exc).__name__}: {exc}"))
 
     @app.agent(topics["success-claims"], name="tally.claims")
     async def claims(stream: faust.StreamT[bytes]) -> None:
@@ -199,7 +170,6 @@ def register_agents(t: Tally) -> None:
 
     t.agents.update(
         {f"reconcile_{k}": a for k, a in reconcilers.items()},
-        balances=balances,
         claims=claims,
         idle_ticks=idle_ticks,
     )

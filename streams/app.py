@@ -8,26 +8,33 @@ domain core (`tally.realtime.Reconciler`, `tally.clearing.Balance`,
 
 Topology (all topics have `settings.partitions` partitions):
 
-  payments.transactions ─┐                   ┌─> payments.breaks
-  payments.callbacks    ─┤                   ├─> payments.postings
-  <app>-links           ─┼─> reconcile ──────┼─> payments.status-queries
-  <app>-ticks           ─┘   (table orders)  ├─> payments.dead-letter
-                                             ├─> <app>-links  (keyed by original txn)
-                                             ├─> <app>-balance-legs ─> balances
-                                             └─> <app>-success-claims ─> claims
+  payments.transactions ─┐                     ┌─> payments.breaks
+  payments.callbacks    ─┤  reconcile          ├─> payments.postings
+  <app>-links           ─┼─> tables: orders,  ─┼─> payments.status-queries
+  <app>-ticks           ─┘   balances,         ├─> payments.dead-letter
+                             watermarks        ├─> <app>-links  (keyed by original txn)
+                                               └─> <app>-success-claims ─> claims
+
+Balances are kept where the postings are made: the `balances` table holds, for each
+partition of the input topics, the running balance of every account its orders
+touched (key `<account>|<currency>|<partition>`). An account's balance is the sum of
+its shards (`account_balances`). This avoids a repartition hop per posting, and a
+posting is applied exactly when its order's state changes, in the same message.
 """
 
 from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Iterable, Iterator, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import faust
+from faust.types import TP
 
 from streams import codecs
+from tally.clearing import Balance
 from tally.config import Settings
 from tally.orders import OrderState
 from tally.pipeline import partition_for
@@ -108,14 +115,13 @@ class Tally:
     topics: dict[str, faust.TopicT]
     orders: Any  # faust Table[str, OrderState]
     watermarks: Any
-    balances: Any
-    balance_applied: Any  # (source TP > balance partition) -> last applied position
+    balances: Any  # faust Table[str, Balance], sharded by input partition
     claims: Any
     reconciler: Reconciler
     index: ChannelTxnIndex
     stats: WorkerStats
     agents: dict[str, Any] = field(default_factory=dict)
-    write_behind: list[WriteBehind] = field(default_factory=list)
+    write_behind: dict[str, WriteBehind] = field(default_factory=dict)
 
     @property
     def input_topics(self) -> list[str]:
@@ -125,7 +131,6 @@ class Tally:
             s.topic_transactions,
             s.topic_callbacks,
             self.internal("links"),
-            self.internal("balance-legs"),
             self.internal("success-claims"),
         ]
 
@@ -192,7 +197,6 @@ def create_app(settings: Settings | None = None) -> Tally:
         "callbacks": topic(settings.topic_callbacks),
         "links": topic(f"{prefix}-links", internal=True),
         "ticks": topic(f"{prefix}-ticks", internal=True),
-        "balance-legs": topic(f"{prefix}-balance-legs", internal=True),
         "success-claims": topic(f"{prefix}-success-claims", internal=True),
         "breaks": topic(settings.topic_breaks),
         "postings": topic(settings.topic_postings),
@@ -204,7 +208,6 @@ def create_app(settings: Settings | None = None) -> Tally:
         ("orders", codecs.ORDER),
         ("watermarks", "json"),
         ("balances", codecs.BALANCE),
-        ("balance-applied", "json"),
         ("channel-txn-claims", codecs.CLAIM),
     ):
         tables[name] = app.Table(
@@ -213,14 +216,33 @@ def create_app(settings: Settings | None = None) -> Tally:
             schema=faust.Schema(key_serializer="json", value_serializer=codec),
         )
     orders = tables["orders"]
+    stats = WorkerStats()
+    inputs = {"transactions": settings.topic_transactions, "callbacks": settings.topic_callbacks}
+
+    def caught_up(partition: int, source: str) -> bool:
+        """Has this worker read everything there is on an input topic-partition? Only
+        then may the other input's event time alone move the watermark. (Faust reads
+        a backlog topic by topic, one can stall for seconds while the other runs.)"""
+        topic = inputs[source]
+        try:
+            hw = app.consumer.highwater(TP(topic, partition))
+        except Exception:
+            return False
+        if hw is None:
+            return False
+        pos = stats.positions.get((topic, partition))
+        return hw == 0 if pos is None else pos >= hw
+
     order_writes = WriteBehind(orders)
     watermark_writes = WriteBehind(tables["watermarks"])
+    balance_writes = WriteBehind(tables["balances"])
     reconciler = Reconciler(
         settings.policies(),
         order_writes,
         watermark_writes,
         allowed_lateness_ms=int(settings.allowed_lateness_seconds * 1000),
         partition_of=lambda k: partition_for(k, n),
+        caught_up=caught_up,
     )
     tally = Tally(
         settings=settings,
@@ -229,18 +251,35 @@ def create_app(settings: Settings | None = None) -> Tally:
         orders=orders,
         watermarks=tables["watermarks"],
         balances=tables["balances"],
-        balance_applied=tables["balance-applied"],
         claims=tables["channel-txn-claims"],
         reconciler=reconciler,
         index=ChannelTxnIndex(tables["channel-txn-claims"]),
-        stats=WorkerStats(),
-        write_behind=[order_writes, watermark_writes],
+        stats=stats,
+        write_behind={
+            "orders": order_writes,
+            "watermarks": watermark_writes,
+            "balances": balance_writes,
+        },
     )
 
     from streams.agents import register_agents
 
     register_agents(tally)
     return tally
+
+
+def account_balances(shards: Iterable[tuple[str, Balance]]) -> dict[str, Balance]:
+    """Sum balance shards (`<account>|<currency>|<partition>`) per account and currency."""
+    total: dict[str, Balance] = {}
+    for key, shard in shards:
+        k = key.rsplit("|", 1)[0]
+        b = total.get(k)
+        if b is None:
+            b = total[k] = Balance(shard.account, shard.currency)
+        for component, amount in shard.amounts.items():
+            b.amounts[component] = b.amounts.get(component, 0) + amount
+        b.postings += shard.postings
+    return total
 
 
 def order_state(tally: Tally, txn_id: str) -> OrderState | None:

@@ -8,7 +8,6 @@ import json
 import logging
 import sys
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -354,8 +353,75 @@ async def _demo(s: Settings, sim: Any, progress: bool) -> tuple[Any, set[tuple[s
     return summary, found
 
 
-def now_utc() -> datetime:
-    return datetime.now(UTC)
+# ------------------------------------------------------------------------ bench
+
+
+@main.group()
+def bench() -> None:
+    """Benchmarks (figures, never pass/fail): see docs/benchmarks.md."""
+
+
+@bench.command("core")
+@click.option("--events", type=int, default=200_000, show_default=True)
+@click.option("--seed", type=int, default=11, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def bench_core_cmd(events: int, seed: int, as_json: bool) -> None:
+    """The pure domain core in memory: parse, merge, detect, post (no broker)."""
+    from streams.bench import bench_core, machine
+    from tally.simulate import SimConfig, generate
+
+    s = _settings()
+    sim = generate(SimConfig(events=events, seed=seed), s.policies())
+    r = bench_core(sim.envelopes, s.partitions)
+    _print_bench([r], as_json)
+    if not as_json:
+        click.echo(f"({machine()})")
+
+
+@bench.command("stream")
+@click.option(
+    "--events", type=int, default=100_000, show_default=True, help="events for the throughput run"
+)
+@click.option(
+    "--rate",
+    type=float,
+    default=5300.0,
+    show_default=True,
+    help="offered events/s for the latency run (NetsUnion 2017: 5,300/s)",
+)
+@click.option("--latency-events", type=int, default=30_000, show_default=True)
+@click.option("--seed", type=int, default=11, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def bench_stream_cmd(
+    events: int, rate: float, latency_events: int, seed: int, as_json: bool
+) -> None:
+    """The Faust workers on the broker, every check on: events/s and event-to-break
+    latency p50/p99."""
+    from streams.bench import machine, run_stream_bench
+    from tally.simulate import SimConfig, generate
+
+    s = _settings()
+    _logging(s.log_level)
+    sim = generate(SimConfig(events=events, seed=seed), s.policies())
+    with broker_for(s, quiet=as_json):
+        results = run_stream_bench(s, sim.envelopes, rate, latency_events)
+    _print_bench(results, as_json)
+    if not as_json:
+        click.echo(f"({machine()}; broker {'embedded Tansu' if s.embedded else s.broker})")
+
+
+def _print_bench(results: list[Any], as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps([r.to_json() for r in results], indent=2))
+        return
+    for r in results:
+        d = r.to_json()
+        click.echo(
+            f"{d.pop('name')}: {d.pop('events'):,} events in {d.pop('seconds')}s = "
+            f"{d.pop('events_per_second'):,.0f} events/s"
+        )
+        for k, v in d.items():
+            click.echo(f"  {k}: {v}")
 
 
 if __name__ == "__main__":  # pragma: no cover

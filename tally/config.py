@@ -76,7 +76,9 @@ class Settings(BaseSettings):
     data_dir: str = Field("./data", description="local data (embedded broker log)")
 
     # ------------------------------------------------------------- operations
-    web_port: int = Field(6066, ge=0, description="Faust web endpoint (health, metrics); 0 turns it off")
+    web_port: int = Field(
+        6066, ge=0, description="Faust web endpoint (health, metrics); 0 turns it off"
+    )
     log_level: str = Field("warning", description="worker log level")
 
     @field_validator("broker")

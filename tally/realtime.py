@@ -12,10 +12,16 @@ Faust table) and directly by tests, the simulator's oracle and the benchmark
   5. arms the order's timers and advances the partition's event-time watermark,
      firing due timers: status queries, pending_timeout, orphan_callback.
 
-Time is event time: the watermark of a partition is the latest `occurred_at` seen
-there, less the allowed lateness. Wall clock only enters through `on_tick`, which
-the stream layer calls when a partition has been idle, so replaying yesterday's
-log gives the same breaks as the live run did.
+Time is event time. A partition's watermark is the *smaller* of the latest
+`occurred_at` seen on its two input topics (transactions, callbacks), less the
+allowed lateness: the stream consumes the two topics independently, so one may run
+ahead of the other, and a timer must not fire because our orders were read before
+the channel's evidence for them. An input that is caught up (`caught_up` says so:
+in the stream, the worker has read its topic-partition to the end) does not hold the
+other back; with no `caught_up` hook (one ordered log, as in `LocalPipeline`) the
+watermark simply follows the latest event. Wall clock only enters through these
+idleness checks and `on_tick`, which the stream layer calls when a partition has
+been idle, so replaying yesterday's log gives the same breaks as the live run did.
 """
 
 from __future__ import annotations
@@ -160,6 +166,7 @@ class Outputs:
 _QUERY = 0
 _ORPHAN = 1
 _WM_PERSIST_STEP_MS = 1000
+_SOURCES = ("transactions", "callbacks")
 
 
 class Reconciler:
@@ -171,11 +178,14 @@ class Reconciler:
         *,
         allowed_lateness_ms: int = 5000,
         partition_of: Callable[[str], int] | None = None,
+        caught_up: Callable[[int, str], bool] | None = None,
     ) -> None:
         self.policies = policies
         self.orders = orders
         self.watermarks: MutableMapping[str, int] = watermarks if watermarks is not None else {}
         self.lateness = allowed_lateness_ms
+        self.caught_up = caught_up or (lambda _p, _s: True)
+        self._hw: dict[int, dict[str, int]] = {}  # latest event time per input topic
         self.partition_of = partition_of or (lambda _k: 0)
         self._wm: dict[int, int] = {}
         self._timers: dict[int, list[tuple[int, int, str]]] = {}
@@ -191,7 +201,7 @@ class Reconciler:
         state.seen.add(txn.event_id)
         apply_transaction(state, txn, policy)
         out = self._settle(state, txn.occurred_at_ms, partition)
-        out.extend(self._advance(partition, txn.occurred_at_ms - self.lateness))
+        out.extend(self._observe(partition, "transactions", txn.occurred_at_ms))
         return out
 
     def on_callback(self, cb: Callback, partition: int = 0) -> Outputs:
@@ -200,9 +210,13 @@ class Reconciler:
         if cb.event_id in state.seen:
             return Outputs(duplicate=True)
         state.seen.add(cb.event_id)
+        first_success = cb.status == "success" and not any(
+            ev.status == "success" and ev.channel_txn_id == cb.channel_txn_id
+            for ev in state.evidence
+        )
         apply_callback(state, cb)
         out = Outputs()
-        if cb.status == "success":
+        if first_success:  # claim a channel transaction id once per order
             out.claims.append(
                 SuccessClaim(
                     cb.channel_id,
@@ -219,7 +233,7 @@ class Reconciler:
             state.orphan_due_ms = cb.occurred_at_ms + grace
             self._push(partition, state.orphan_due_ms, _ORPHAN, state.txn_id)
         out.extend(self._settle(state, cb.occurred_at_ms, partition))
-        out.extend(self._advance(partition, cb.occurred_at_ms - self.lateness))
+        out.extend(self._observe(partition, "callbacks", cb.occurred_at_ms))
         return out
 
     def on_link(self, link: ReversalLink, partition: int = 0) -> Outputs:
@@ -235,10 +249,14 @@ class Reconciler:
     def on_tick(self, partition: int, advance_ms: int) -> Outputs:
         """Wall clock kept the partition idle for `advance_ms`: move its watermark on."""
         self._ensure_partition(partition)
-        wm = self._wm.get(partition)
-        if wm is None or advance_ms <= 0:
+        hw = self._hw.setdefault(partition, {})
+        if not hw or advance_ms <= 0:
             return Outputs()
-        return self._advance(partition, wm + advance_ms)
+        # idle: both inputs are caught up; event time moves on with the wall clock
+        top = max(hw.values()) + advance_ms
+        for source in _SOURCES:
+            hw[source] = top
+        return self._advance(partition, top - self.lateness)
 
     def watermark(self, partition: int = 0) -> int | None:
         return self._wm.get(partition)
@@ -318,16 +336,32 @@ class Reconciler:
     def _push(self, partition: int, due: int, kind: int, txn_id: str) -> None:
         heapq.heappush(self._timers.setdefault(partition, []), (due, kind, txn_id))
 
-    def _advance(self, partition: int, to_ms: int) -> Outputs:
+    def _observe(self, partition: int, source: str, event_ms: int) -> Outputs:
+        hw = self._hw.setdefault(partition, {})
+        if event_ms > hw.get(source, -1):
+            hw[source] = event_ms
+        top = max(hw.values())
+        low = top
+        for src in _SOURCES:
+            v = hw.get(src)
+            if (v is None or v < top) and not self.caught_up(partition, src):
+                if v is None:
+                    return self._advance(partition, None)  # wait for the other input
+                low = min(low, v)
+        return self._advance(partition, low - self.lateness)
+
+    def _advance(self, partition: int, to_ms: int | None) -> Outputs:
         out = Outputs()
         wm = self._wm.get(partition)
-        if wm is None or to_ms > wm:
+        if to_ms is not None and (wm is None or to_ms > wm):
             self._wm[partition] = wm = to_ms
             key = str(partition)
             if to_ms - self.watermarks.get(key, 0) >= _WM_PERSIST_STEP_MS:
                 self.watermarks[key] = to_ms
-        # timers armed behind the watermark (their order arrived late, or on the other
-        # input topic) fire now: the outcome depends on event time, not arrival order
+        if wm is None:
+            return out
+        # timers armed behind the watermark (their order arrived late) fire now: the
+        # outcome depends on event time, not arrival order
         to_ms = wm
         heap = self._timers.get(partition)
         while heap and heap[0][0] <= to_ms:
@@ -388,6 +422,7 @@ class Reconciler:
         persisted = self.watermarks.get(str(partition))
         if persisted is not None:
             self._wm[partition] = persisted
+            self._hw[partition] = {src: persisted + self.lateness for src in _SOURCES}
         self.rebuild(partition, self._states_of(partition))
 
     def _states_of(self, partition: int) -> Iterable[OrderState]:
@@ -411,6 +446,7 @@ class Reconciler:
         """Called on rebalance: timers are rebuilt lazily for whatever is assigned."""
         self._timers.clear()
         self._wm.clear()
+        self._hw.clear()
 
 
 # -------------------------------------------------------- cross-order index

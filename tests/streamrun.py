@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from streams.app import Tally, create_app
+from streams.app import Tally, account_balances, create_app
 from streams.broker import EmbeddedBroker
 from streams.produce import produce
 from streams.worker import WorkerRunner, read_topic
@@ -75,7 +75,7 @@ async def run_stream(
         for batch in batches:
             await produce(s.bootstrap_servers(), retarget(batch, s))
             await runner.wait_idle(quiet_seconds)
-        balances = {str(k): v for k, v in tally.balances.items()}
+        balances = account_balances(tally.balances.items())
     finally:
         await runner.stop()
     bootstrap = s.bootstrap_servers()

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from streams.app import Tally, create_app
+from streams.app import Tally, account_balances, create_app
 from tally.config import Settings
 
 
@@ -91,22 +91,21 @@ async def test_malformed_message_is_dead_lettered_and_agent_keeps_going(tally: T
     assert "o3" in tally.orders  # the good message after the bad ones was processed
 
 
-async def test_balances_agent_applies_each_leg_once(tally: Tally) -> None:
-    legs = tally.agents["balances"]
-    msg = {
-        "src": "payments.callbacks:0",
-        "pos": [7, 0, 0],
-        "posting_id": "o1:1",
-        "account": "merchant:m1",
-        "currency": "CNY",
-        "legs": {"confirmed|gross": -10000, "confirmed|fee": 60},
+async def test_postings_update_the_partition_balance_shards(tally: Tally) -> None:
+    txns = tally.agents["reconcile_transactions"]
+    cbs = tally.agents["reconcile_callbacks"]
+    async with txns.test_context() as t_agent, cbs.test_context() as c_agent:
+        await t_agent.put(txn("e1", "o4", "success", "2026-11-24T10:00:00+08:00"), key=b"o4")
+        await c_agent.put(cb("e2", "o4", "success", "2026-11-24T10:00:01+08:00"), key=b"o4")
+        await c_agent.put(cb("e2", "o4", "success", "2026-11-24T10:00:01+08:00"), key=b"o4")
+    merchant = account_balances(tally.balances.items())["merchant:m1|CNY"]
+    assert merchant.amounts == {
+        "confirmed|gross": -10000,
+        "confirmed|fee": 60,
+        "provisional|gross": 0,
     }
-    async with legs.test_context() as agent:
-        await agent.put(json.dumps(msg).encode(), key=b"merchant:m1|CNY")
-        await agent.put(json.dumps(msg).encode(), key=b"merchant:m1|CNY")  # replayed
-    bal = tally.balances["merchant:m1|CNY"]
-    assert bal.amounts == {"confirmed|gross": -10000, "confirmed|fee": 60}
-    assert bal.summary()["net"] == "99.40"
+    assert merchant.summary()["net"] == "99.40"
+    assert merchant.summary()["provisional"] == "0.00"
 
 
 async def test_claims_agent_flags_one_channel_txn_on_two_orders(tally: Tally) -> None:
