@@ -28,7 +28,9 @@ from tally.events import (
     parse_callback,
     parse_transaction,
 )
+from tally.orders import view
 from tally.realtime import Outputs, ReversalLink, SuccessClaim
+from tally.snapshots import balance_snapshot, order_snapshot
 
 if TYPE_CHECKING:
     from streams.app import Tally
@@ -125,8 +127,19 @@ def register_agents(t: Tally) -> None:
         if out.duplicate:
             stats.duplicates += 1
         emit(out, p, int(msg.timestamp * 1000))
+        publish_snapshots(p)
         for buffered in t.write_behind.values():  # outputs first, then the state's changelog
             buffered.flush()
+
+    def publish_snapshots(partition: int) -> None:
+        """The orders and balance shards this message changed, for the sinks."""
+        for state in t.write_behind["orders"].pending.values():
+            channel = state.channel_id or (state.evidence[0].channel_id if state.evidence else "")
+            v = view(state, rec.policies[channel])
+            at = max([state.our_status_at_ms] + [e.occurred_at_ms for e in state.evidence])
+            send("order-states", state.txn_id, order_snapshot(state, v, at))
+        for key, bal in t.write_behind["balances"].pending.items():
+            send("balances", key, balance_snapshot(key, bal, partition))
 
     def reconcile_agent(kind: str) -> Any:
         async def reconcile(stream: faust.StreamT[bytes]) -> None:

@@ -144,6 +144,8 @@ class Tally:
             s.topic_postings,
             s.topic_status_queries,
             s.topic_dead_letter,
+            s.topic_order_states,
+            s.topic_balances,
         ]
 
     def internal(self, name: str) -> str:
@@ -202,6 +204,8 @@ def create_app(settings: Settings | None = None) -> Tally:
         "postings": topic(settings.topic_postings),
         "status-queries": topic(settings.topic_status_queries),
         "dead-letter": topic(settings.topic_dead_letter),
+        "order-states": topic(settings.topic_order_states),
+        "balances": topic(settings.topic_balances),
     }
     tables: dict[str, Any] = {}
     for name, codec in (

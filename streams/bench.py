@@ -77,6 +77,8 @@ def _isolated(s: Settings) -> Settings:
             "topic_postings": f"bench{run}.postings",
             "topic_status_queries": f"bench{run}.status-queries",
             "topic_dead_letter": f"bench{run}.dead-letter",
+            "topic_order_states": f"bench{run}.order-states",
+            "topic_balances": f"bench{run}.balances",
             "web_port": 0,
         }
     )

@@ -52,6 +52,12 @@ class Settings(BaseSettings):
     topic_dead_letter: str = Field(
         "payments.dead-letter", description="output: messages not processed, with the reason"
     )
+    topic_order_states: str = Field(
+        "payments.order-states", description="output: each order's state after every change"
+    )
+    topic_balances: str = Field(
+        "payments.balances", description="output: balance shard snapshots after every change"
+    )
 
     # --------------------------------------------------------------- behaviour
     channels: dict[str, ChannelPolicy] = Field(

@@ -47,6 +47,8 @@ def stream_settings(broker: EmbeddedBroker, **overrides: Any) -> Settings:
         "topic_postings": f"t{run}.postings",
         "topic_status_queries": f"t{run}.status-queries",
         "topic_dead_letter": f"t{run}.dead-letter",
+        "topic_order_states": f"t{run}.order-states",
+        "topic_balances": f"t{run}.balances",
         "log_level": "warning",
     }
     values.update(overrides)
