@@ -145,13 +145,22 @@ def iso_ms(ms: int) -> str:
     return from_epoch_ms(ms).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
+# RFC 3339 `date-time` (section 5.6), the form the JSON Schema `date-time` format
+# checks; datetime.fromisoformat alone also takes ISO 8601 forms outside it
+# (20260101T100000Z, 10:00+08:00, +0800, week dates).
+_RFC3339_RE = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?"
+    r"(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])"
+)
+
+
 def parse_timestamp(value: object, field: str) -> int:
     if not isinstance(value, str):
         raise InvalidEvent("wrong_type", "must be an RFC 3339 string", field)
-    if len(value) > 40 or "T" not in value.upper():
+    if len(value) > 40 or not _RFC3339_RE.fullmatch(value.upper()):
         raise InvalidEvent("bad_timestamp", f"not an RFC 3339 timestamp: {value[:40]!r}", field)
     try:
-        dt = datetime.fromisoformat(value)
+        dt = datetime.fromisoformat(value.upper())
     except ValueError:
         raise InvalidEvent(
             "bad_timestamp", f"not an RFC 3339 timestamp: {value[:40]!r}", field
@@ -180,7 +189,7 @@ def _ident(d: dict[str, Any], field: str, optional: bool = False) -> Any:
         return None
     if not isinstance(value, str):
         raise InvalidEvent("wrong_type", f"must be a string, got {type(value).__name__}", field)
-    if not _ID_RE.match(value):
+    if not _ID_RE.fullmatch(value):
         raise InvalidEvent("bad_id", f"must be 1-{MAX_ID_LENGTH} printable ASCII characters", field)
     return value
 

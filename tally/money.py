@@ -205,7 +205,7 @@ def to_minor(amount: str, currency: str) -> int:
     """
     if not isinstance(amount, str):
         raise MoneyError(f"must be a decimal string, got {type(amount).__name__}")
-    if not _AMOUNT_RE.match(amount):
+    if not _AMOUNT_RE.fullmatch(amount):
         if amount.startswith("-"):
             raise MoneyError(f"must not be negative: {amount[:40]!r}")
         raise MoneyError(f"not a decimal amount: {amount[:40]!r}")

@@ -94,7 +94,7 @@ class ReversalLink:
 
     @property
     def event_id(self) -> str:
-        return f"link:{self.reversal_txn_id}:{self.status}"
+        return f"link:{self.reversal_txn_id}:{self.status}:{self.occurred_at_ms}"
 
     def to_json(self) -> dict[str, Any]:
         return {
