@@ -301,26 +301,32 @@ def duplicate_channel_txn(
     amount: int,
     event_time_ms: int,
 ) -> Break:
-    """S1: one channel transaction id reported as success on two orders."""
+    """S1: one channel transaction id reported as success on two orders.
+
+    The break belongs to the later of the two claims by event time (then txn id), and
+    its id is built from the pair, so it does not depend on which claim arrived first.
+    """
+    second = ChannelTxnClaim(second_txn_id, second_merchant, event_time_ms)
+    earlier, later = sorted((first, second), key=lambda c: (c.occurred_at_ms, c.txn_id))
     return Break(
-        break_id=break_id(BreakKind.DUPLICATE_SUCCESS, f"{channel_id}/{channel_txn_id}", "shared"),
+        break_id=break_id(
+            BreakKind.DUPLICATE_SUCCESS,
+            later.txn_id,
+            f"shared:{channel_id}/{channel_txn_id}:{earlier.txn_id}",
+        ),
         kind=BreakKind.DUPLICATE_SUCCESS.value,
-        txn_id=second_txn_id,
-        merchant_id=second_merchant,
+        txn_id=later.txn_id,
+        merchant_id=later.merchant_id,
         channel_id=channel_id,
         currency=currency,
         amount=None,
         channel_amount=amount,
-        event_time_ms=event_time_ms,
+        event_time_ms=max(first.occurred_at_ms, event_time_ms),
         business_date=None,
         detail=f"channel transaction {channel_txn_id} succeeded on orders "
-        f"{first.txn_id} and {second_txn_id}",
+        f"{earlier.txn_id} and {later.txn_id}",
         evidence=[
-            {
-                "txn_id": first.txn_id,
-                "merchant_id": first.merchant_id,
-                "at": iso_ms(first.occurred_at_ms),
-            },
-            {"txn_id": second_txn_id, "merchant_id": second_merchant, "at": iso_ms(event_time_ms)},
+            {"txn_id": c.txn_id, "merchant_id": c.merchant_id, "at": iso_ms(c.occurred_at_ms)}
+            for c in (earlier, later)
         ],
     )

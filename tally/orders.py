@@ -255,9 +255,12 @@ def _confirming(ev: Evidence, policy: ChannelPolicy) -> bool:
 def view(state: OrderState, policy: ChannelPolicy) -> OrderView:
     final = state.channel_final()
     fee = 0
-    for ev in state.evidence:
+    fee_at: tuple[int, int] | None = None
+    for ev in state.evidence:  # the latest success witness (event time) that names a fee
         if ev.fee is not None and ev.status in SUCCESS_LIKE:
-            fee = ev.fee
+            at = (ev.occurred_at_ms, ev.seq)
+            if fee_at is None or at >= fee_at:
+                fee, fee_at = ev.fee, at
     reversed_ = (final is not None and final.status == "reversed") or (
         state.reversal is not None and state.reversal.status == "success"
     )

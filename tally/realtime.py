@@ -466,6 +466,10 @@ class ChannelTxnIndex:
             return None
         if first.txn_id == c.txn_id:
             return None
+        seen = f"{c.key}|{c.txn_id}"  # each further order is flagged once
+        if self.claims.get(seen) is not None:
+            return None
+        self.claims[seen] = ChannelTxnClaim(c.txn_id, c.merchant_id, c.occurred_at_ms)
         return duplicate_channel_txn(
             c.channel_id,
             c.channel_txn_id,
