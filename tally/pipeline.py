@@ -12,6 +12,7 @@ Malformed messages become `DeadLetter`s with the reason; they never raise.
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from collections import deque
@@ -46,7 +47,10 @@ def partition_for(key: str | bytes, partitions: int) -> int:
 
 @dataclass
 class Envelope:
-    """One message as `tally produce` and the simulator write it: topic, key, value."""
+    """One message as `tally produce` and the simulator write it: topic, key, value.
+
+    On a line: {"topic", "key", "value": {...}} for a JSON value; "value_raw" (a string
+    sent as is) or "value_b64" (exact bytes) for anything else."""
 
     topic: str
     key: str | None
@@ -62,8 +66,9 @@ class Envelope:
     def to_line(self) -> str:
         v: Any = self.value
         if isinstance(v, bytes):
+            # raw bytes survive the round trip exactly
             return json.dumps(
-                {"topic": self.topic, "key": self.key, "value_raw": v.decode("utf-8", "replace")}
+                {"topic": self.topic, "key": self.key, "value_b64": base64.b64encode(v).decode()}
             )
         if isinstance(v, str):
             return json.dumps({"topic": self.topic, "key": self.key, "value_raw": v})
@@ -77,6 +82,12 @@ class Envelope:
             raise ValueError(f"line {lineno}: not JSON: {exc}") from None
         if not isinstance(d, dict) or "topic" not in d:
             raise ValueError(f'line {lineno}: an envelope needs a "topic" field')
+        if "value_b64" in d:
+            try:
+                raw = base64.b64decode(d["value_b64"], validate=True)
+            except ValueError:
+                raise ValueError(f"line {lineno}: value_b64 is not base64") from None
+            return cls(d["topic"], d.get("key"), raw)
         if "value_raw" in d:
             return cls(d["topic"], d.get("key"), str(d["value_raw"]))
         if "value" not in d:
