@@ -234,12 +234,10 @@ def simulate(events: int, seed: int, out: Path | None, rates: str | None) -> Non
     from tally.simulate import SimConfig, generate, write_jsonl
 
     s = _settings()
-    cfg = SimConfig(events=events, seed=seed)
-    if rates:
-        try:
-            cfg = SimConfig(events=events, seed=seed, rates={**cfg.rates, **json.loads(rates)})
-        except (ValueError, TypeError) as exc:
-            raise click.ClickException(f"--rates: {exc}") from None
+    try:
+        cfg = SimConfig(events=events, seed=seed, rates=json.loads(rates) if rates else {})
+    except (ValueError, TypeError) as exc:
+        raise click.ClickException(f"--rates: {exc}") from None
     sim = generate(cfg, s.policies())
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
