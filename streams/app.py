@@ -182,6 +182,10 @@ def create_app(settings: Settings | None = None) -> Tally:
         value_serializer="raw",
     )
 
+    # Faust's producer buffer takes table changelogs and `send_soon` messages; its
+    # default of 100 pauses the streams (with a warning) several times per batch.
+    app.producer.buffer.max_messages = 5000
+
     def topic(name: str, internal: bool = False) -> faust.TopicT:
         return app.topic(
             name,
@@ -214,11 +218,19 @@ def create_app(settings: Settings | None = None) -> Tally:
         ("balances", codecs.BALANCE),
         ("channel-txn-claims", codecs.CLAIM),
     ):
-        tables[name] = app.Table(
+        table = app.Table(
             name,
             partitions=n,
             schema=faust.Schema(key_serializer="json", value_serializer=codec),
         )
+        # Faust writes and reads a table's changelog with the table's own
+        # key/value serializers (derived from key_type/value_type, "json" here),
+        # not the schema's: without this, values went out as Faust JSON and a
+        # recovered table held dicts instead of OrderState / Balance objects.
+        table.key_serializer = "json"
+        table.value_serializer = codec
+        table.changelog_topic = table._new_changelog_topic()
+        tables[name] = table
     orders = tables["orders"]
     stats = WorkerStats()
     inputs = {"transactions": settings.topic_transactions, "callbacks": settings.topic_callbacks}
