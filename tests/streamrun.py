@@ -73,10 +73,12 @@ async def run_stream(
     tally = create_app(s)
     runner = WorkerRunner(tally)
     await runner.start()
+    after_batch: list[dict[str, int]] = []
     try:
         for batch in batches:
             await produce(s.bootstrap_servers(), retarget(batch, s))
             await runner.wait_idle(quiet_seconds)
+            after_batch.append(dict(tally.stats.produced))
         balances = account_balances(tally.balances.items())
     finally:
         await runner.stop()
@@ -90,4 +92,5 @@ async def run_stream(
         dead_letters=await read_topic(bootstrap, s.topic_dead_letter),
         balances=balances,
         tally=tally,
+        extra={"produced_after_batch": after_batch},
     )
