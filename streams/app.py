@@ -218,7 +218,7 @@ def create_app(settings: Settings | None = None) -> Tally:
         ("balances", codecs.BALANCE),
         ("channel-txn-claims", codecs.CLAIM),
     ):
-        table = app.Table(
+        table: Any = app.Table(
             name,
             partitions=n,
             schema=faust.Schema(key_serializer="json", value_serializer=codec),
