@@ -79,7 +79,33 @@ class Settings(BaseSettings):
     )
 
     # ----------------------------------------------------------------- storage
-    data_dir: str = Field("./data", description="local data (embedded broker log)")
+    data_dir: str = Field(
+        "./data", description="local data (embedded broker log, embedded chDB under <dir>/chdb)"
+    )
+    clickhouse_url: SecretStr | None = Field(
+        None,
+        description="ClickHouse server as clickhouse://user:password@host:9000/db (native "
+        "protocol; clickhouses:// for TLS); unset: embedded chDB under TALLY_DATA_DIR",
+    )
+    clickhouse_secure: bool = Field(
+        False, description="TLS to the ClickHouse server (default port 9440)"
+    )
+    clickhouse_verify: bool = Field(True, description="verify the server's TLS certificate")
+    clickhouse_ca_certs: str | None = Field(
+        None, description="CA bundle (PEM file) to verify the ClickHouse server with"
+    )
+    clickhouse_database: str = Field(
+        "tally", description="ClickHouse database (a path in TALLY_CLICKHOUSE_URL wins)"
+    )
+    sink_batch_size: int = Field(
+        5000, gt=0, description="sinks insert at most this many messages per batch"
+    )
+    sink_batch_seconds: float = Field(
+        1.0, gt=0, description="... and at least this often while messages arrive"
+    )
+    sink_retry_max_seconds: float = Field(
+        30.0, gt=0, description="longest pause between retries while ClickHouse is unreachable"
+    )
 
     # ------------------------------------------------------------- operations
     web_port: int = Field(

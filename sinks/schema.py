@@ -1,0 +1,229 @@
+"""The ClickHouse schema, as ordered migrations.
+
+Applied on sink start and by `tally db migrate`; idempotent (every statement is
+`IF NOT EXISTS`, each applied version is recorded in `schema_migrations`, a
+version is applied once, and re-running a half-applied one is harmless).
+
+One schema for both backends: it must run on ClickHouse 18.16 (Debian's
+clickhouse-server) and on chDB 26.x. So: no DateTime64, no LowCardinality, no
+JSON type. Timestamps are Int64 epoch milliseconds (UTC, exact) with a
+`DateTime('UTC')` column MATERIALIZED from them for humans and Grafana; money is
+Decimal(18, 4) in major units (tally's amounts have at most 4 decimals and 13
+integer digits); tables are ReplacingMergeTree with ORDER BY the stable identity
+of a row and, where a row has successive states, a version. There is no PARTITION
+BY: ReplacingMergeTree only collapses duplicates within one partition, and no
+row attribute other than its identity is guaranteed stable.
+
+Never edit an applied migration: add the next one.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from sinks.backend import Backend
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    statements: tuple[str, ...]
+
+
+def _ms_time(col: str, nullable: bool = False) -> str:
+    """A DateTime column materialized from an Int64 epoch-ms column `<col>_ms`."""
+    t = "Nullable(DateTime('UTC'))" if nullable else "DateTime('UTC')"
+    return f"{col} {t} MATERIALIZED toDateTime(intDiv({col}_ms, 1000), 'UTC')"
+
+
+_MONEY = "Decimal(18, 4)"
+_NMONEY = f"Nullable({_MONEY})"
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "result tables: order states, breaks, postings, balances, status queries, "
+        "dead letters, watermarks, channel transaction claims",
+        (
+            f"""CREATE TABLE IF NOT EXISTS {{db}}.order_states (
+                txn_id String,
+                version UInt64,
+                events UInt32,
+                known UInt8,
+                type Nullable(String),
+                merchant_id Nullable(String),
+                channel_id Nullable(String),
+                currency Nullable(String),
+                amount {_NMONEY},
+                coupon_amount {_NMONEY},
+                fee {_NMONEY},
+                original_txn_id Nullable(String),
+                terminal_id Nullable(String),
+                our_status Nullable(String),
+                channel_status Nullable(String),
+                channel_txn_id Nullable(String),
+                standing String,
+                resolved UInt8,
+                reversed UInt8,
+                business_date Nullable(Date),
+                created_at_ms Nullable(Int64),
+                updated_at_ms Int64,
+                queries_sent UInt32,
+                breaks Array(String),
+                evidence String,
+                state String,
+                shard UInt16,
+                {_ms_time("created_at", nullable=True)},
+                {_ms_time("updated_at")}
+            ) ENGINE = ReplacingMergeTree(version) ORDER BY txn_id""",
+            f"""CREATE TABLE IF NOT EXISTS {{db}}.breaks (
+                break_id String,
+                kind String,
+                txn_id String,
+                merchant_id Nullable(String),
+                channel_id Nullable(String),
+                currency Nullable(String),
+                amount {_NMONEY},
+                channel_amount {_NMONEY},
+                business_date Nullable(Date),
+                event_time_ms Int64,
+                detected_at_ms Nullable(Int64),
+                detail String,
+                evidence String,
+                {_ms_time("event_time")},
+                {_ms_time("detected_at", nullable=True)}
+            ) ENGINE = ReplacingMergeTree() ORDER BY break_id""",
+            f"""CREATE TABLE IF NOT EXISTS {{db}}.postings (
+                posting_id String,
+                account String,
+                bucket String,
+                component String,
+                txn_id String,
+                seq UInt32,
+                merchant_id Nullable(String),
+                channel_id Nullable(String),
+                currency String,
+                reason String,
+                business_date Nullable(Date),
+                event_time_ms Int64,
+                account_kind String,
+                amount {_MONEY},
+                amount_minor Int64,
+                {_ms_time("event_time")}
+            ) ENGINE = ReplacingMergeTree()
+            ORDER BY (posting_id, account, bucket, component)""",
+            f"""CREATE TABLE IF NOT EXISTS {{db}}.balances (
+                account String,
+                currency String,
+                shard UInt16,
+                version UInt64,
+                kind String,
+                owner String,
+                provisional_gross {_MONEY},
+                provisional_refund {_MONEY},
+                provisional_fee {_MONEY},
+                provisional_coupon {_MONEY},
+                confirmed_gross {_MONEY},
+                confirmed_refund {_MONEY},
+                confirmed_fee {_MONEY},
+                confirmed_coupon {_MONEY},
+                amounts_minor String
+            ) ENGINE = ReplacingMergeTree(version) ORDER BY (account, currency, shard)""",
+            f"""CREATE TABLE IF NOT EXISTS {{db}}.status_queries (
+                query_id String,
+                txn_id String,
+                channel_id String,
+                merchant_id Nullable(String),
+                channel_txn_id Nullable(String),
+                attempt UInt16,
+                reason String,
+                requested_at_ms Int64,
+                {_ms_time("requested_at")}
+            ) ENGINE = ReplacingMergeTree() ORDER BY query_id""",
+            f"""CREATE TABLE IF NOT EXISTS {{db}}.dead_letters (
+                dead_letter_id String,
+                source_topic String,
+                source_partition UInt32,
+                source_offset UInt64,
+                key_b64 Nullable(String),
+                value_b64 String,
+                value_size UInt32,
+                value_truncated UInt8,
+                value_sha256 String,
+                code String,
+                reason String,
+                field Nullable(String),
+                dead_at_ms Int64,
+                {_ms_time("dead_at")}
+            ) ENGINE = ReplacingMergeTree() ORDER BY dead_letter_id""",
+            """CREATE TABLE IF NOT EXISTS {db}.watermarks (
+                partition UInt16,
+                watermark_ms Int64
+            ) ENGINE = ReplacingMergeTree(watermark_ms) ORDER BY partition""",
+            """CREATE TABLE IF NOT EXISTS {db}.channel_txn_claims (
+                claim_key String,
+                txn_id String,
+                merchant_id Nullable(String),
+                occurred_at_ms Int64,
+                shard UInt16
+            ) ENGINE = ReplacingMergeTree() ORDER BY claim_key""",
+        ),
+    ),
+)
+
+LATEST = MIGRATIONS[-1].version
+
+
+def applied_versions(db: Backend) -> set[int]:
+    rows = db.query("SELECT version FROM {db}.schema_migrations FINAL")
+    return {int(r["version"]) for r in rows}
+
+
+def schema_version(db: Backend) -> int:
+    """The highest applied migration, 0 when the schema was never applied."""
+    exists = db.query(
+        "SELECT count() AS n FROM system.tables WHERE database = %(d)s "
+        "AND name = 'schema_migrations'",
+        {"d": db.database},
+    )
+    if not exists or not int(exists[0]["n"]):
+        return 0
+    return max(applied_versions(db), default=0)
+
+
+def migrate(db: Backend) -> tuple[int, int]:
+    """Apply the pending migrations; returns (version before, version after)."""
+    db.execute("CREATE DATABASE IF NOT EXISTS {db}")
+    db.execute(
+        """CREATE TABLE IF NOT EXISTS {db}.schema_migrations (
+            version UInt32,
+            name String,
+            applied_at DateTime('UTC') DEFAULT now()
+        ) ENGINE = ReplacingMergeTree() ORDER BY version"""
+    )
+    done = applied_versions(db)
+    before = max(done, default=0)
+    for m in MIGRATIONS:
+        if m.version in done:
+            continue
+        log.info("applying ClickHouse migration %d: %s", m.version, m.name)
+        for stmt in m.statements:
+            db.execute(stmt)
+        db.insert("schema_migrations", ["version", "name"], [(m.version, m.name)])
+    return before, max(before, LATEST)
+
+
+TABLES = (
+    "order_states",
+    "breaks",
+    "postings",
+    "balances",
+    "status_queries",
+    "dead_letters",
+    "watermarks",
+    "channel_txn_claims",
+)
