@@ -175,6 +175,9 @@ def register_agents(t: Tally) -> None:
             active = stats.partition_activity.get(p, started)
             if now - active < s.idle_tick_seconds:
                 continue
+            # idle means nothing left to read, not a stalled fetch of a backlog
+            if not (t.caught_up(p, "transactions") and t.caught_up(p, "callbacks")):
+                continue
             ref = max(active, stats.partition_ticked.get(p, started))
             advance_ms = int((now - ref) * 1000)
             if advance_ms > 0:

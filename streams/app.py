@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, MutableMapping
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -122,6 +122,7 @@ class Tally:
     stats: WorkerStats
     agents: dict[str, Any] = field(default_factory=dict)
     write_behind: dict[str, WriteBehind] = field(default_factory=dict)
+    caught_up: Callable[[int, str], bool] = lambda _p, _s: True
 
     @property
     def input_topics(self) -> list[str]:
@@ -247,7 +248,10 @@ def create_app(settings: Settings | None = None) -> Tally:
         if hw is None:
             return False
         pos = stats.positions.get((topic, partition))
-        return hw == 0 if pos is None else pos >= hw
+        if pos is None:  # nothing read here since start: where Faust seeked to
+            read = getattr(app.consumer, "_read_offset", {}).get(TP(topic, partition))
+            pos = 0 if read is None else read + 1
+        return bool(pos >= hw)
 
     order_writes = WriteBehind(orders)
     watermark_writes = WriteBehind(tables["watermarks"])
@@ -271,6 +275,7 @@ def create_app(settings: Settings | None = None) -> Tally:
         reconciler=reconciler,
         index=ChannelTxnIndex(tables["channel-txn-claims"]),
         stats=stats,
+        caught_up=caught_up,
         write_behind={
             "orders": order_writes,
             "watermarks": watermark_writes,

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import signal
 import statistics
 import time
 from collections import Counter
@@ -214,6 +215,7 @@ class WorkerRunner:
             override_logging=False,
             loop=asyncio.get_running_loop(),
         )
+        self.worker.spinner = None  # no terminal spinner: our output is the summary
         self.started_at = time.monotonic()
         self._task = asyncio.ensure_future(self.worker.start())
         await self.wait_ready(ready_timeout)
@@ -259,6 +261,24 @@ class WorkerRunner:
             ]
             if not behind and time.monotonic() - stats.last_activity >= quiet_seconds:
                 return
+
+    async def wait_stopped(self, alongside: asyncio.Future[Any] | None = None) -> None:
+        """Until SIGINT/SIGTERM (or the worker stops by itself, or `alongside` fails)."""
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            while not stop.is_set():
+                if self._task is not None and self._task.done():
+                    raise RuntimeError("the worker stopped unexpectedly")
+                if alongside is not None and alongside.done() and alongside.exception():
+                    raise RuntimeError(f"the feeder failed: {alongside.exception()!r}")
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 0.5)
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
 
     async def stop(self) -> None:
         if self.worker is not None:

@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -123,40 +124,42 @@ def run(rate: float | None, until_idle: float | None, as_json: bool) -> None:
 
 async def _run(s: Settings, rate: float | None, until_idle: float | None) -> Any:
     from streams.app import create_app
-    from streams.worker import WorkerRunner
+    from streams.worker import WorkerRunner, summarize
 
+    if rate and until_idle is not None:
+        raise click.ClickException(
+            "--until-idle waits for the input to run dry, which --simulate never does; "
+            "use one or the other (stop a simulated run with Ctrl-C)"
+        )
     tally = create_app(s)
     runner = WorkerRunner(tally)
+    await runner.start()
+    t0 = time.monotonic()
+    click.echo(
+        f"tally workers running on {s.broker_url()} ({s.partitions} partitions); "
+        + ("waiting for the input to drain" if until_idle is not None else "Ctrl-C to stop"),
+        err=True,
+    )
     feeder: asyncio.Task[Any] | None = None
     if rate:
         from streams.produce import produce
         from tally.simulate import live_stream
 
-        feeder_source = live_stream(rate, s.policies())
-
-        async def feed() -> None:
-            await produce(s.bootstrap_servers(), feeder_source, rate=rate)
-
-    if until_idle is not None and not rate:
-        return await runner.run_until_idle(until_idle)
-    await runner.start()
-    click.echo(
-        f"tally workers running on {s.broker_url()} (partitions: {s.partitions}); Ctrl-C to stop",
-        err=True,
-    )
-    if rate:
-        feeder = asyncio.ensure_future(feed())
+        feeder = asyncio.ensure_future(
+            produce(s.bootstrap_servers(), live_stream(rate, s.policies()), rate=rate)
+        )
     try:
         if until_idle is not None:
             await runner.wait_idle(until_idle)
         else:
-            while True:
-                await asyncio.sleep(3600)
+            await runner.wait_stopped(feeder)
     finally:
         if feeder is not None:
             feeder.cancel()
+            with contextlib.suppress(BaseException):
+                await feeder
         await runner.stop()
-    return None
+    return await summarize(tally, max(tally.stats.last_activity - t0, 1e-3))
 
 
 # ---------------------------------------------------------------------- produce
