@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from pydantic import SecretStr
+
 from tally.config import Settings
 
 
@@ -61,7 +63,8 @@ def connect(settings: Settings) -> Backend:
     """The backend the settings ask for: a server when TALLY_CLICKHOUSE_URL is set,
     else chDB under TALLY_DATA_DIR. Connecting is lazy for the server backend (the
     first statement connects), so this does not fail when the server is down."""
-    url = settings.clickhouse_url.get_secret_value().strip() if settings.clickhouse_url else ""
+    raw: Any = settings.clickhouse_url
+    url = (raw.get_secret_value() if isinstance(raw, SecretStr) else str(raw or "")).strip()
     if url:
         return NativeBackend.from_url(
             url,

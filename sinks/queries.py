@@ -24,6 +24,8 @@ def money(amount: Decimal | None, currency: str | None) -> str | None:
     """A Decimal in major units as the wire shows it ("12.30" for CNY)."""
     if amount is None:
         return None
+    if amount == 0:
+        amount = abs(amount)  # no "-0.00"
     try:
         exp = exponent(currency or "")
     except MoneyError:

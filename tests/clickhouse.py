@@ -261,30 +261,77 @@ class ClickHouseServer:
         return "\n".join(lines)
 
 
-@pytest.fixture(scope="session")
-def clickhouse_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClickHouseServer]:
+_SERVER: list[ClickHouseServer] = []
+
+
+def get_server(request: pytest.FixtureRequest) -> ClickHouseServer:
+    """The suite's clickhouse-server, started on first use, stopped when the session
+    ends (skips the test when it cannot start; fails it under CI=true)."""
+    if _SERVER:
+        return _SERVER[0]
     binary = server_binary()
     need(binary is not None, "clickhouse-server is not installed and apt-get could not install it")
     assert binary is not None
-    server = ClickHouseServer(binary, tmp_path_factory.mktemp("clickhouse-server"))
+    root = request.config._tmp_path_factory.mktemp("clickhouse-server")  # type: ignore[attr-defined]
+    server = ClickHouseServer(binary, root)
     try:
         server.start()
     except Exception as exc:
         need(False, f"clickhouse-server did not start: {exc}")
-    try:
-        yield server
-    finally:
+    _SERVER.append(server)
+
+    def stop() -> None:
         server.stop()
+        _SERVER.clear()
+
+    request.config.add_cleanup(stop)
+    return server
 
 
-@pytest.fixture(scope="session")
-def chdb_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """The data dir of this process's chDB (Settings.data_dir; chDB under <dir>/chdb)."""
-    d = tmp_path_factory.mktemp("tally-data")
-    yield d
-    from sinks.backend import close_chdb
+@pytest.fixture()
+def clickhouse_server(request: pytest.FixtureRequest) -> ClickHouseServer:
+    """The suite's clickhouse-server (see `get_server`)."""
+    return get_server(request)
 
-    close_chdb()
+
+_CHDB_DIR: list[Path] = []
+
+
+def get_chdb_dir(request: pytest.FixtureRequest) -> Path:
+    """The data dir of this process's chDB (Settings.data_dir; chDB under <dir>/chdb):
+    one per process, since chDB opens one directory per process."""
+    if not _CHDB_DIR:
+        d = request.config._tmp_path_factory.mktemp("tally-data")  # type: ignore[attr-defined]
+        _CHDB_DIR.append(d)
+
+        def close() -> None:
+            from sinks.backend import close_chdb
+
+            close_chdb()
+            _CHDB_DIR.clear()
+
+        request.config.add_cleanup(close)
+    return _CHDB_DIR[0]
+
+
+@pytest.fixture()
+def chdb_dir(request: pytest.FixtureRequest) -> Path:
+    """See `get_chdb_dir`."""
+    return get_chdb_dir(request)
+
+
+def storage_values(request: pytest.FixtureRequest, kind: str) -> dict[str, Any]:
+    """Settings overrides for a fresh database on backend `kind` (chdb | server)."""
+    db = unique_db()
+    values: dict[str, Any] = {"data_dir": str(get_chdb_dir(request)), "clickhouse_database": db}
+    if kind == "server":
+        values["clickhouse_url"] = get_server(request).url(db)
+    return values
+
+
+def env_of(values: dict[str, Any]) -> dict[str, str]:
+    """The same settings as TALLY_* environment variables (for the CLI)."""
+    return {f"TALLY_{k.upper()}": str(v) for k, v in values.items()}
 
 
 @pytest.fixture(params=["chdb", "server"])
@@ -295,15 +342,9 @@ def backend_kind(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture()
-def storage(
-    backend_kind: str, request: pytest.FixtureRequest, chdb_dir: Path
-) -> Iterator[dict[str, Any]]:
+def storage(backend_kind: str, request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
     """Settings overrides for a fresh database on the chosen backend."""
-    db = unique_db()
-    values: dict[str, Any] = {"data_dir": str(chdb_dir), "clickhouse_database": db}
-    if backend_kind == "server":
-        server: ClickHouseServer = request.getfixturevalue("clickhouse_server")
-        values["clickhouse_url"] = server.url(db)
+    values = storage_values(request, backend_kind)
     yield values
     drop_database(values)
 
@@ -330,3 +371,114 @@ def backend(storage: dict[str, Any]) -> Iterator[Any]:
     db = connect_to(storage)
     yield db
     db.close()
+
+
+# ------------------------------------------------------------ what must be stored
+
+
+async def read_values(bootstrap: str, topic: str) -> list[tuple[int, Any]]:
+    """(partition, JSON value) of every message of a topic, to its true end."""
+    import json
+
+    from sinks.offsets import read_to_end
+
+    out = []
+    for m in await read_to_end(bootstrap, topic):
+        try:
+            out.append((m.partition, json.loads(m.value)))
+        except ValueError:
+            continue  # not something a tally worker wrote (a test's garbage)
+    return out
+
+
+async def expected_results(settings: Any) -> dict[str, Any]:
+    """What ClickHouse must hold, computed from the output topics (each id once)."""
+    from sinks.rows import order_version
+    from streams.app import account_balances
+    from tally.clearing import Balance
+
+    s = settings
+    b = s.bootstrap_servers()
+    breaks = {d["break_id"] for _, d in await read_values(b, s.topic_breaks)}
+    postings: dict[str, Any] = {}
+    for _, d in await read_values(b, s.topic_postings):
+        postings[d["posting_id"]] = d
+    legs: dict[tuple[str, str, str, str], int] = {}
+    for d in postings.values():
+        for leg in d["legs"]:
+            k = (leg["account"], leg["bucket"], leg["component"], d["currency"])
+            legs[k] = legs.get(k, 0) + int(leg["amount_minor"])
+    orders: dict[str, tuple[int, str | None, str]] = {}
+    for _, d in await read_values(b, s.topic_order_states):
+        v = order_version(d["version"], d["queries_sent"], len(d["breaks"]))
+        if d["txn_id"] not in orders or v >= orders[d["txn_id"]][0]:
+            orders[d["txn_id"]] = (v, d["our_status"], d["standing"])
+    shards: dict[str, tuple[int, Balance]] = {}
+    for _, d in await read_values(b, s.topic_balances):
+        bal = Balance(d["account"], d["currency"], dict(d["amounts_minor"]), d["version"])
+        if d["key"] not in shards or d["version"] >= shards[d["key"]][0]:
+            shards[d["key"]] = (d["version"], bal)
+    balances = {
+        (x.account, x.currency): _summary(x.summary())
+        for x in account_balances((k, v[1]) for k, v in shards.items()).values()
+    }
+    return {
+        "breaks": breaks,
+        "postings": set(postings),
+        "legs": {k: v for k, v in legs.items() if v},
+        "queries": {d["query_id"] for _, d in await read_values(b, s.topic_status_queries)},
+        "dead_letters": {d["dead_letter_id"] for _, d in await read_values(b, s.topic_dead_letter)},
+        "orders": orders,
+        "balances": balances,
+    }
+
+
+def _summary(d: dict[str, Any]) -> dict[str, Any]:
+    keys = ("provisional", "confirmed", "gross", "refunds", "fees", "coupon_funding", "net")
+    return {k: d[k] for k in (*keys, "postings")}
+
+
+def stored_results(db: Any) -> dict[str, Any]:
+    """The same figures as ClickHouse's queries see them (FINAL)."""
+    from sinks import queries
+
+    legs = {
+        (r["account"], r["bucket"], r["component"], r["currency"]): int(r["n"])
+        for r in db.query(
+            "SELECT account, bucket, component, currency, sum(amount_minor) AS n "
+            "FROM {db}.postings FINAL GROUP BY account, bucket, component, currency"
+        )
+    }
+    return {
+        "breaks": {r["break_id"] for r in db.query("SELECT break_id FROM {db}.breaks FINAL")},
+        "postings": {
+            r["posting_id"] for r in db.query("SELECT DISTINCT posting_id FROM {db}.postings FINAL")
+        },
+        "legs": {k: v for k, v in legs.items() if v},
+        "queries": {
+            r["query_id"] for r in db.query("SELECT query_id FROM {db}.status_queries FINAL")
+        },
+        "dead_letters": {
+            r["dead_letter_id"]
+            for r in db.query("SELECT dead_letter_id FROM {db}.dead_letters FINAL")
+        },
+        "orders": {
+            r["txn_id"]: (int(r["version"]), r["our_status"], r["standing"])
+            for r in db.query(
+                "SELECT txn_id, version, our_status, standing FROM {db}.order_states FINAL"
+            )
+        },
+        "balances": {(r["account"], r["currency"]): _summary(r) for r in queries.balances(db)},
+    }
+
+
+def assert_same_results(expected: dict[str, Any], stored: dict[str, Any]) -> None:
+    for k in expected:
+        e, s = expected[k], stored[k]
+        if e != s:
+            diff: dict[Any, Any]
+            if isinstance(e, dict):
+                diff = {x: (e.get(x), s.get(x)) for x in set(e) | set(s) if e.get(x) != s.get(x)}
+            else:
+                diff = {"missing": sorted(e - s)[:10], "extra": sorted(s - e)[:10]}
+            raise AssertionError(f"{k}: {len(e)} expected, {len(s)} stored; first diffs {diff}")

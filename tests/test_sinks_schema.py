@@ -34,7 +34,6 @@ from tests.clickhouse import (
     ClickHouseServer,
     backend,
     backend_kind,
-    chdb_dir,
     clickhouse_server,
     need,
     storage,

@@ -1,0 +1,372 @@
+"""Commands that read and manage ClickHouse; `register(main)` adds them to `tally`.
+
+tally breaks [--date D] [--kind K] [--channel C] [--merchant M] [--format F]
+tally balances [--merchant M | --channel C] [--format F]
+tally orders show TXN_ID [--format table|json]
+tally db migrate | tally db status
+tally sink [--until-caught-up]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import csv
+import io
+import json
+import logging
+import sys
+from collections.abc import Iterator
+from datetime import date
+from typing import Any
+
+import click
+from pydantic import ValidationError
+
+from sinks.backend import Backend, ClickHouseError, connect
+from tally.config import Settings
+
+FORMATS = click.Choice(["table", "json", "csv"])
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        lines = [
+            f"  TALLY_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
+            for e in exc.errors()
+        ]
+        raise click.ClickException("invalid settings:\n" + "\n".join(lines)) from None
+
+
+@contextlib.contextmanager
+def _db(migrate_first: bool = False) -> Iterator[Backend]:
+    s = _settings()
+    try:
+        db = connect(s)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    try:
+        if migrate_first:
+            from sinks.schema import migrate
+
+            migrate(db)
+        else:
+            from sinks.schema import schema_version
+
+            if schema_version(db) == 0:
+                raise click.ClickException(
+                    f"no tally schema in {db.describe()}: run `tally db migrate` (or `tally run`)"
+                )
+        yield db
+    except ClickHouseError as exc:
+        raise click.ClickException(f"{db.describe()}: {exc}") from None
+    finally:
+        db.close()
+
+
+# ---------------------------------------------------------------------- output
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, (list, dict)):
+        return json.dumps(v, ensure_ascii=False, separators=(",", ":"))
+    return str(v)
+
+
+def emit(rows: list[dict[str, Any]], fmt: str, columns: list[str]) -> None:
+    """Print rows as an aligned table, JSON (all fields) or CSV (the columns)."""
+    if fmt == "json":
+        click.echo(json.dumps(rows, indent=2, ensure_ascii=False, default=str))
+        return
+    if fmt == "csv":
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(columns)
+        for r in rows:
+            w.writerow([_cell(r.get(c)) for c in columns])
+        click.echo(buf.getvalue(), nl=False)
+        return
+    cells = [[_cell(r.get(c)) for c in columns] for r in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+    right = {i for i, c in enumerate(columns) if rows and _numeric(rows, c)}
+
+    def line(values: list[str]) -> str:
+        return "  ".join(
+            v.rjust(w) if i in right else v.ljust(w)
+            for i, (v, w) in enumerate(zip(values, widths, strict=True))
+        ).rstrip()
+
+    click.echo(line(columns))
+    click.echo(line(["-" * w for w in widths]))
+    for row in cells:
+        click.echo(line(row))
+
+
+def _numeric(rows: list[dict[str, Any]], col: str) -> bool:
+    for r in rows:
+        v = r.get(col)
+        if v is None:
+            continue
+        if isinstance(v, int):
+            continue
+        if isinstance(v, str) and v.lstrip("-").replace(".", "", 1).isdigit():
+            continue
+        return False
+    return True
+
+
+def _check_date(_ctx: Any, _param: Any, value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        date.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a date like 2026-11-24") from None
+    return value
+
+
+# -------------------------------------------------------------------- commands
+
+
+@click.command("breaks")
+@click.option("--date", "day", callback=_check_date, help="business date, e.g. 2026-11-24")
+@click.option("--kind", help="break kind, e.g. amount_mismatch")
+@click.option("--channel", help="channel id")
+@click.option("--merchant", help="merchant id")
+@click.option("--limit", type=int, default=None, help="at most this many (oldest first)")
+@click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
+def breaks_cmd(
+    day: str | None,
+    kind: str | None,
+    channel: str | None,
+    merchant: str | None,
+    limit: int | None,
+    fmt: str,
+) -> None:
+    """Real-time breaks stored in ClickHouse, oldest first."""
+    from sinks import queries
+
+    with _db() as db:
+        rows = queries.breaks(
+            db, day=day, kind=kind, channel=channel, merchant=merchant, limit=limit
+        )
+    cols = [
+        "business_date",
+        "event_time",
+        "kind",
+        "txn_id",
+        "merchant_id",
+        "channel_id",
+        "currency",
+        "amount",
+        "channel_amount",
+        "detail",
+    ]
+    if fmt == "csv":
+        cols = ["break_id", *cols]
+    emit(rows, fmt, cols)
+    if fmt == "table":
+        click.echo(f"({len(rows):,} breaks)", err=True)
+
+
+@click.command("balances")
+@click.option("--merchant", help="one merchant's account")
+@click.option("--channel", help="a channel's accounts (channel, coupon funding, fees)")
+@click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
+def balances_cmd(merchant: str | None, channel: str | None, fmt: str) -> None:
+    """Account balances: the sum of each account's shards' latest versions; a
+    merchant's net is what we owe it, a channel's what it collected for us."""
+    from sinks import queries
+
+    if merchant and channel:
+        raise click.UsageError("--merchant and --channel exclude each other")
+    with _db() as db:
+        rows = queries.balances(db, merchant=merchant, channel=channel)
+    emit(
+        rows,
+        fmt,
+        [
+            "account",
+            "currency",
+            "confirmed",
+            "provisional",
+            "gross",
+            "refunds",
+            "fees",
+            "coupon_funding",
+            "net",
+            "postings",
+        ],
+    )
+
+
+@click.group("orders")
+def orders_group() -> None:
+    """Orders as ClickHouse holds them."""
+
+
+@orders_group.command("show")
+@click.argument("txn_id")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+def orders_show(txn_id: str, fmt: str) -> None:
+    """An order's state and its full evidence trail, breaks, postings and queries."""
+    from sinks import queries
+
+    with _db() as db:
+        o = queries.order(db, txn_id)
+    if o is None:
+        raise click.ClickException(f"no order {txn_id!r} in ClickHouse")
+    if fmt == "json":
+        click.echo(json.dumps(o, indent=2, ensure_ascii=False))
+        return
+    head = [
+        ("order", o["txn_id"]),
+        ("type", o["type"] or "(our record not seen)"),
+        ("merchant", o["merchant_id"]),
+        ("channel", o["channel_id"]),
+        ("amount", f"{o['amount'] or ''} {o['currency'] or ''}".strip()),
+        ("coupon", o["coupon_amount"]),
+        ("fee", o["fee"]),
+        ("original", o["original_txn_id"]),
+        ("terminal", o["terminal_id"]),
+        ("our status", o["our_status"]),
+        ("channel status", o["channel_status"]),
+        ("channel txn", o["channel_txn_id"]),
+        ("standing", o["standing"]),
+        ("resolved", "yes" if o["resolved"] else "no"),
+        ("reversed", "yes" if o["reversed"] else "no"),
+        ("business date", o["business_date"]),
+        ("created", o["created_at"]),
+        ("updated", o["updated_at"]),
+        ("events applied", o["events_applied"]),
+        ("status queries", o["queries_sent"]),
+    ]
+    for k, v in head:
+        if v not in (None, ""):
+            click.echo(f"{k:<16}{v}")
+    click.echo("\nevidence:")
+    emit(
+        o["evidence"],
+        "table",
+        ["at", "source", "status", "amount", "fee", "currency", "channel_txn_id", "event_id"],
+    )
+    click.echo("\nbreaks:")
+    if o["breaks"]:
+        emit(o["breaks"], "table", ["event_time", "kind", "detail", "break_id"])
+    else:
+        click.echo("(none)")
+    click.echo("\npostings:")
+    legs = [
+        {"posting_id": p["posting_id"], "reason": p["reason"], "event_time": p["event_time"], **leg}
+        for p in o["postings"]
+        for leg in p["legs"]
+    ]
+    if legs:
+        emit(
+            legs,
+            "table",
+            ["posting_id", "event_time", "reason", "account", "bucket", "component", "amount"],
+        )
+    else:
+        click.echo("(none)")
+    if o["status_queries"]:
+        click.echo("\nstatus queries:")
+        emit(o["status_queries"], "table", ["attempt", "requested_at", "reason", "query_id"])
+
+
+@click.group("db")
+def db_group() -> None:
+    """The ClickHouse schema."""
+
+
+@db_group.command("migrate")
+def db_migrate() -> None:
+    """Apply the pending schema migrations (idempotent)."""
+    from sinks.schema import LATEST, migrate
+
+    s = _settings()
+    db = connect(s)
+    try:
+        before, after = migrate(db)
+    except ClickHouseError as exc:
+        raise click.ClickException(f"{db.describe()}: {exc}") from None
+    finally:
+        db.close()
+    if before == after:
+        click.echo(f"{db.describe()}: schema is at version {after} (latest {LATEST})")
+    else:
+        click.echo(f"{db.describe()}: schema migrated from version {before} to {after}")
+
+
+@db_group.command("status")
+@click.option("--json", "as_json", is_flag=True)
+def db_status(as_json: bool) -> None:
+    """Schema version and rows per table (stored, and distinct as queries see them)."""
+    from sinks.queries import counts
+    from sinks.schema import LATEST, schema_version
+
+    with _db() as db:
+        version = schema_version(db)
+        c = counts(db)
+        where = db.describe()
+    if as_json:
+        click.echo(json.dumps({"target": where, "schema_version": version, "tables": c}, indent=2))
+        return
+    click.echo(f"{where}: schema version {version} (latest {LATEST})")
+    emit([{"table": t, **v} for t, v in c.items()], "table", ["table", "rows", "distinct"])
+
+
+@click.command("sink")
+@click.option(
+    "--until-caught-up",
+    is_flag=True,
+    help="exit once everything on the output topics at start is stored",
+)
+def sink_cmd(until_caught_up: bool) -> None:
+    """Run only the ClickHouse sink (the stream workers run elsewhere)."""
+    from sinks.runner import SinkRunner
+
+    s = _settings()
+    logging.basicConfig(
+        level=s.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if s.embedded:
+        from streams.broker import port_open
+
+        if not port_open(s.embedded_broker_host, s.embedded_broker_port):
+            raise click.ClickException(
+                f"no broker at {s.broker_url()}: the sink reads the topics of a running "
+                "`tally run`, or set TALLY_BROKER"
+            )
+
+    async def main() -> dict[str, Any]:
+        runner = SinkRunner(s)
+        await runner.start()
+        click.echo(f"sink running: {runner.db.describe()}", err=True)
+        try:
+            if until_caught_up:
+                await runner.wait_caught_up()
+            else:
+                while True:
+                    await asyncio.sleep(3600)
+        finally:
+            await runner.stop()
+        return runner.stats.to_json()
+
+    try:
+        stats = asyncio.run(main())
+    except KeyboardInterrupt:
+        return
+    click.echo(json.dumps(stats))
+
+
+def register(main: click.Group) -> None:
+    """Add the ClickHouse commands to the `tally` command group."""
+    for cmd in (breaks_cmd, balances_cmd, orders_group, db_group, sink_cmd):
+        main.add_command(cmd)
