@@ -1,0 +1,132 @@
+"""The `tally` command as a user runs it: real processes, the real embedded broker."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def tally(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 600, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("TALLY_")}
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "tally", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+        cwd=cwd or ROOT,
+    )
+
+
+def test_help_everywhere() -> None:
+    for cmd in (
+        [],
+        ["run"],
+        ["simulate"],
+        ["produce"],
+        ["demo"],
+        ["config"],
+        ["bench"],
+        ["bench", "stream"],
+        ["bench", "core"],
+    ):
+        r = tally(*cmd, "--help")
+        assert r.returncode == 0, r.stderr
+        assert "Usage:" in r.stdout
+
+
+def test_config_prints_effective_settings_and_masks_secrets(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("TALLY_PARTITIONS=6\n", encoding="utf-8")
+    r = tally(
+        "config", "--json", cwd=tmp_path, env={"TALLY_BROKER": "kafka://u:s3cret@kafka-1:9092"}
+    )
+    assert r.returncode == 0, r.stderr
+    values = json.loads(r.stdout)
+    assert values["partitions"] == 6  # from .env
+    assert "s3cret" not in r.stdout
+
+
+def test_bad_setting_is_named() -> None:
+    r = tally("config", env={"TALLY_BROKER": "localhost:9092"})
+    assert r.returncode != 0
+    assert "TALLY_BROKER" in r.stderr and "kafka://" in r.stderr
+
+
+@pytest.mark.broker
+def test_simulate_to_file_produce_and_run_until_idle(tmp_path: Path, broker) -> None:
+    out = tmp_path / "sim"
+    r = tally("simulate", "--events", "3000", "--seed", "4", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    expected = {tuple(x) for x in json.loads((out / "expected-breaks.json").read_text())}
+    run_id = free_port()
+    env = {
+        "TALLY_BROKER": broker.url,
+        "TALLY_APP_ID": f"cli-{run_id}",
+        "TALLY_WEB_PORT": "0",
+        "TALLY_TOPIC_TRANSACTIONS": f"cli{run_id}.transactions",
+        "TALLY_TOPIC_CALLBACKS": f"cli{run_id}.callbacks",
+        "TALLY_TOPIC_BREAKS": f"cli{run_id}.breaks",
+        "TALLY_TOPIC_POSTINGS": f"cli{run_id}.postings",
+        "TALLY_TOPIC_STATUS_QUERIES": f"cli{run_id}.status-queries",
+        "TALLY_TOPIC_DEAD_LETTER": f"cli{run_id}.dead-letter",
+        "TALLY_TOPIC_ORDER_STATES": f"cli{run_id}.order-states",
+        "TALLY_TOPIC_BALANCES": f"cli{run_id}.balances",
+    }
+    r = tally("produce", str(out / "events.jsonl"), env=env)
+    assert r.returncode == 0, r.stderr
+    assert "sent" in r.stdout
+    r = tally("run", "--until-idle", "3", "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout)
+    assert summary["events"] >= 3000
+    assert sum(summary["breaks_by_kind"].values()) == len(expected)
+    assert summary["dead_letters"] > 0 and summary["invariant_holds"]
+
+
+def test_produce_names_the_bad_line(tmp_path: Path) -> None:
+    f = tmp_path / "bad.jsonl"
+    f.write_text(
+        '{"topic": "payments.callbacks", "key": "a", "value": {}}\n{oops\n', encoding="utf-8"
+    )
+    r = tally("produce", str(f), env={"TALLY_EMBEDDED_BROKER_PORT": str(free_port())})
+    assert r.returncode != 0
+    assert "line 2" in r.stderr
+
+
+def test_demo_on_the_embedded_broker_finds_every_break_kind(tmp_path: Path) -> None:
+    r = tally(
+        "demo",
+        "--events",
+        "20000",
+        "--json",
+        cwd=tmp_path,
+        env={"TALLY_EMBEDDED_BROKER_PORT": str(free_port()), "TALLY_WEB_PORT": "0"},
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads(r.stdout)
+    kinds = summary["breaks_by_kind"]
+    assert set(kinds) == {
+        "status_conflict",
+        "amount_mismatch",
+        "currency_mismatch",
+        "duplicate_success",
+        "reversal_after_success",
+        "orphan_callback",
+        "pending_timeout",
+        "late_callback",
+    }
+    assert all(v > 0 for v in kinds.values())
+    assert summary["injected"]["missed"] == 0 and summary["injected"]["unexpected"] == 0
+    assert summary["dead_letters"] == summary["injected"]["malformed"]
