@@ -70,19 +70,13 @@ def test_simulate_to_file_produce_and_run_until_idle(tmp_path: Path, broker) -> 
     r = tally("simulate", "--events", "3000", "--seed", "4", "--out", str(out))
     assert r.returncode == 0, r.stderr
     expected = {tuple(x) for x in json.loads((out / "expected-breaks.json").read_text())}
+    # the file's envelopes name the default topics; only this test uses them on the
+    # session broker
     run_id = free_port()
     env = {
         "TALLY_BROKER": broker.url,
         "TALLY_APP_ID": f"cli-{run_id}",
         "TALLY_WEB_PORT": "0",
-        "TALLY_TOPIC_TRANSACTIONS": f"cli{run_id}.transactions",
-        "TALLY_TOPIC_CALLBACKS": f"cli{run_id}.callbacks",
-        "TALLY_TOPIC_BREAKS": f"cli{run_id}.breaks",
-        "TALLY_TOPIC_POSTINGS": f"cli{run_id}.postings",
-        "TALLY_TOPIC_STATUS_QUERIES": f"cli{run_id}.status-queries",
-        "TALLY_TOPIC_DEAD_LETTER": f"cli{run_id}.dead-letter",
-        "TALLY_TOPIC_ORDER_STATES": f"cli{run_id}.order-states",
-        "TALLY_TOPIC_BALANCES": f"cli{run_id}.balances",
     }
     r = tally("produce", str(out / "events.jsonl"), env=env)
     assert r.returncode == 0, r.stderr
