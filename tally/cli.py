@@ -15,6 +15,7 @@ from typing import Any
 import click
 from pydantic import ValidationError
 
+from tally.breaks import BreakKind
 from tally.config import Settings
 
 
@@ -322,16 +323,7 @@ def demo(events: int, seed: int, as_json: bool) -> None:
         )
 
 
-_KINDS = (
-    "status_conflict",
-    "amount_mismatch",
-    "currency_mismatch",
-    "duplicate_success",
-    "reversal_after_success",
-    "orphan_callback",
-    "pending_timeout",
-    "late_callback",
-)
+_KINDS = tuple(kind.value for kind in BreakKind)
 
 
 async def _demo(s: Settings, sim: Any, progress: bool) -> tuple[Any, set[tuple[str, str]]]:

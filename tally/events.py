@@ -256,6 +256,19 @@ def _check_key(key: bytes | str | None, txn_id: str) -> None:
 DEFAULT_MAX_BYTES = 64 * 1024
 
 
+def _envelope(
+    raw: bytes | str | dict[str, Any], key: bytes | str | None, check_key: bool, max_bytes: int
+) -> tuple[dict[str, Any], str, str]:
+    """What every input shares: a JSON object with an event id and the order's txn id,
+    keyed by that txn id."""
+    d = _object(raw, max_bytes)
+    event_id = _ident(d, "event_id")
+    txn_id = _ident(d, "txn_id")
+    if check_key:
+        _check_key(key, txn_id)
+    return d, event_id, txn_id
+
+
 def parse_transaction(
     raw: bytes | str | dict[str, Any],
     key: bytes | str | None = None,
@@ -263,11 +276,7 @@ def parse_transaction(
     check_key: bool = False,
     max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> Transaction:
-    d = _object(raw, max_bytes)
-    event_id = _ident(d, "event_id")
-    txn_id = _ident(d, "txn_id")
-    if check_key:
-        _check_key(key, txn_id)
+    d, event_id, txn_id = _envelope(raw, key, check_key, max_bytes)
     txn_type = _enum(d, "type", TXN_TYPES)
     merchant_id = _ident(d, "merchant_id")
     channel_id = _ident(d, "channel_id")
@@ -309,11 +318,7 @@ def parse_callback(
     check_key: bool = False,
     max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> Callback:
-    d = _object(raw, max_bytes)
-    event_id = _ident(d, "event_id")
-    txn_id = _ident(d, "txn_id")
-    if check_key:
-        _check_key(key, txn_id)
+    d, event_id, txn_id = _envelope(raw, key, check_key, max_bytes)
     channel_id = _ident(d, "channel_id")
     channel_txn_id = _ident(d, "channel_txn_id")
     source = _enum(d, "source", CALLBACK_SOURCES)
