@@ -326,7 +326,8 @@ def db_status(as_json: bool) -> None:
     is_flag=True,
     help="exit once everything on the output topics at start is stored",
 )
-def sink_cmd(until_caught_up: bool) -> None:
+@click.option("--group", default=None, help="consumer group (default: <TALLY_APP_ID>-sink)")
+def sink_cmd(until_caught_up: bool, group: str | None) -> None:
     """Run only the ClickHouse sink (the stream workers run elsewhere)."""
     from sinks.runner import SinkRunner
 
@@ -346,9 +347,9 @@ def sink_cmd(until_caught_up: bool) -> None:
             )
 
     async def main() -> dict[str, Any]:
-        runner = SinkRunner(s)
+        runner = SinkRunner(s, group_id=group)
         await runner.start()
-        click.echo(f"sink running: {runner.db.describe()}", err=True)
+        click.echo(f"sink running ({runner.group_id}): {runner.db.describe()}", err=True)
         try:
             if until_caught_up:
                 await runner.wait_caught_up()

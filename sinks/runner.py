@@ -169,7 +169,7 @@ class SinkRunner:
             max_partition_fetch_bytes=4 * 1024 * 1024,
             fetch_max_bytes=16 * 1024 * 1024,
             metadata_max_age_ms=5000,  # notice the changelog topics once Faust makes them
-            session_timeout_ms=10_000,
+            session_timeout_ms=6000,  # a killed sink's partitions move on after this
             heartbeat_interval_ms=1000,
             max_poll_interval_ms=3_600_000,  # a long ClickHouse outage is not a dead consumer
         )
@@ -255,7 +255,9 @@ class SinkRunner:
     # ------------------------------------------------------------------ loop
 
     def _reset_buffer(self) -> None:
-        self._rows: dict[str, list[R.Row]] = {t.name: [] for t in R.ALL}
+        # messages as read; turned into rows in the writer thread, off the event loop
+        # the Faust worker shares
+        self._raw: list[tuple[R.Table, Any]] = []  # (table, ConsumerRecord)
         self._offsets: dict[TopicPartition, int] = {}  # next offset to commit
         self._starts: dict[TopicPartition, int] = {}  # first offset held
         self._buffered = 0
@@ -306,14 +308,9 @@ class SinkRunner:
     def _take(self, data: dict[TopicPartition, list[Any]]) -> None:
         for tp, msgs in data.items():
             table = self.tables[tp.topic]
-            rows = self._rows[table.name]
             for m in msgs:
                 self.stats.consumed[tp.topic] += 1
-                try:
-                    rows.extend(R.rows_for(table, m.key, m.value, tp.partition))
-                except R.BadMessage as exc:
-                    self.stats.bad[tp.topic] += 1
-                    log.error("sink skipped %s[%d]@%d: %s", tp.topic, tp.partition, m.offset, exc)
+                self._raw.append((table, m))
                 self._starts.setdefault(tp, m.offset)
                 self._offsets[tp] = m.offset + 1
                 self._buffered += 1
@@ -321,6 +318,18 @@ class SinkRunner:
             self._first_at = time.monotonic()
         self.stats.buffered = self._buffered
         self.stats.max_buffered = max(self.stats.max_buffered, self._buffered)
+
+    def _rows(self, raw: list[tuple[R.Table, Any]]) -> dict[str, list[R.Row]]:
+        out: dict[str, list[R.Row]] = {}
+        for table, m in raw:
+            try:
+                rows = R.rows_for(table, m.key, m.value, m.partition)
+            except R.BadMessage as exc:
+                self.stats.bad[m.topic] += 1
+                log.error("sink skipped %s[%d]@%d: %s", m.topic, m.partition, m.offset, exc)
+                continue
+            out.setdefault(table.name, []).extend(rows)
+        return out
 
     def _insert_all(self, batch: dict[str, list[R.Row]]) -> None:
         for t in R.ALL:
@@ -335,7 +344,7 @@ class SinkRunner:
         if not self._buffered:
             return True
         generation = self._generation
-        batch = {k: v for k, v in self._rows.items() if v}
+        batch = await asyncio.to_thread(self._rows, self._raw)
         offsets = dict(self._offsets)
         held = self._buffered
         attempt = 0
@@ -361,6 +370,10 @@ class SinkRunner:
         for name, rows in batch.items():
             self.stats.rows[name] += len(rows)
         self.stats.batches += 1
+        if self.stats.batches == 1:
+            log.info(
+                "sink wrote its first batch: %d messages, rows %s", held, dict(self.stats.rows)
+            )
         await self._commit(offsets)
         self._recovered(held)
         self._reset_buffer()

@@ -206,3 +206,26 @@ def test_chdb_held_by_another_process_is_explained(request: pytest.FixtureReques
     assert "Another process" in r.stderr and "TALLY_CLICKHOUSE_URL" in r.stderr
     assert str(get_chdb_dir(request)) in r.stderr
     drop_database(values)
+
+
+def test_the_sql_in_docs_storage_md_runs(stored: dict[str, str], run: dict[str, Any]) -> None:
+    """Every example query of docs/storage.md runs on this backend; the invariant
+    query gives zeros."""
+    import re
+
+    text = (ROOT / "docs" / "storage.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```sql\n(.+?)\n```", text, flags=re.S)
+    assert len(blocks) >= 8
+    values = {k.removeprefix("TALLY_").lower(): v for k, v in stored.items()}
+    db = connect_to(values)
+    try:
+        for sql in blocks:
+            sql = sql.strip().rstrip(";").replace("tally.", f"`{db.database}`.")
+            sql = sql.replace("'m-0042'", "'m1'")
+            rows = db.query(sql)
+            if "must_be_zero" in sql:
+                assert rows and all(r["must_be_zero"] == 0 for r in rows)
+            if "FROM `" in sql and "breaks FINAL" in sql and "GROUP BY kind" in sql:
+                assert sum(r["breaks"] for r in rows) >= 1
+    finally:
+        db.close()
