@@ -173,6 +173,127 @@ MIGRATIONS: tuple[Migration, ...] = (
             ) ENGINE = ReplacingMergeTree() ORDER BY claim_key""",
         ),
     ),
+    Migration(
+        2,
+        "end of day: statement versions and lines, reconciliation runs and results, "
+        "suspense entries and their append-only actions",
+        (
+            # One row per loaded statement file. A (channel, business date) may have
+            # several deliveries; the highest `delivery` is the one in force (S7).
+            # Lines are inserted before their version row: a version row exists only
+            # for a file whose every line is stored, so readers join lines to versions
+            # and never see half a file.
+            f"""CREATE TABLE IF NOT EXISTS {{db}}.statement_versions (
+                channel_id String,
+                business_date Date,
+                delivery UInt32,
+                checksum String,
+                format String,
+                file_name String,
+                line_count UInt32,
+                total_amount {_MONEY},
+                total_fee {_MONEY},
+                loaded_at_ms Int64,
+                loaded_by String,
+                {_ms_time("loaded_at")}
+            ) ENGINE = ReplacingMergeTree() ORDER BY (channel_id, business_date, delivery)""",
+            # amount: what moved through the channel for the item (collected for a
+            # payment, i.e. order amount less a platform coupon; paid back for a
+            # refund), positive, major units. fee: NULL when the format states none.
+            # txn_id: our order id as the statement quotes it ('' when it does not).
+            f"""CREATE TABLE IF NOT EXISTS {{db}}.statement_lines (
+                channel_id String,
+                business_date Date,
+                delivery UInt32,
+                line_no UInt32,
+                txn_id String,
+                channel_txn_id String,
+                original_txn_id String,
+                kind String,
+                status String,
+                currency String,
+                amount {_MONEY},
+                fee {_NMONEY},
+                coupon_amount {_NMONEY},
+                merchant_ref String,
+                occurred_at_ms Int64,
+                raw String,
+                {_ms_time("occurred_at")}
+            ) ENGINE = ReplacingMergeTree()
+            ORDER BY (channel_id, business_date, delivery, line_no)""",
+            # One row per `tally recon run` of a channel and business date.
+            f"""CREATE TABLE IF NOT EXISTS {{db}}.recon_runs (
+                run_id String,
+                channel_id String,
+                business_date Date,
+                statement_delivery UInt32,
+                statement_checksum String,
+                ledger_items UInt32,
+                statement_items UInt32,
+                counts String,
+                started_at_ms Int64,
+                finished_at_ms Int64,
+                {_ms_time("started_at")},
+                {_ms_time("finished_at")}
+            ) ENGINE = ReplacingMergeTree() ORDER BY (channel_id, business_date, run_id)""",
+            # One row per item (an order, or a statement line we cannot tie to one)
+            # per run. class: matched | long | short | amount_mismatch | fee_mismatch |
+            # status_mismatch | carried.
+            f"""CREATE TABLE IF NOT EXISTS {{db}}.recon_results (
+                run_id String,
+                channel_id String,
+                business_date Date,
+                item_key String,
+                class String,
+                txn_id String,
+                channel_txn_id String,
+                merchant_id String,
+                kind String,
+                currency String,
+                ledger_amount {_NMONEY},
+                statement_amount {_NMONEY},
+                ledger_fee {_NMONEY},
+                statement_fee {_NMONEY},
+                ledger_status String,
+                statement_status String,
+                statement_line UInt32,
+                detail String
+            ) ENGINE = ReplacingMergeTree()
+            ORDER BY (channel_id, business_date, run_id, item_key)""",
+            # A break parked with its amount until it is written off (S9). One entry per
+            # item: a real-time break and the end-of-day result for the same order are
+            # the same entry (entry_id from channel and item). `version` grows as more
+            # evidence attaches; the entry's state comes from its actions.
+            f"""CREATE TABLE IF NOT EXISTS {{db}}.suspense_entries (
+                entry_id String,
+                version UInt64,
+                channel_id String,
+                merchant_id String,
+                txn_id String,
+                channel_txn_id String,
+                business_date Date,
+                kinds Array(String),
+                break_ids Array(String),
+                currency String,
+                amount {_MONEY},
+                opened_at_ms Int64,
+                updated_at_ms Int64,
+                {_ms_time("opened_at")}
+            ) ENGINE = ReplacingMergeTree(version) ORDER BY entry_id""",
+            # Append-only history of what was done to an entry (write-off, link, ...);
+            # nothing here is ever deleted or updated.
+            f"""CREATE TABLE IF NOT EXISTS {{db}}.suspense_actions (
+                action_id String,
+                entry_id String,
+                action String,
+                reason String,
+                actor String,
+                linked_to String,
+                at_ms Int64,
+                {_ms_time("at")}
+            ) ENGINE = ReplacingMergeTree() ORDER BY (entry_id, at_ms, action_id)""",
+        ),
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version
@@ -217,6 +338,7 @@ def migrate(db: Backend) -> tuple[int, int]:
     return before, max(before, LATEST)
 
 
+# the tables the sink fills from the output topics
 TABLES = (
     "order_states",
     "breaks",
@@ -226,4 +348,14 @@ TABLES = (
     "dead_letters",
     "watermarks",
     "channel_txn_claims",
+)
+
+# the tables of the end-of-day reconciliation (`recon/`)
+RECON_TABLES = (
+    "statement_versions",
+    "statement_lines",
+    "recon_runs",
+    "recon_results",
+    "suspense_entries",
+    "suspense_actions",
 )

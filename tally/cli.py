@@ -417,5 +417,22 @@ def _print_bench(results: list[Any], as_json: bool) -> None:
             click.echo(f"  {k}: {v}")
 
 
+# ------------------------------------------------------------- other commands
+
+# Commands that live with their part of tally (ClickHouse, end-of-day reconciliation,
+# dashboards, ...): each module has `register(main)`, which adds its commands.
+COMMAND_MODULES: tuple[str, ...] = ("sinks.cli",)
+
+
+def _register_commands() -> None:
+    import importlib
+
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(main)
+
+
+_register_commands()
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
