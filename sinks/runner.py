@@ -44,6 +44,7 @@ from sinks.backend import Backend, ClickHouseError, ClickHouseUnavailable, conne
 from sinks.offsets import EndProbe
 from sinks.schema import migrate
 from streams.broker import ensure_topics
+from streams.metrics import SinkMetrics, serve
 from tally.config import Settings
 
 log = logging.getLogger("tally.sinks")
@@ -143,6 +144,7 @@ class SinkRunner:
         self.retry_max = settings.sink_retry_max_seconds
         self.progress_seconds = progress_seconds
         self.stats = SinkStats()
+        self.metrics = SinkMetrics(self)
         self.consumer: AIOKafkaConsumer | None = None
         self._probe: EndProbe | None = None
         self._task: asyncio.Task[None] | None = None
@@ -179,6 +181,8 @@ class SinkRunner:
         self.consumer.subscribe(pattern=pattern, listener=_Rebalance(self))
         self._stopping = False
         self._task = asyncio.ensure_future(self._run())
+        if self.metrics.handle is None:
+            self.metrics.handle = serve(self.metrics.registry, s.metrics_port, "sink")
         log.info("sink started: %s -> %s", ", ".join(self.tables), self.db.describe())
 
     async def stop(self, timeout: float = 15.0) -> None:
@@ -199,6 +203,9 @@ class SinkRunner:
         self.consumer = None
         self._probe = None
         self.db.close()
+        if self.metrics.handle is not None:
+            self.metrics.handle.close()
+            self.metrics.handle = None
 
     @property
     def running(self) -> bool:
@@ -302,6 +309,9 @@ class SinkRunner:
                 self._migrated.set()
                 return
             except ClickHouseError as exc:
+                self.metrics.failed(
+                    "unreachable" if isinstance(exc, ClickHouseUnavailable) else "failing"
+                )
                 attempt += 1
                 await self._backoff(attempt, exc, "applying the schema")
 
@@ -350,9 +360,14 @@ class SinkRunner:
         attempt = 0
         while True:
             try:
+                t0 = time.monotonic()
                 await asyncio.to_thread(self._insert_all, batch)
+                self.metrics.batch_written(held, time.monotonic() - t0)
                 break
             except ClickHouseError as exc:
+                self.metrics.failed(
+                    "unreachable" if isinstance(exc, ClickHouseUnavailable) else "failing"
+                )
                 if not retry or self._stopping:
                     log.warning(
                         "sink could not write %d messages (%s); they stay uncommitted in "
@@ -400,6 +415,7 @@ class SinkRunner:
 
     async def _backoff(self, attempt: int, exc: ClickHouseError, doing: str) -> None:
         self.stats.retries += 1
+        self.metrics.retried()
         self.stats.last_error = str(exc)
         now = time.monotonic()
         if self.stats.unavailable_since is None:

@@ -45,6 +45,7 @@ def _dumps(d: dict[str, Any]) -> bytes:
 
 def register_agents(t: Tally) -> None:
     app, s, topics, stats = t.app, t.settings, t.topics, t.stats
+    metrics = t.metrics
     rec = t.reconciler
     balances = t.write_behind["balances"]  # written after the outputs, like the orders
     started = time.time()
@@ -69,6 +70,7 @@ def register_agents(t: Tally) -> None:
         )
         send("dead-letter", dl.dead_letter_id, dl.to_json())
         stats.dead_letters[exc.code] += 1
+        metrics.dead_letter(exc.code)
 
     def emit(out: Outputs, partition: int, ingested_ms: int) -> None:
         now_ms = int(time.time() * 1000)
@@ -77,17 +79,21 @@ def register_agents(t: Tally) -> None:
             b.trigger_ingested_at_ms = ingested_ms
             send("breaks", b.txn_id, b.to_json())
             stats.breaks[b.kind] += 1
+            metrics.break_sent(b, now_ms, ingested_ms)
             if ingested_ms and len(stats.latencies_ms) < _LATENCY_SAMPLES:
                 stats.latencies_ms.append(now_ms - ingested_ms)
         for posting in out.postings:
             send("postings", posting.txn_id, posting.to_json())
+            metrics.posting_sent(posting, now_ms, ingested_ms)
             for account, legs in posting.legs_by_account():
                 key = f"{balance_key(account, posting.currency)}|{partition}"
                 bal = balances.get(key) or Balance(account, posting.currency)
                 bal.apply(legs)
                 balances[key] = bal
+                metrics.balance_changed(key, bal)
         for q in out.queries:
             send("status-queries", q.txn_id, q.to_json())
+            metrics.status_query(q.channel_id)
         for link in out.links:
             send("links", link.original_txn_id, link.to_json())
         for c in out.claims:
@@ -136,6 +142,7 @@ def register_agents(t: Tally) -> None:
         for state in t.write_behind["orders"].pending.values():
             channel = state.channel_id or (state.evidence[0].channel_id if state.evidence else "")
             v = view(state, rec.policies[channel])
+            metrics.order_changed(state, v, rec.policies[channel])
             at = max([state.our_status_at_ms] + [e.occurred_at_ms for e in state.evidence])
             send("order-states", state.txn_id, order_snapshot(state, v, at))
         for key, bal in t.write_behind["balances"].pending.items():
@@ -166,6 +173,7 @@ def register_agents(t: Tally) -> None:
                 b.detected_at_ms = int(time.time() * 1000)
                 send("breaks", b.txn_id, b.to_json())
                 stats.breaks[b.kind] += 1
+                metrics.break_sent(b, b.detected_at_ms, int(msg.timestamp * 1000))
 
     @app.timer(interval=s.idle_tick_seconds, name="tally.idle_ticks")
     async def idle_ticks() -> None:

@@ -123,6 +123,7 @@ class Tally:
     agents: dict[str, Any] = field(default_factory=dict)
     write_behind: dict[str, WriteBehind] = field(default_factory=dict)
     caught_up: Callable[[int, str], bool] = lambda _p, _s: True
+    metrics: Any = None  # streams.metrics.WorkerMetrics
 
     @property
     def input_topics(self) -> list[str]:
@@ -284,7 +285,9 @@ def create_app(settings: Settings | None = None) -> Tally:
     )
 
     from streams.agents import register_agents
+    from streams.metrics import WorkerMetrics
 
+    tally.metrics = WorkerMetrics.install(tally)  # also serves them on TALLY_METRICS_PORT
     register_agents(tally)
     return tally
 

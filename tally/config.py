@@ -111,6 +111,12 @@ class Settings(BaseSettings):
     web_port: int = Field(
         6066, ge=0, description="Faust web endpoint (health, metrics); 0 turns it off"
     )
+    metrics_port: int = Field(
+        9108,
+        ge=0,
+        description="Prometheus metrics of the workers and the sink on this port "
+        "(http://host:port/metrics); 0 turns the exporter off",
+    )
     log_level: str = Field("warning", description="worker log level")
 
     @field_validator("broker")
