@@ -113,31 +113,92 @@ def config(as_json: bool) -> None:
     help="exit once every input topic is drained and quiet for SECONDS; print a summary",
 )
 @click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
-def run(rate: float | None, until_idle: float | None, as_json: bool) -> None:
-    """Run the always-on stream workers."""
+@click.option(
+    "--sink/--no-sink",
+    default=True,
+    show_default=True,
+    help="restore state from ClickHouse before starting and store every result there "
+    "(--no-sink: the workers only; run `tally sink` elsewhere)",
+)
+def run(rate: float | None, until_idle: float | None, as_json: bool, sink: bool) -> None:
+    """Run the always-on stream workers (and the ClickHouse sink)."""
     s = _settings()
     _logging(s.log_level)
-    with broker_for(s, quiet=as_json):
-        summary = asyncio.run(_run(s, rate, until_idle))
-    if summary is not None:
-        click.echo(json.dumps(summary.to_json(), indent=2) if as_json else summary.render())
-
-
-async def _run(s: Settings, rate: float | None, until_idle: float | None) -> Any:
-    from streams.app import create_app
-    from streams.worker import WorkerRunner, summarize
-
     if rate and until_idle is not None:
         raise click.ClickException(
             "--until-idle waits for the input to run dry, which --simulate never does; "
             "use one or the other (stop a simulated run with Ctrl-C)"
         )
+    with broker_for(s, quiet=as_json):
+        summary, stored = asyncio.run(_run(s, rate, until_idle, sink=sink))
+    if as_json:
+        click.echo(json.dumps({**summary.to_json(), "clickhouse": stored}, indent=2))
+    else:
+        click.echo(summary.render())
+        if stored is not None:
+            click.echo(_stored_line(stored))
+
+
+def _stored_line(stored: dict[str, Any]) -> str:
+    rows = stored["rows"]
+    shown = ", ".join(f"{n:,} {t}" for t, n in rows.items() if n) or "nothing new"
+    return f"stored in {stored['where']}: {shown}"
+
+
+async def _start_sink(s: Settings, restore: bool) -> Any:
+    """Restore the tables from ClickHouse (a fresh broker holds nothing) and start
+    the sink; failures name ClickHouse and what to do."""
+    from sinks.backend import ClickHouseError
+    from sinks.restore import RestoreError, restore_from_clickhouse
+    from sinks.runner import SinkRunner
+
+    try:
+        if restore:
+            report = await restore_from_clickhouse(s)
+            click.echo(report.render(), err=True)
+        sink = SinkRunner(s)
+        await sink.start()
+    except (ClickHouseError, RestoreError) as exc:
+        raise click.ClickException(
+            f"ClickHouse: {exc} (fix TALLY_CLICKHOUSE_URL, or run with --no-sink)"
+        ) from None
+    except ValueError as exc:  # a malformed TALLY_CLICKHOUSE_URL
+        raise click.ClickException(str(exc)) from None
+    return sink
+
+
+async def _stop_sink(sink: Any, drain: bool) -> dict[str, Any]:
+    """Store what the workers produced (up to a minute), then stop the sink."""
+    try:
+        if drain:
+            await sink.wait_caught_up(60)
+    except TimeoutError as exc:
+        click.echo(f"warning: {exc}; the rest stays on the broker for the next run", err=True)
+    finally:
+        await sink.stop()
+    return {"where": sink.db.describe(), **sink.stats.to_json()}
+
+
+async def _run(
+    s: Settings, rate: float | None, until_idle: float | None, sink: bool = True
+) -> tuple[Any, dict[str, Any] | None]:
+    from streams.app import create_app
+    from streams.worker import WorkerRunner, summarize
+
+    sink_runner = await _start_sink(s, restore=True) if sink else None
     tally = create_app(s)
     runner = WorkerRunner(tally)
-    await runner.start()
+    try:
+        await runner.start()
+    except BaseException:
+        if sink_runner is not None:
+            await sink_runner.stop()
+        raise
     t0 = time.monotonic()
     click.echo(
-        f"tally workers running on {s.broker_url()} ({s.partitions} partitions); "
+        f"tally workers running on {s.broker_url()} ({s.partitions} partitions)"
+        + (f", storing results in {sink_runner.db.describe()}" if sink_runner else "")
+        + "; "
         + ("waiting for the input to drain" if until_idle is not None else "Ctrl-C to stop"),
         err=True,
     )
@@ -149,6 +210,7 @@ async def _run(s: Settings, rate: float | None, until_idle: float | None) -> Any
         feeder = asyncio.ensure_future(
             produce(s.bootstrap_servers(), live_stream(rate, s.policies()), rate=rate)
         )
+    stored: dict[str, Any] | None = None
     try:
         if until_idle is not None:
             await runner.wait_idle(until_idle)
@@ -160,7 +222,10 @@ async def _run(s: Settings, rate: float | None, until_idle: float | None) -> Any
             with contextlib.suppress(BaseException):
                 await feeder
         await runner.stop()
-    return await summarize(tally, max(tally.stats.last_activity - t0, 1e-3))
+        if sink_runner is not None:
+            stored = await _stop_sink(sink_runner, drain=True)
+    summary = await summarize(tally, max(tally.stats.last_activity - t0, 1e-3))
+    return summary, stored
 
 
 # ---------------------------------------------------------------------- produce
@@ -282,10 +347,18 @@ def simulate(events: int, seed: int, out: Path | None, rates: str | None) -> Non
     "--events", type=int, default=100_000, show_default=True, help="simulated input messages"
 )
 @click.option("--seed", type=int, default=7, show_default=True)
+@click.option(
+    "--database",
+    default="tally_demo",
+    show_default=True,
+    help="ClickHouse database the demo stores its results in (emptied first, so that "
+    "every demo starts afresh; your TALLY_CLICKHOUSE_DATABASE is left alone)",
+)
 @click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
-def demo(events: int, seed: int, as_json: bool) -> None:
-    """A first run: embedded broker, workers, simulated traffic, a summary."""
-    s = _settings()
+def demo(events: int, seed: int, database: str, as_json: bool) -> None:
+    """A first run: embedded broker, workers, simulated traffic, results in
+    ClickHouse (embedded chDB by default), a summary."""
+    s = _settings(clickhouse_database=database)
     _logging(s.log_level)
     from tally.simulate import SimConfig, generate
 
@@ -293,10 +366,11 @@ def demo(events: int, seed: int, as_json: bool) -> None:
         click.echo(f"simulating {events:,} events (seed {seed}) ...", err=True)
     sim = generate(SimConfig(events=events, seed=seed), s.policies())
     with broker_for(s, quiet=as_json):
-        summary, found = asyncio.run(_demo(s, sim, progress=not as_json))
+        summary, found, stored = asyncio.run(_demo(s, sim, progress=not as_json))
     missed = sim.expected - found
     extra = found - sim.expected
     result = summary.to_json()
+    result["clickhouse"] = stored
     result["injected"] = {
         "expected_breaks": len(sim.expected),
         "found": len(found & sim.expected),
@@ -314,6 +388,11 @@ def demo(events: int, seed: int, as_json: bool) -> None:
             f"{len(found & sim.expected):,} found, {len(missed):,} missed, "
             f"{len(extra):,} unexpected; {sim.malformed:,} malformed messages injected"
         )
+        click.echo(_stored_line(stored))
+        click.echo(
+            f"look at them: TALLY_CLICKHOUSE_DATABASE={database} tally breaks --kind "
+            "amount_mismatch   (also: tally balances, tally orders show TXN_ID)"
+        )
     missing_kinds = [k for k in _KINDS if not summary.breaks_by_kind.get(k)]
     if missing_kinds or not summary.invariant_holds:
         raise click.ClickException(
@@ -326,11 +405,28 @@ def demo(events: int, seed: int, as_json: bool) -> None:
 _KINDS = tuple(kind.value for kind in BreakKind)
 
 
-async def _demo(s: Settings, sim: Any, progress: bool) -> tuple[Any, set[tuple[str, str]]]:
+async def _demo(
+    s: Settings, sim: Any, progress: bool
+) -> tuple[Any, set[tuple[str, str]], dict[str, Any]]:
+    from sinks.backend import ClickHouseError, connect
     from streams.app import create_app
     from streams.produce import produce as send
     from streams.worker import WorkerRunner, read_topic
 
+    db = connect(s)
+    try:
+        if db.database != s.clickhouse_database:
+            # a database in TALLY_CLICKHOUSE_URL wins over --database: never empty it
+            raise click.ClickException(
+                f"TALLY_CLICKHOUSE_URL names the database {db.database!r}; the demo empties "
+                "its database, so give it a URL without one (it uses --database)"
+            )
+        db.execute("DROP DATABASE IF EXISTS {db}")
+    except ClickHouseError as exc:
+        raise click.ClickException(f"{db.describe()}: {exc}") from None
+    finally:
+        db.close()
+    sink = await _start_sink(s, restore=False)
     tally = create_app(s)
     runner = WorkerRunner(tally)
 
@@ -339,11 +435,14 @@ async def _demo(s: Settings, sim: Any, progress: bool) -> tuple[Any, set[tuple[s
             s.bootstrap_servers(), sim.envelopes, progress=progress, total=len(sim.envelopes)
         )
 
-    summary = await runner.run_until_idle(3.0, during=feed)
+    try:
+        summary = await runner.run_until_idle(3.0, during=feed)
+    finally:
+        stored = await _stop_sink(sink, drain=True)
     found = {
         (b["kind"], b["txn_id"]) for b in await read_topic(s.bootstrap_servers(), s.topic_breaks)
     }
-    return summary, found
+    return summary, found, stored
 
 
 # ------------------------------------------------------------------------ bench

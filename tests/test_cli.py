@@ -78,6 +78,7 @@ def test_simulate_to_file_produce_and_run_until_idle(tmp_path: Path, broker) -> 
         "TALLY_BROKER": broker.url,
         "TALLY_APP_ID": f"cli-{run_id}",
         "TALLY_WEB_PORT": "0",
+        "TALLY_DATA_DIR": str(tmp_path / "data"),
     }
     r = tally("produce", str(out / "events.jsonl"), env=env)
     assert r.returncode == 0, r.stderr
@@ -88,6 +89,65 @@ def test_simulate_to_file_produce_and_run_until_idle(tmp_path: Path, broker) -> 
     assert summary["events"] >= 3000
     assert sum(summary["breaks_by_kind"].values()) == len(expected)
     assert summary["dead_letters"] > 0 and summary["invariant_holds"]
+    # ... and `tally run` stored every break in ClickHouse (chDB under the data dir)
+    assert "restore skipped" in r.stderr
+    assert str(tmp_path / "data" / "chdb") in summary["clickhouse"]["where"]
+    r = tally("breaks", "--format", "json", env=env)
+    assert r.returncode == 0, r.stderr
+    assert {(b["kind"], b["txn_id"]) for b in json.loads(r.stdout)} == expected
+
+
+@pytest.mark.broker
+def test_run_stopped_and_started_on_a_fresh_embedded_broker_keeps_balances(
+    tmp_path: Path,
+) -> None:
+    """`tally run` twice, each time on a new, empty embedded broker (the memory-only
+    Tansu loses everything between runs): the second run restores its state from
+    ClickHouse, so re-delivered events change nothing and the balances equal one
+    uninterrupted pass of the pure core over the same events."""
+    from streams.broker import EmbeddedBroker
+    from tally.pipeline import LocalPipeline
+    from tally.policy import Policies
+    from tally.simulate import SimConfig, generate, write_jsonl
+
+    events = generate(SimConfig(events=4_000, seed=5), Policies()).envelopes
+    cut = int(len(events) * 0.6)
+    parts = [events[:cut], events[cut - 300 :]]  # 300 events delivered again after the restart
+    ref = LocalPipeline(partitions=4)
+    ref.feed_all(events)
+    expected = {
+        (b.account, b.currency): {k: b.summary()[k] for k in ("confirmed", "provisional", "net")}
+        for b in ref.book.balances.values()
+    }
+    env = {
+        "TALLY_APP_ID": "restart",
+        "TALLY_WEB_PORT": "0",
+        "TALLY_DATA_DIR": str(tmp_path / "data"),
+        "TALLY_IDLE_TICK_SECONDS": "3600",  # event time only, as the pure core
+    }
+    reports = []
+    for i, part in enumerate(parts):
+        broker = EmbeddedBroker("127.0.0.1", free_port(), str(tmp_path / f"broker{i}"))
+        broker.start()
+        try:
+            env["TALLY_BROKER"] = broker.url
+            write_jsonl(part, tmp_path / f"part{i}.jsonl")
+            r = tally("produce", str(tmp_path / f"part{i}.jsonl"), env=env)
+            assert r.returncode == 0, r.stderr
+            r = tally("run", "--until-idle", "3", "--json", env=env)
+            assert r.returncode == 0, r.stderr[-3000:]
+            reports.append(r.stderr)
+        finally:
+            broker.stop()
+    assert "restore skipped" in reports[0]
+    assert "restored from embedded chDB" in reports[1]
+    r = tally("balances", "--format", "json", env=env)
+    assert r.returncode == 0, r.stderr
+    got = {
+        (b["account"], b["currency"]): {k: b[k] for k in ("confirmed", "provisional", "net")}
+        for b in json.loads(r.stdout)
+    }
+    assert got == expected
 
 
 def test_produce_names_the_bad_line(tmp_path: Path) -> None:
@@ -116,3 +176,12 @@ def test_demo_on_the_embedded_broker_finds_every_break_kind(tmp_path: Path) -> N
     assert all(v > 0 for v in kinds.values())
     assert summary["injected"]["missed"] == 0 and summary["injected"]["unexpected"] == 0
     assert summary["dead_letters"] == summary["injected"]["malformed"]
+    # every result is in the embedded ClickHouse, where the summary says
+    stored = summary["clickhouse"]
+    assert str(tmp_path / "data" / "chdb") in stored["where"] and "tally_demo" in stored["where"]
+    assert stored["rows"]["breaks"] >= sum(kinds.values())
+    r = tally(
+        "breaks", "--format", "json", cwd=tmp_path, env={"TALLY_CLICKHOUSE_DATABASE": "tally_demo"}
+    )
+    assert r.returncode == 0, r.stderr
+    assert len(json.loads(r.stdout)) == sum(kinds.values())
