@@ -1,0 +1,309 @@
+"""End-of-day classification, the reference implementation: plain functions over plain
+dataclasses, no I/O.
+
+`recon.run` does the same comparison in ClickHouse SQL over millions of rows; this
+module is what that SQL must agree with (tests/test_recon_run.py checks both on random
+days) and what docs/reconciliation.md describes. Keep the two in step.
+
+One channel C and business date D at a time:
+
+- a *ledger item* is an order of C with business date D, type payment or refund, our
+  status `success` and not reversed. Its comparable amount is what the channel moves:
+  amount - coupon for a payment (S11), amount for a refund;
+- the *statement* is the lines of the delivery in force of (C, D);
+- a line belongs to a ledger item when it quotes the item's txn_id, else when its
+  channel txn id is the item's (the smallest txn_id wins if two items share one);
+- several lines of one item: the first (lowest line number) is compared, the count
+  goes into the detail;
+- classes, by precedence: status_mismatch > amount_mismatch > fee_mismatch > matched
+  for an item on both sides; short (ledger only) and long (a success line only) unless
+  carried (S8): within the carry window of a cutoff of D and found on the neighbouring
+  day's other side (or, for a ledger item, that day's statement is not loaded yet).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import date, timedelta
+from decimal import Decimal
+
+CLASSES = (
+    "matched",
+    "status_mismatch",
+    "amount_mismatch",
+    "fee_mismatch",
+    "long",
+    "short",
+    "carried",
+)
+# classes that are breaks (a suspense entry each)
+BREAK_CLASSES = frozenset({"status_mismatch", "amount_mismatch", "fee_mismatch", "long", "short"})
+KINDS = ("payment", "refund")
+SUCCESS = "success"
+
+
+@dataclass(frozen=True)
+class LedgerOrder:
+    """An order as `order_states FINAL` holds it (the columns recon reads)."""
+
+    txn_id: str
+    type: str  # payment | refund | reversal
+    our_status: str  # pending | success | failed | closed ('' when our record is unseen)
+    reversed: bool
+    currency: str
+    amount: Decimal
+    coupon_amount: Decimal | None
+    fee: Decimal | None
+    business_date: date | None
+    created_at_ms: int | None = None
+    channel_txn_id: str = ""
+    merchant_id: str = ""
+
+    def is_item_of(self, day: date) -> bool:
+        return (
+            self.business_date == day
+            and self.type in KINDS
+            and self.our_status == SUCCESS
+            and not self.reversed
+        )
+
+    @property
+    def comparable_amount(self) -> Decimal:
+        """What the channel moves for it: a payment less the platform coupon (S11)."""
+        if self.type == "payment":
+            return self.amount - (self.coupon_amount or Decimal(0))
+        return self.amount
+
+    @property
+    def status_text(self) -> str:
+        return "reversed" if self.reversed else self.our_status
+
+
+@dataclass(frozen=True)
+class StatementLine:
+    """A line of a statement version (`statement_lines`), normalised by the loader:
+    kind payment | refund, status success or what the channel said otherwise."""
+
+    line_no: int
+    kind: str
+    status: str
+    currency: str
+    amount: Decimal
+    fee: Decimal | None = None
+    txn_id: str = ""
+    channel_txn_id: str = ""
+    occurred_at_ms: int = 0
+
+
+@dataclass(frozen=True)
+class Day:
+    """What the classification needs to know about (C, D) besides the rows."""
+
+    day: date
+    start_cutoff_ms: int  # the cutoff between D-1 and D
+    end_cutoff_ms: int  # the cutoff between D and D+1
+    carry_ms: int  # the channel's carry window, in ms
+
+    @property
+    def prev(self) -> date:
+        return self.day - timedelta(days=1)
+
+    @property
+    def next(self) -> date:
+        return self.day + timedelta(days=1)
+
+    def near_end(self, at_ms: int | None) -> bool:
+        return at_ms is not None and abs(at_ms - self.end_cutoff_ms) <= self.carry_ms
+
+    def near_start(self, at_ms: int | None) -> bool:
+        return at_ms is not None and abs(at_ms - self.start_cutoff_ms) <= self.carry_ms
+
+
+@dataclass(frozen=True)
+class Result:
+    item_key: str
+    cls: str
+    txn_id: str
+    channel_txn_id: str
+    merchant_id: str
+    kind: str
+    currency: str
+    ledger_amount: Decimal | None
+    statement_amount: Decimal | None
+    ledger_fee: Decimal | None
+    statement_fee: Decimal | None
+    ledger_status: str
+    statement_status: str
+    statement_line: int  # 0: none
+    detail: str
+
+
+# The detail texts (the SQL builds the very same strings).
+
+
+def carried_ledger_detail(neighbour: date, loaded: bool) -> str:
+    if loaded:
+        return f"near the cutoff; on the {neighbour.isoformat()} statement"
+    return f"near the cutoff; the {neighbour.isoformat()} statement is not loaded yet"
+
+
+def carried_statement_detail(neighbour: date) -> str:
+    return f"near the cutoff; our order is on {neighbour.isoformat()}"
+
+
+def _lines_note(n: int) -> str:
+    return f" ({n} lines)" if n > 1 else ""
+
+
+def _found_in(item: LedgerOrder, lines: Sequence[StatementLine] | None) -> bool:
+    if lines is None:
+        return True  # not loaded yet: carried until it is
+    for ln in lines:
+        if ln.status != SUCCESS:
+            continue
+        if ln.txn_id and ln.txn_id == item.txn_id:
+            return True
+        if item.channel_txn_id and ln.channel_txn_id == item.channel_txn_id:
+            return True
+    return False
+
+
+def _quoted_by(line: StatementLine, items: Iterable[LedgerOrder]) -> bool:
+    for it in items:
+        if line.txn_id and line.txn_id == it.txn_id:
+            return True
+        if line.channel_txn_id and line.channel_txn_id == it.channel_txn_id:
+            return True
+    return False
+
+
+def classify(
+    d: Day,
+    orders: Iterable[LedgerOrder],
+    statement: Sequence[StatementLine],
+    prev_statement: Sequence[StatementLine] | None = None,
+    next_statement: Sequence[StatementLine] | None = None,
+) -> list[Result]:
+    """Classify every item of (C, D), sorted by item key.
+
+    `orders`: the channel's orders (any date and status; the items of D and of its
+    neighbours are picked here, the others explain a `long`). `prev_statement` /
+    `next_statement`: the lines in force for D-1 / D+1, None when not loaded."""
+    orders = list(orders)
+    items = {o.txn_id: o for o in orders if o.is_item_of(d.day)}
+    by_ctid: dict[str, str] = {}
+    for o in sorted(items.values(), key=lambda o: o.txn_id):
+        if o.channel_txn_id and o.channel_txn_id not in by_ctid:
+            by_ctid[o.channel_txn_id] = o.txn_id
+    known = {o.txn_id: o for o in orders}
+    prev_items = [o for o in orders if o.is_item_of(d.prev)]
+    next_items = [o for o in orders if o.is_item_of(d.next)]
+
+    # group the lines by item
+    groups: dict[str, list[StatementLine]] = {}
+    for ln in statement:
+        if ln.txn_id and ln.txn_id in items:
+            key = ln.txn_id
+        elif ln.channel_txn_id and ln.channel_txn_id in by_ctid:
+            key = by_ctid[ln.channel_txn_id]
+        else:
+            key = ln.txn_id or ln.channel_txn_id or f"line:{ln.line_no}"
+        groups.setdefault(key, []).append(ln)
+
+    out: list[Result] = []
+    for key in sorted(set(items) | set(groups)):
+        item = items.get(key)
+        lines = sorted(groups.get(key, []), key=lambda x: x.line_no)
+        first: StatementLine | None = lines[0] if lines else None
+        n = len(lines)
+        if item is not None and first is not None:
+            amt = item.comparable_amount
+            if first.status != SUCCESS or first.kind != item.type:
+                cls = "status_mismatch"
+                detail = f"statement: {first.kind} {first.status}; ours: {item.type} success"
+            elif first.currency != item.currency or first.amount != amt:
+                cls, detail = "amount_mismatch", "amount or currency differs"
+            elif first.fee is not None and first.fee != (item.fee or Decimal(0)):
+                cls, detail = "fee_mismatch", "fee differs"
+            else:
+                cls, detail = "matched", ""
+            out.append(_result(key, cls, detail + _lines_note(n), item, first))
+        elif item is not None:
+            detail = ""
+            if d.near_end(item.created_at_ms) and _found_in(item, next_statement):
+                detail = carried_ledger_detail(d.next, next_statement is not None)
+            elif d.near_start(item.created_at_ms) and _found_in(item, prev_statement):
+                detail = carried_ledger_detail(d.prev, prev_statement is not None)
+            if detail:
+                out.append(_result(key, "carried", detail, item, None))
+            else:
+                out.append(_result(key, "short", "not on the statement", item, None))
+        else:
+            assert first is not None
+            if first.status != SUCCESS:
+                continue  # a line that moved no money, for an order we do not count
+            if d.near_end(first.occurred_at_ms) and _quoted_by(first, next_items):
+                cls, detail = "carried", carried_statement_detail(d.next)
+            elif d.near_start(first.occurred_at_ms) and _quoted_by(first, prev_items):
+                cls, detail = "carried", carried_statement_detail(d.prev)
+            else:
+                cls, detail = "long", "no success on our side"
+                ours = known.get(key)
+                if ours is not None and ours.status_text:
+                    detail += f" (ours: {ours.status_text})"
+            ours = known.get(key)
+            out.append(
+                Result(
+                    item_key=key,
+                    cls=cls,
+                    txn_id=first.txn_id,
+                    channel_txn_id=first.channel_txn_id,
+                    merchant_id=ours.merchant_id if ours is not None else "",
+                    kind=first.kind,
+                    currency=first.currency,
+                    ledger_amount=None,
+                    statement_amount=first.amount,
+                    ledger_fee=None,
+                    statement_fee=first.fee,
+                    ledger_status=ours.status_text if ours is not None else "",
+                    statement_status=first.status,
+                    statement_line=first.line_no,
+                    detail=detail + _lines_note(n),
+                )
+            )
+    return out
+
+
+def _result(key: str, cls: str, detail: str, item: LedgerOrder, ln: StatementLine | None) -> Result:
+    return Result(
+        item_key=key,
+        cls=cls,
+        txn_id=item.txn_id,
+        channel_txn_id=item.channel_txn_id or (ln.channel_txn_id if ln else ""),
+        merchant_id=item.merchant_id,
+        kind=item.type,
+        currency=item.currency,
+        ledger_amount=item.comparable_amount,
+        statement_amount=ln.amount if ln else None,
+        ledger_fee=item.fee,
+        statement_fee=ln.fee if ln else None,
+        ledger_status=SUCCESS,
+        statement_status=ln.status if ln else "",
+        statement_line=ln.line_no if ln else 0,
+        detail=detail,
+    )
+
+
+def at_risk(r: Result) -> Decimal:
+    """The amount a break puts at risk: the difference for an amount mismatch (the
+    whole amount when only the currency differs), the fee difference for a fee
+    mismatch, else the item's amount (ours, or the statement's for a long)."""
+    la, sa = r.ledger_amount, r.statement_amount
+    if r.cls == "fee_mismatch":
+        return abs((r.ledger_fee or Decimal(0)) - (r.statement_fee or Decimal(0)))
+    if r.cls == "amount_mismatch" and la is not None and sa is not None and la != sa:
+        return abs(la - sa)
+    if la is not None:
+        return la
+    return sa or Decimal(0)
