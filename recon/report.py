@@ -1,0 +1,398 @@
+"""`tally recon report`: the morning view of a business day as one HTML file.
+
+For people who will not open Grafana: one self-contained file (no scripts, no
+external stylesheets, fonts or images; charts are inline SVG drawn here), every text
+from the database escaped. Sections:
+
+1. reconciliation results of the latest run of each channel for the date: items and
+   amounts by class and channel (amounts per currency, never added across currencies);
+2. suspense: the open entries (all days) by age as of the report time, in buckets
+   <1d, 1–3d, 3–7d, >7d, counts and amounts per currency;
+3. settlement totals of the date per currency (recon.settle), with the payments held
+   back by open suspense entries;
+4. statement arrival: per channel, the deliveries loaded for the date and when.
+
+`build(db, day, now_ms)` reads everything (SQL), `render(data)` is pure.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import date
+from decimal import Decimal
+from html import escape
+from typing import Any
+
+from recon.settle import MerchantSettlement, Settlement, settle
+from sinks.backend import Backend
+from sinks.queries import money
+from tally.events import iso_ms
+from tally.money import format_minor
+
+__all__ = ["AGING_BUCKETS", "ReportData", "aging_bucket", "bar_chart", "build", "render"]
+
+CLASSES = (
+    "matched",
+    "carried",
+    "short",
+    "long",
+    "amount_mismatch",
+    "fee_mismatch",
+    "status_mismatch",
+)
+BREAKS = ("short", "long", "amount_mismatch", "fee_mismatch", "status_mismatch")
+AGING_BUCKETS = ("<1d", "1–3d", "3–7d", ">7d")
+_DAY_MS = 86_400_000
+
+
+def aging_bucket(age_ms: int) -> str:
+    """<1d: under 24 h; 1–3d: 24 h up to 72 h; 3–7d: up to 168 h; >7d: beyond."""
+    if age_ms < _DAY_MS:
+        return AGING_BUCKETS[0]
+    if age_ms < 3 * _DAY_MS:
+        return AGING_BUCKETS[1]
+    if age_ms < 7 * _DAY_MS:
+        return AGING_BUCKETS[2]
+    return AGING_BUCKETS[3]
+
+
+# class -> currency -> (items, amount)
+Summary = dict[str, dict[str, tuple[int, Decimal]]]
+
+
+@dataclass
+class ReportData:
+    day: date
+    as_of_ms: int
+    channels: list[str]
+    runs: dict[str, dict[str, Any]]  # channel -> run_id, delivery, when
+    by_class: dict[str, Summary]  # channel -> summary
+    aging: dict[str, dict[str, tuple[int, Decimal]]]  # bucket -> currency -> (n, amount)
+    open_entries: int
+    settlement: Settlement
+    arrivals: list[dict[str, Any]]
+    missing_statements: list[str] = field(default_factory=list)
+    not_reconciled: list[str] = field(default_factory=list)
+
+    @property
+    def result_count(self) -> int:
+        return sum(n for s in self.by_class.values() for by in s.values() for n, _ in by.values())
+
+
+# ------------------------------------------------------------------ reading
+
+
+def build(db: Backend, day: date, now_ms: int) -> ReportData:
+    from recon.run import channels_of, latest_run, run_summary
+    from recon.suspense import open_entries
+
+    channels = channels_of(db, day)
+    runs: dict[str, dict[str, Any]] = {}
+    by_class: dict[str, Summary] = {}
+    not_reconciled = []
+    for ch in channels:
+        run_id = latest_run(db, ch, day)
+        if run_id is None:
+            not_reconciled.append(ch)
+            continue
+        meta = db.query(
+            "SELECT statement_delivery, finished_at_ms FROM {db}.recon_runs FINAL "
+            "WHERE channel_id = %(c)s AND business_date = toDate(%(d)s) AND run_id = %(r)s",
+            {"c": ch, "d": day.isoformat(), "r": run_id},
+        )
+        runs[ch] = {
+            "run_id": run_id,
+            "delivery": int(meta[0]["statement_delivery"]) if meta else 0,
+            "finished_at": iso_ms(int(meta[0]["finished_at_ms"])) if meta else "",
+        }
+        by_class[ch] = run_summary(db, ch, day, run_id)
+
+    aging: dict[str, dict[str, tuple[int, Decimal]]] = {b: {} for b in AGING_BUCKETS}
+    n_open = 0
+    for e in open_entries(db, now_ms=now_ms):
+        n_open += 1
+        b = aging_bucket(max(0, now_ms - int(e.opened_at_ms)))
+        n, a = aging[b].get(e.currency, (0, Decimal(0)))
+        aging[b][e.currency] = (n + 1, a + Decimal(e.amount))
+
+    arrivals = db.query(
+        "SELECT channel_id, delivery, format, file_name, line_count, total_amount, "
+        "checksum, loaded_at_ms, loaded_by FROM {db}.statement_versions FINAL "
+        "WHERE business_date = toDate(%(d)s) ORDER BY channel_id, delivery",
+        {"d": day.isoformat()},
+    )
+    have = {r["channel_id"] for r in arrivals}
+    return ReportData(
+        day=day,
+        as_of_ms=now_ms,
+        channels=channels,
+        runs=runs,
+        by_class=by_class,
+        aging=aging,
+        open_entries=n_open,
+        settlement=settle(db, day),
+        arrivals=arrivals,
+        missing_statements=[c for c in channels if c not in have],
+        not_reconciled=not_reconciled,
+    )
+
+
+# ------------------------------------------------------------------ drawing
+
+
+def bar_chart(title: str, bars: list[tuple[str, int]], *, width: int = 640, unit: str = "") -> str:
+    """A horizontal bar chart as inline SVG: one bar per (label, non-negative integer
+    value), lengths exact in integer arithmetic. Labels are escaped."""
+    label_w, pad, bar_h, gap = 150, 8, 18, 6
+    top = 28
+    height = top + len(bars) * (bar_h + gap) + pad
+    biggest = max((v for _, v in bars), default=0)
+    span = width - label_w - 90
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" role="img" width="{width}" '
+        f'height="{height}" viewBox="0 0 {width} {height}">',
+        f"<title>{escape(title)}</title>",
+        f'<text x="{pad}" y="18" class="ct">{escape(title)}</text>',
+    ]
+    for i, (label, v) in enumerate(bars):
+        y = top + i * (bar_h + gap)
+        w = (v * span) // biggest if biggest else 0
+        if v and w < 2:
+            w = 2
+        parts.append(
+            f'<text x="{label_w - pad}" y="{y + bar_h - 5}" text-anchor="end">'
+            f"{escape(label)}</text>"
+            f'<rect x="{label_w}" y="{y}" width="{w}" height="{bar_h}" class="b"/>'
+            f'<text x="{label_w + w + 6}" y="{y + bar_h - 5}">{v:,}{escape(unit)}</text>'
+        )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _amount(a: Decimal, cur: str) -> str:
+    return money(a, cur) or "0"
+
+
+def _amounts(by: dict[str, tuple[int, Decimal]]) -> str:
+    return ", ".join(f"{_amount(a, c)} {c}" for c, (_, a) in sorted(by.items())) or "–"
+
+
+def _table(
+    table_id: str, head: list[str], rows: list[list[str]], numeric: set[int] | None = None
+) -> str:
+    numeric = numeric or set()
+    h = "".join(f"<th>{escape(x)}</th>" for x in head)
+    body = "".join(
+        "<tr>"
+        + "".join(
+            f'<td class="n">{escape(c)}</td>' if i in numeric else f"<td>{escape(c)}</td>"
+            for i, c in enumerate(r)
+        )
+        + "</tr>"
+        for r in rows
+    )
+    return (
+        f'<table id="{escape(table_id)}"><thead><tr>{h}</tr></thead><tbody>{body}</tbody></table>'
+    )
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,"Noto Sans",sans-serif;
+margin:2em auto;max-width:1100px;color:#1d2330;padding:0 1em}
+h1{font-size:1.5em;margin-bottom:.2em}h2{font-size:1.15em;margin-top:2em;
+border-bottom:1px solid #d5d9e0;padding-bottom:.2em}
+table{border-collapse:collapse;margin:.6em 0;font-size:.9em}
+th,td{border:1px solid #d5d9e0;padding:.25em .6em;text-align:left}
+th{background:#f1f3f6}td.n{text-align:right;font-variant-numeric:tabular-nums}
+.muted{color:#66707f}.warn{color:#a33}svg{display:block;margin:.6em 0}
+svg text{font-size:12px;fill:#1d2330}svg .ct{font-weight:600;font-size:13px}
+svg .b{fill:#3b6fb6}
+"""
+
+
+def _settle_rows(rows: list[MerchantSettlement]) -> list[list[str]]:
+    out = []
+    for t in rows:
+        c = t.currency
+        out.append(
+            [
+                t.merchant_id,
+                c,
+                f"{t.payments:,}",
+                f"{t.refund_count:,}",
+                format_minor(t.gross, c),
+                format_minor(t.coupon_funding, c),
+                format_minor(t.refunds, c),
+                format_minor(t.fees, c),
+                format_minor(t.net, c),
+                f"{t.held_items:,}",
+                format_minor(t.held_amount, c),
+                format_minor(t.payable, c),
+            ]
+        )
+    return out
+
+
+def render(data: ReportData) -> str:
+    """The whole HTML document (pure)."""
+    day = data.day.isoformat()
+    out: list[str] = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>tally reconciliation report {escape(day)}</title>",
+        f"<style>{_CSS}</style></head><body>",
+        f"<h1>Reconciliation report — business date {escape(day)}</h1>",
+        f'<p class="muted">as of {escape(iso_ms(data.as_of_ms))}; '
+        f"{len(data.channels)} channels, {data.result_count:,} items reconciled, "
+        f"{data.open_entries:,} open suspense entries</p>",
+    ]
+    if data.not_reconciled:
+        out.append(
+            '<p class="warn" id="not-reconciled">not reconciled yet: '
+            + escape(", ".join(data.not_reconciled))
+            + "</p>"
+        )
+
+    # 1. results by class and channel
+    out.append("<h2>Reconciliation results</h2>")
+    counts: dict[str, int] = defaultdict(int)
+    rows = []
+    for ch in sorted(data.by_class):
+        s = data.by_class[ch]
+        per = {c: sum(n for n, _ in s.get(c, {}).values()) for c in CLASSES}
+        for c, n in per.items():
+            counts[c] += n
+        r = data.runs.get(ch, {})
+        rows.append(
+            [ch, str(r.get("delivery", ""))]
+            + [f"{per[c]:,}" for c in CLASSES]
+            + [f"{sum(per[c] for c in BREAKS):,}"]
+        )
+    rows.append(
+        ["all", ""] + [f"{counts[c]:,}" for c in CLASSES] + [f"{sum(counts[c] for c in BREAKS):,}"]
+    )
+    out.append(
+        _table(
+            "results-by-class",
+            ["channel", "delivery", *CLASSES, "breaks"],
+            rows,
+            set(range(2, len(CLASSES) + 3)),
+        )
+    )
+    out.append(bar_chart("Items by class, all channels", [(c, counts[c]) for c in CLASSES]))
+    out.append(
+        bar_chart(
+            "Breaks by channel",
+            [
+                (ch, sum(sum(n for n, _ in data.by_class[ch].get(c, {}).values()) for c in BREAKS))
+                for ch in sorted(data.by_class)
+            ],
+        )
+    )
+    amount_rows = []
+    for ch in sorted(data.by_class):
+        for c in CLASSES:
+            by = data.by_class[ch].get(c)
+            if by:
+                for cur, (n, a) in sorted(by.items()):
+                    amount_rows.append([ch, c, cur, f"{n:,}", _amount(a, cur)])
+    out.append("<h3>Amounts by class and channel</h3>")
+    out.append(
+        _table(
+            "amounts-by-class",
+            ["channel", "class", "currency", "items", "amount"],
+            amount_rows,
+            {3, 4},
+        )
+    )
+
+    # 2. suspense aging
+    out.append("<h2>Suspense aging (open entries, all days)</h2>")
+    aging_rows = []
+    for b in AGING_BUCKETS:
+        by = data.aging.get(b, {})
+        if not by:
+            aging_rows.append([b, "", "0", "0"])
+        for cur, (n, a) in sorted(by.items()):
+            aging_rows.append([b, cur, f"{n:,}", _amount(a, cur)])
+    out.append(
+        _table("suspense-aging", ["age", "currency", "entries", "amount"], aging_rows, {2, 3})
+    )
+    out.append(
+        bar_chart(
+            "Open suspense entries by age",
+            [(b, sum(n for n, _ in data.aging.get(b, {}).values())) for b in AGING_BUCKETS],
+        )
+    )
+
+    # 3. settlement
+    st = data.settlement
+    out.append("<h2>Settlement totals</h2>")
+    head = [
+        "merchants",
+        "currency",
+        "payments",
+        "refunds (n)",
+        "gross",
+        "coupon funding",
+        "refunds",
+        "fees",
+        "net payable",
+        "held items",
+        "held amount",
+        "payable after hold-back",
+    ]
+    trows = _settle_rows(st.totals)
+    for tr, t in zip(trows, st.totals, strict=True):
+        tr[0] = f"{sum(1 for m in st.merchants if m.currency == t.currency):,}"
+    out.append(_table("settlement-totals", head, trows, set(range(2, 12))))
+    out.append(
+        '<p class="muted">net payable = gross − refunds − fees (coupon funding is part of '
+        "gross, paid by the platform's marketing account); payments with an open suspense "
+        "entry are held back. "
+        + (
+            "Agrees with the stream's confirmed merchant postings."
+            if not st.disagreements
+            else '<span class="warn">Disagrees with the postings: '
+            + escape("; ".join(st.disagreements[:5]))
+            + "</span>"
+        )
+        + "</p>"
+    )
+    if st.totals:
+        out.append(
+            bar_chart(
+                "Payments held back by open suspense entries",
+                [(f"{t.currency}", t.held_items) for t in st.totals],
+                unit=" items",
+            )
+        )
+
+    # 4. statement arrival
+    out.append("<h2>Statement arrival</h2>")
+    arr_rows = [
+        [
+            r["channel_id"],
+            str(r["delivery"]),
+            iso_ms(int(r["loaded_at_ms"])),
+            r["format"],
+            r["file_name"],
+            f"{int(r['line_count']):,}",
+            str(r["checksum"])[:12],
+            r["loaded_by"],
+        ]
+        for r in data.arrivals
+    ]
+    for ch in data.missing_statements:
+        arr_rows.append([ch, "–", "not received", "", "", "", "", ""])
+    out.append(
+        _table(
+            "statement-arrival",
+            ["channel", "delivery", "loaded at", "format", "file", "lines", "checksum", "by"],
+            arr_rows,
+            {5},
+        )
+    )
+    out.append("</body></html>")
+    return "\n".join(out) + "\n"
