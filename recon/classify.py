@@ -13,8 +13,9 @@ One channel C and business date D at a time:
 - the *statement* is the lines of the delivery in force of (C, D);
 - a line belongs to a ledger item when it quotes the item's txn_id, else when its
   channel txn id is the item's (the smallest txn_id wins if two items share one);
-- several lines of one item: the first (lowest line number) is compared, the count
-  goes into the detail;
+- several lines of one item (a payment and its revocation, say): the first line that is
+  not a plain success (a completed payment or refund) is compared, else the first
+  line; the count goes into the detail;
 - classes, by precedence: status_mismatch > amount_mismatch > fee_mismatch > matched
   for an item on both sides; short (ledger only) and long (a success line only) unless
   carried (S8): within the carry window of a cutoff of D and found on the neighbouring
@@ -95,6 +96,11 @@ class StatementLine:
     channel_txn_id: str = ""
     occurred_at_ms: int = 0
 
+    @property
+    def plain(self) -> bool:
+        """A plain success: a payment or refund the channel completed."""
+        return self.status == SUCCESS and self.kind in KINDS
+
 
 @dataclass(frozen=True)
 class Day:
@@ -160,7 +166,7 @@ def _found_in(item: LedgerOrder, lines: Sequence[StatementLine] | None) -> bool:
     if lines is None:
         return True  # not loaded yet: carried until it is
     for ln in lines:
-        if ln.status != SUCCESS:
+        if not ln.plain:
             continue
         if ln.txn_id and ln.txn_id == item.txn_id:
             return True
@@ -214,7 +220,7 @@ def classify(
     out: list[Result] = []
     for key in sorted(set(items) | set(groups)):
         item = items.get(key)
-        lines = sorted(groups.get(key, []), key=lambda x: x.line_no)
+        lines = sorted(groups.get(key, []), key=lambda x: (x.plain, x.line_no))
         first: StatementLine | None = lines[0] if lines else None
         n = len(lines)
         if item is not None and first is not None:
@@ -241,8 +247,8 @@ def classify(
                 out.append(_result(key, "short", "not on the statement", item, None))
         else:
             assert first is not None
-            if first.status != SUCCESS:
-                continue  # a line that moved no money, for an order we do not count
+            if not first.plain:
+                continue  # no money moved (or it was reversed), for an order we do not count
             if d.near_end(first.occurred_at_ms) and _quoted_by(first, next_items):
                 cls, detail = "carried", carried_statement_detail(d.next)
             elif d.near_start(first.occurred_at_ms) and _quoted_by(first, prev_items):

@@ -110,7 +110,7 @@ def _ledger_found(side: str, loaded: bool) -> str:
         return "1"
     lines = (
         f"(SELECT txn_id, channel_txn_id FROM ({_lines(side, 'n_' + side)}) "
-        "WHERE status = 'success')"
+        "WHERE status = 'success' AND kind IN ('payment', 'refund'))"
     )
     return (
         f"(txn_id IN (SELECT txn_id FROM {lines}) OR "
@@ -138,19 +138,25 @@ def classify_sql(prev_loaded: bool, next_loaded: bool) -> str:
         f"{_ledger_found('dprev', prev_loaded)}, %(lc_prev)s, '')"
     )
     scarry = (
-        f"multiIf(sstatus = 'success' AND {_near('sat', 'end_ms')} AND {_line_found('dnext')}, "
-        f"%(sc_next)s, sstatus = 'success' AND {_near('sat', 'start_ms')} AND "
+        f"multiIf(splain AND {_near('sat', 'end_ms')} AND {_line_found('dnext')}, "
+        f"%(sc_next)s, splain AND {_near('sat', 'start_ms')} AND "
         f"{_line_found('dprev')}, %(sc_prev)s, '')"
     )
+    # (constants are materialized: ClickHouse 18.16 refuses a UNION ALL whose first
+    # SELECT has a constant where a later one has a column)
+    # the line an item is compared with: the first that is not a plain success, else
+    # the first (a payment and its revocation: the revocation)
+    order = "toUInt64(line_no) + if(splain, 4294967296, 0)"
     ledger_rows = (
-        "SELECT toUInt8(1) AS side, txn_id AS key, txn_id AS txn, ctid AS lctid, lkind, lcur, "
+        "SELECT materialize(toUInt8(1)) AS side, txn_id AS key, txn_id AS txn, ctid AS lctid, lkind, lcur, "
         "lamt, lfee_known, lfee, lmerchant AS merchant, "
-        f"{lcarry} AS lcarry, '' AS qstatus, toUInt32(0) AS line_no, '' AS sctid, "
-        f"'' AS skind, '' AS sstatus, '' AS scur, {zero} AS samt, toUInt8(0) AS sfee_known, "
-        f"{zero} AS sfee, '' AS scarry FROM ({ledger})"
+        f"{lcarry} AS lcarry, materialize('') AS qstatus, materialize(toUInt32(0)) AS line_no, materialize('') AS sctid, "
+        f"materialize('') AS skind, materialize('') AS sstatus, materialize('') AS scur, materialize({zero}) AS samt, materialize(toUInt8(0)) AS sfee_known, "
+        f"materialize({zero}) AS sfee, materialize('') AS scarry, materialize(toUInt8(0)) AS splain FROM ({ledger})"
     )
     resolved = (
         "SELECT line_no, stxn, sctid, skind, sstatus, scur, samt, sfee_known, sfee, sat, "
+        "toUInt8(sstatus = 'success' AND skind IN ('payment', 'refund')) AS splain, "
         f"if(stxn != '' AND stxn IN (SELECT txn_id FROM ({ledger})), stxn, via) AS rk "
         "FROM (SELECT line_no, txn_id AS stxn, channel_txn_id AS sctid, kind AS skind, "
         f"status AS sstatus, currency AS scur, amount AS samt, toUInt8(isNotNull(fee)) "
@@ -159,21 +165,21 @@ def classify_sql(prev_loaded: bool, next_loaded: bool) -> str:
         f"FROM ({ledger}) WHERE ctid != '' GROUP BY ctid) AS cm USING sctid"
     )
     line_rows = (
-        "SELECT toUInt8(2) AS side, "
+        "SELECT materialize(toUInt8(2)) AS side, "
         "multiIf(rk != '', rk, stxn != '', stxn, sctid != '', sctid, "
-        "concat('line:', toString(line_no))) AS key, stxn AS txn, '' AS lctid, '' AS lkind, "
-        f"'' AS lcur, {zero} AS lamt, toUInt8(0) AS lfee_known, {zero} AS lfee, "
-        "'' AS merchant, '' AS lcarry, '' AS qstatus, line_no, sctid, skind, sstatus, scur, "
-        f"samt, sfee_known, sfee, {scarry} AS scarry FROM ({resolved})"
+        "concat('line:', toString(line_no))) AS key, stxn AS txn, materialize('') AS lctid, materialize('') AS lkind, "
+        f"materialize('') AS lcur, materialize({zero}) AS lamt, materialize(toUInt8(0)) AS lfee_known, materialize({zero}) AS lfee, "
+        "materialize('') AS merchant, materialize('') AS lcarry, materialize('') AS qstatus, line_no, sctid, skind, sstatus, scur, "
+        f"samt, sfee_known, sfee, {scarry} AS scarry, splain FROM ({resolved})"
     )
     quoted_rows = (
-        "SELECT toUInt8(3) AS side, txn_id AS key, txn_id AS txn, '' AS lctid, '' AS lkind, "
-        f"'' AS lcur, {zero} AS lamt, toUInt8(0) AS lfee_known, {zero} AS lfee, "
-        "ifNull(merchant_id, '') AS merchant, '' AS lcarry, "
-        "if(reversed = 1, 'reversed', ifNull(our_status, '')) AS qstatus, toUInt32(0) AS line_no, "
-        "'' AS sctid, '' AS skind, '' AS sstatus, '' AS scur, "
-        f"{zero} AS samt, toUInt8(0) AS sfee_known, {zero} AS sfee, '' AS scarry "
-        f"FROM {_ORDERS} WHERE channel_id = %(c)s "
+        "SELECT materialize(toUInt8(3)) AS side, txn_id AS key, txn_id AS txn, materialize('') AS lctid, materialize('') AS lkind, "
+        f"materialize('') AS lcur, materialize({zero}) AS lamt, materialize(toUInt8(0)) AS lfee_known, materialize({zero}) AS lfee, "
+        "ifNull(merchant_id, '') AS merchant, materialize('') AS lcarry, "
+        "if(reversed = 1, 'reversed', ifNull(our_status, '')) AS qstatus, materialize(toUInt32(0)) AS line_no, "
+        "materialize('') AS sctid, materialize('') AS skind, materialize('') AS sstatus, materialize('') AS scur, "
+        f"materialize({zero}) AS samt, materialize(toUInt8(0)) AS sfee_known, materialize({zero}) AS sfee, materialize('') AS scarry, "
+        f"materialize(toUInt8(0)) AS splain FROM {_ORDERS} WHERE channel_id = %(c)s "
         f"AND txn_id IN (SELECT txn_id FROM ({lines}) WHERE txn_id != '') "
         f"AND txn_id NOT IN (SELECT txn_id FROM ({ledger}))"
     )
@@ -184,14 +190,23 @@ def classify_sql(prev_loaded: bool, next_loaded: bool) -> str:
         "anyIf(lamt, side = 1) AS lamt, anyIf(lfee_known, side = 1) AS lfee_known, "
         "anyIf(lfee, side = 1) AS lfee, anyIf(merchant, side != 2) AS merchant, "
         "anyIf(lcarry, side = 1) AS lcarry, anyIf(qstatus, side = 3) AS qstatus, "
-        "argMinIf(line_no, line_no, side = 2) AS line, "
-        "argMinIf(txn, line_no, side = 2) AS s_txn, argMinIf(sctid, line_no, side = 2) AS s_ctid, "
-        "argMinIf(skind, line_no, side = 2) AS skind, "
-        "argMinIf(sstatus, line_no, side = 2) AS sstatus, "
-        "argMinIf(scur, line_no, side = 2) AS scur, argMinIf(samt, line_no, side = 2) AS samt, "
-        "argMinIf(sfee_known, line_no, side = 2) AS sfee_known, "
-        "argMinIf(sfee, line_no, side = 2) AS sfee, "
-        "argMinIf(scarry, line_no, side = 2) AS scarry, countIf(side = 2) AS nlines "
+        f"argMinIf(line_no, {order}, side = 2) AS line, "
+        + "".join(
+            f"argMinIf({c}, {order}, side = 2) AS {a}, "
+            for c, a in (
+                ("txn", "s_txn"),
+                ("sctid", "s_ctid"),
+                ("skind", "skind"),
+                ("sstatus", "sstatus"),
+                ("scur", "scur"),
+                ("samt", "samt"),
+                ("sfee_known", "sfee_known"),
+                ("sfee", "sfee"),
+                ("scarry", "scarry"),
+                ("splain", "s_plain"),
+            )
+        )
+        + "countIf(side = 2) AS nlines "
         f"FROM ({ledger_rows} UNION ALL {line_rows} UNION ALL {quoted_rows}) GROUP BY key"
     )
     cls = (
@@ -218,7 +233,7 @@ def classify_sql(prev_loaded: bool, next_loaded: bool) -> str:
         "if(has_l AND lfee_known, toNullable(lfee), NULL), "
         "if(has_s AND sfee_known, toNullable(sfee), NULL), "
         "if(has_l, 'success', qstatus), sstatus, line, "
-        f"{detail} FROM ({grouped}) WHERE has_l OR sstatus = 'success'"
+        f"{detail} FROM ({grouped}) WHERE has_l OR s_plain"
     )
 
 

@@ -1,6 +1,9 @@
 """Commands that read and manage ClickHouse; `register(main)` adds them to `tally`.
 
 tally breaks [--date D] [--kind K] [--channel C] [--merchant M] [--format F]
+tally breaks suspense|open [--channel C] [--date D] [--all] [--format F]
+tally breaks resolve ID --action A --reason TEXT --by NAME [--link OTHER]
+tally breaks history ID
 tally balances [--merchant M | --channel C] [--format F]
 tally orders show TXN_ID [--format table|json]
 tally db migrate | tally db status
@@ -18,6 +21,7 @@ import logging
 import sys
 from collections.abc import Iterator
 from datetime import date
+from decimal import Decimal
 from typing import Any
 
 import click
@@ -132,14 +136,16 @@ def _check_date(_ctx: Any, _param: Any, value: str | None) -> str | None:
 # -------------------------------------------------------------------- commands
 
 
-@click.command("breaks")
+@click.group("breaks", invoke_without_command=True)
 @click.option("--date", "day", callback=_check_date, help="business date, e.g. 2026-11-24")
 @click.option("--kind", help="break kind, e.g. amount_mismatch")
 @click.option("--channel", help="channel id")
 @click.option("--merchant", help="merchant id")
 @click.option("--limit", type=int, default=None, help="at most this many (oldest first)")
 @click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
+@click.pass_context
 def breaks_cmd(
+    ctx: click.Context,
     day: str | None,
     kind: str | None,
     channel: str | None,
@@ -147,7 +153,10 @@ def breaks_cmd(
     limit: int | None,
     fmt: str,
 ) -> None:
-    """Real-time breaks stored in ClickHouse, oldest first."""
+    """Real-time breaks stored in ClickHouse, oldest first; `suspense`, `resolve` and
+    `history` work through the suspense entries (S9)."""
+    if ctx.invoked_subcommand is not None:
+        return
     from sinks import queries
 
     with _db() as db:
@@ -171,6 +180,149 @@ def breaks_cmd(
     emit(rows, fmt, cols)
     if fmt == "table":
         click.echo(f"({len(rows):,} breaks)", err=True)
+
+
+WRITE_OFF_ACTIONS = click.Choice(["refunded", "channel_confirmed", "loss_accepted", "linked"])
+
+
+def _age(seconds: int) -> str:
+    d, rest = divmod(int(seconds), 86400)
+    h, rest = divmod(rest, 3600)
+    return f"{d}d {h}h" if d else f"{h}h {rest // 60}m"
+
+
+@breaks_cmd.command("suspense")
+@click.option("--channel", help="channel id")
+@click.option("--date", "day", callback=_check_date, help="the business date entries are posted to")
+@click.option("--all", "include_closed", is_flag=True, help="written-off and cleared entries too")
+@click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
+def breaks_suspense(channel: str | None, day: str | None, include_closed: bool, fmt: str) -> None:
+    """Suspense entries (open ones unless --all), oldest first, with amount and age;
+    real-time breaks not yet parked are parked first."""
+    from recon import suspense
+
+    with _db() as db:
+        suspense.sync_breaks(db)
+        rows = suspense.listing(
+            db,
+            channel=channel,
+            day=date.fromisoformat(day) if day else None,
+            include_closed=include_closed,
+        )
+    for r in rows:
+        r["amount"] = queries_money(r["amount"], r["currency"])
+        r["age"] = _age(r["age_seconds"])
+        r.pop("actions", None)
+    emit(
+        rows,
+        fmt,
+        [
+            "entry_id",
+            "business_date",
+            "channel_id",
+            "merchant_id",
+            "txn_id",
+            "kinds",
+            "currency",
+            "amount",
+            "age",
+            "state",
+        ],
+    )
+    if fmt == "table":
+        total: dict[str, Any] = {}
+        for r in rows:
+            if r["state"] == "open":
+                total[r["currency"]] = total.get(r["currency"], 0) + Decimal(r["amount"] or 0)
+        sums = ", ".join(f"{queries_money(v, c)} {c}" for c, v in sorted(total.items()))
+        click.echo(f"({len(rows):,} entries; open amount {sums or '0'})", err=True)
+
+
+breaks_cmd.add_command(breaks_suspense, "open")
+
+
+@breaks_cmd.command("resolve")
+@click.argument("entry")
+@click.option("--action", required=True, type=WRITE_OFF_ACTIONS, help="the business action")
+@click.option("--reason", required=True, help="why (kept for ever)")
+@click.option("--by", "actor", required=True, help="who resolves it")
+@click.option("--link", help="with --action linked: the entry this one is linked to")
+def breaks_resolve(entry: str, action: str, reason: str, actor: str, link: str | None) -> None:
+    """Write a suspense entry off (ENTRY: entry id, break id or txn_id). Appends an
+    action; nothing is deleted, and an entry is written off once."""
+    from recon import suspense
+
+    with _db() as db:
+        try:
+            e, a = suspense.resolve(db, entry, action, reason, actor, link=link)
+        except suspense.SuspenseError as exc:
+            raise click.ClickException(str(exc)) from None
+    amount = queries_money(e.amount, e.currency)
+    what = e.txn_id or e.channel_txn_id
+    linked = f" to {a.linked_to}" if a.linked_to else ""
+    click.echo(
+        f"suspense entry {e.entry_id} ({what}, {', '.join(e.kinds)}, {amount} {e.currency}) "
+        f"written off: {a.action}{linked} by {a.actor}: {a.reason}"
+    )
+
+
+@breaks_cmd.command("history")
+@click.argument("entry")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+def breaks_history(entry: str, fmt: str) -> None:
+    """A suspense entry and every action on it, oldest first."""
+    from recon import suspense
+    from tally.events import iso_ms
+
+    with _db() as db:
+        try:
+            e, actions = suspense.history(db, entry)
+        except suspense.SuspenseError as exc:
+            raise click.ClickException(str(exc)) from None
+    acts = [
+        {
+            "at": iso_ms(a.at_ms),
+            "action": a.action,
+            "actor": a.actor,
+            "reason": a.reason,
+            "linked_to": a.linked_to,
+            "action_id": a.action_id,
+        }
+        for a in actions
+    ]
+    st = suspense.state(actions)
+    doc = {
+        "entry_id": e.entry_id,
+        "state": "open" if st.open else (st.closed_by.action if st.closed_by else ""),
+        "channel_id": e.channel_id,
+        "merchant_id": e.merchant_id,
+        "txn_id": e.txn_id,
+        "channel_txn_id": e.channel_txn_id,
+        "business_date": e.business_date.isoformat(),
+        "kinds": list(e.kinds),
+        "break_ids": list(e.break_ids),
+        "currency": e.currency,
+        "amount": queries_money(e.amount, e.currency),
+        "opened_at": iso_ms(e.opened_at_ms),
+        "actions": acts,
+    }
+    if fmt == "json":
+        click.echo(json.dumps(doc, indent=2, ensure_ascii=False))
+        return
+    for k, v in doc.items():
+        if k != "actions":
+            click.echo(f"{k:<16}{_cell(v)}")
+    click.echo("\nactions:")
+    if acts:
+        emit(acts, "table", ["at", "action", "actor", "reason", "linked_to"])
+    else:
+        click.echo("(none)")
+
+
+def queries_money(amount: Any, currency: str | None) -> str | None:
+    from sinks.queries import money
+
+    return money(None if amount is None else Decimal(amount), currency)
 
 
 @click.command("balances")

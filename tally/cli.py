@@ -520,7 +520,7 @@ def _print_bench(results: list[Any], as_json: bool) -> None:
 
 # Commands that live with their part of tally (ClickHouse, end-of-day reconciliation,
 # dashboards, ...): each module has `register(main)`, which adds its commands.
-COMMAND_MODULES: tuple[str, ...] = ("sinks.cli",)
+COMMAND_MODULES: tuple[str, ...] = ("sinks.cli", "recon.cli")
 
 
 def _register_commands() -> None:
