@@ -520,7 +520,12 @@ def _print_bench(results: list[Any], as_json: bool) -> None:
 
 # Commands that live with their part of tally (ClickHouse, end-of-day reconciliation,
 # dashboards, ...): each module has `register(main)`, which adds its commands.
-COMMAND_MODULES: tuple[str, ...] = ("sinks.cli", "recon.cli")
+COMMAND_MODULES: tuple[str, ...] = (
+    "sinks.cli",
+    "recon.cli",
+    "recon.statements.cli",
+    "dashboards.cli",
+)
 
 
 def _register_commands() -> None:

@@ -1,0 +1,432 @@
+"""ISO 20022 camt.053 bank-to-customer statement (XML), versions 001.02 and 001.08.
+
+    Document/BkToCstmrStmt/Stmt
+      Bal (Tp/CdOrPrtry/Cd OPBD, CLBD; Amt Ccy; CdtDbtInd; Dt/Dt: the business date)
+      TxsSummry (TtlNtries NbOfNtries, Sum, TtlNetNtry; TtlCdtNtries; TtlDbtNtries)
+      Ntry: Amt Ccy, CdtDbtInd (CRDT a payment, DBIT a refund; RvslInd true a
+            reversal), Sts (BOOK / PDNG; 001.08: Sts/Cd), BookgDt/DtTm (the instant),
+            ValDt/Dt, AcctSvcrRef (the channel's txn id), Chrgs (the fee: 001.02 Amt,
+            001.08 Rcrd/Amt), NtryDtls/TxDtls/Refs/EndToEndId (our txn id),
+            TxDtls/AddtlTxInf (slash codes: /ORIG/ /STAT/ /CPN/ /MREF/)
+
+Parsed with xml.etree; a document with a DTD or entity declarations is refused.
+Opening balance + entries must equal the closing balance; the summary's counts and
+sums must match the entries.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from datetime import date, datetime
+from decimal import Decimal
+from xml.sax.saxutils import escape
+
+from recon.statements import fields as F
+from recon.statements.model import STATUSES, Statement, StatementLine, Totals
+
+FORMAT = "camt053"
+TIME_FIELD = "Ntry/BookgDt/DtTm (occurred_at)"
+CTID_FIELD = "Ntry/AcctSvcrRef (channel_txn_id)"
+NAMESPACES = {
+    "001.02": "urn:iso:std:iso:20022:tech:xsd:camt.053.001.02",
+    "001.08": "urn:iso:std:iso:20022:tech:xsd:camt.053.001.08",
+}
+_NTRY_START = re.compile(rb"<(?:[A-Za-z_][\w.-]*:)?Ntry[\s>]")
+_NTRY_END = re.compile(rb"</(?:[A-Za-z_][\w.-]*:)?Ntry>")
+_DTD = re.compile(rb"<!(?:DOCTYPE|ENTITY)", re.IGNORECASE)
+_AMOUNT = re.compile(r"(0|[1-9][0-9]{0,12})(\.[0-9]{1,5})?")
+
+
+def sniff(data: bytes) -> bool:
+    head = data[:4096]
+    return b"camt.053" in head and b"<" in head
+
+
+def _entry_spans(data: bytes) -> list[tuple[int, int, int]]:
+    """(line number, start, end) of each <Ntry> element in the bytes."""
+    out = []
+    line, pos = 1, 0
+    for m in _NTRY_START.finditer(data):
+        line += data.count(b"\n", pos, m.start())
+        pos = m.start()
+        end = _NTRY_END.search(data, pos)
+        out.append((line, pos, end.end() if end else len(data)))
+    return out
+
+
+def _local(tag: str) -> str:
+    return tag.rsplit("}", 1)[-1]
+
+
+def _find(el: ET.Element, path: str) -> ET.Element | None:
+    """Namespace-agnostic child lookup by a slash path of local names."""
+    cur: ET.Element | None = el
+    for name in path.split("/"):
+        if cur is None:
+            return None
+        cur = next((c for c in cur if _local(c.tag) == name), None)
+    return cur
+
+
+def _text(el: ET.Element, path: str) -> str:
+    found = _find(el, path)
+    return (found.text or "").strip() if found is not None else ""
+
+
+def _iso_ms(where: F.Where, line_no: int, field: str, value: str) -> int:
+    try:
+        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise where.error(line_no, field, f"{value[:40]!r} is not an ISO date-time") from None
+    if dt.tzinfo is None:
+        raise where.error(line_no, field, f"{value!r} has no UTC offset")
+    return int(dt.timestamp() * 1000)
+
+
+def _amt(
+    where: F.Where, line_no: int | None, field: str, el: ET.Element | None, cur: str
+) -> Decimal:
+    if el is None:
+        raise where.error(line_no, field, "missing")
+    v = (el.text or "").strip()
+    ccy = el.get("Ccy", "")
+    if ccy != cur:
+        raise where.error(line_no, field, f"currency {ccy!r}, the statement is in {cur}")
+    return F.amount(where, line_no, field, v, cur)
+
+
+def scan(data: bytes, file_name: str, env: Statement) -> Iterator[StatementLine]:
+    where = F.Where(file_name)
+    bad = _DTD.search(data)
+    if bad is not None:
+        raise where.error(
+            data[: bad.start()].count(b"\n") + 1,
+            None,
+            "refused: the XML declares a DTD or entities (not allowed in a statement)",
+        )
+    spans = _entry_spans(data)
+    n_entry = 0
+    stmt_count = 0
+    cur = ""
+    ns = ""
+    balances: dict[str, tuple[Decimal, date, int]] = {}
+    summary: ET.Element | None = None
+    net = Decimal(0)
+    total = Decimal(0)
+    fees = Decimal(0)
+    any_fee = False
+    n_cdt = n_dbt = 0
+    sum_cdt = sum_dbt = Decimal(0)
+    try:
+        stream = ET.iterparse(io.BytesIO(data), events=("start", "end"))
+        for event, el in stream:
+            name = _local(el.tag)
+            if event == "start":
+                if name == "Document":
+                    ns = el.tag[1:].split("}")[0] if el.tag.startswith("{") else ""
+                    if ns not in NAMESPACES.values():
+                        raise where.error(1, "Document xmlns", f"{ns!r} is not camt.053.001.02/08")
+                    env.meta["version"] = ns.rsplit(".", 2)[-2] + "." + ns.rsplit(".", 1)[-1]
+                elif name == "Stmt":
+                    stmt_count += 1
+                    if stmt_count > 1:
+                        raise where.error(
+                            None,
+                            "Stmt",
+                            "more than one statement in the file: load them one by one",
+                        )
+                continue
+            if name == "Acct":
+                cur = cur or _text(el, "Ccy")
+                env.meta["account"] = _text(el, "Id/Othr/Id") or _text(el, "Id/IBAN")
+            elif name == "Bal":
+                code = _text(el, "Tp/CdOrPrtry/Cd")
+                a = _find(el, "Amt")
+                ccy = a.get("Ccy", "") if a is not None else ""
+                cur = cur or ccy
+                F.currency(where, None, f"Bal {code} Amt Ccy", cur)
+                v = _amt(where, None, f"Bal {code} Amt", a, cur)
+                if _text(el, "CdtDbtInd") == "DBIT":
+                    v = -v
+                d_txt = _text(el, "Dt/Dt") or _text(el, "Dt/DtTm")[:10]
+                try:
+                    d = date.fromisoformat(d_txt)
+                except ValueError:
+                    raise where.error(None, f"Bal {code} Dt", f"{d_txt!r} is not a date") from None
+                balances[code] = (v, d, 0)
+            elif name == "TxsSummry":
+                summary = el
+                continue  # kept whole for the checks below
+            elif name == "Ntry":
+                line_no, s0, s1 = spans[n_entry] if n_entry < len(spans) else (0, 0, 0)
+                n_entry += 1
+                if not cur:
+                    raise where.error(line_no, "Acct Ccy", "the statement's currency is unknown")
+                line = _entry(where, line_no, el, cur, data[s0:s1].decode("utf-8", "replace"))
+                if line.kind == "payment":
+                    net += line.amount
+                    n_cdt += 1
+                    sum_cdt += line.amount
+                else:
+                    net -= line.amount
+                    n_dbt += 1
+                    sum_dbt += line.amount
+                total += line.amount
+                if line.fee is not None:
+                    fees += line.fee
+                    any_fee = True
+                yield line
+                el.clear()
+            elif name == "Stmt":
+                env.meta["stmt_id"] = _text(el, "Id")
+                el.clear()
+    except ET.ParseError as exc:
+        err_line, _col = exc.position
+        raise where.error(
+            err_line, None, f"not well-formed XML (truncated?): {str(exc).split(':')[0]}"
+        ) from None
+    if stmt_count == 0:
+        raise where.error(None, "Stmt", "no statement in the document")
+    if "OPBD" not in balances or "CLBD" not in balances:
+        raise where.error(None, "Bal", "needs an opening (OPBD) and a closing (CLBD) balance")
+    op, cl = balances["OPBD"][0], balances["CLBD"][0]
+    env.business_date = balances["CLBD"][1]
+    env.meta["opening_balance"] = str(op)
+    if op + net != cl:
+        raise where.error(
+            None,
+            "Bal CLBD (closing balance)",
+            f"opening {op} + entries {net} = {op + net}, the statement says {cl} "
+            f"(off by {cl - op - net})",
+        )
+    items: list[tuple[str, str]] = [("OPBD", str(op)), ("CLBD", str(cl))]
+    if summary is not None:
+        for path, n_got, s_got in (
+            ("TtlNtries", n_cdt + n_dbt, sum_cdt + sum_dbt),
+            ("TtlCdtNtries", n_cdt, sum_cdt),
+            ("TtlDbtNtries", n_dbt, sum_dbt),
+        ):
+            part = _find(summary, path)
+            if part is None:
+                continue
+            nb = _text(part, "NbOfNtries")
+            if nb and (not nb.isdigit() or int(nb) != n_got):
+                raise where.error(
+                    None, f"TxsSummry/{path}/NbOfNtries", f"declares {nb}, the entries are {n_got}"
+                )
+            s = _text(part, "Sum")
+            if s:
+                if not _AMOUNT.fullmatch(s):
+                    raise where.error(None, f"TxsSummry/{path}/Sum", f"{s[:40]!r} is not an amount")
+                if Decimal(s) != s_got:
+                    raise where.error(
+                        None,
+                        f"TxsSummry/{path}/Sum",
+                        f"declares {s}, the entries add up to {s_got} "
+                        f"(off by {Decimal(s) - s_got})",
+                    )
+            items.append((path, f"{nb} {s}"))
+        net_el = _find(summary, "TtlNtries/TtlNetNtry")
+        if net_el is not None:
+            nv = _text(net_el, "Amt")
+            if not _AMOUNT.fullmatch(nv):
+                raise where.error(None, "TxsSummry/TtlNtries/TtlNetNtry/Amt", f"{nv!r}")
+            signed = Decimal(nv) * (-1 if _text(net_el, "CdtDbtInd") == "DBIT" else 1)
+            if signed != net:
+                raise where.error(
+                    None,
+                    "TxsSummry/TtlNtries/TtlNetNtry",
+                    f"declares {signed}, the entries net to {net}",
+                )
+    env.declared = Totals(
+        count=n_entry, amount=total, fee=fees if any_fee else None, items=tuple(items)
+    )
+
+
+def _entry(where: F.Where, line_no: int, el: ET.Element, cur: str, raw: str) -> StatementLine:
+    amt = _amt(where, line_no, "Ntry/Amt (amount)", _find(el, "Amt"), cur)
+    if amt <= 0:
+        raise where.error(line_no, "Ntry/Amt (amount)", f"{amt} must be greater than zero")
+    ind = _text(el, "CdtDbtInd")
+    rvsl = _text(el, "RvslInd").lower() == "true"
+    if ind == "CRDT" and not rvsl:
+        kind = "payment"
+    elif ind == "DBIT":
+        kind = "reversal" if rvsl else "refund"
+    else:
+        raise where.error(line_no, "Ntry/CdtDbtInd (kind)", f"{ind!r} (RvslInd {rvsl})")
+    sts = _text(el, "Sts/Cd") or _text(el, "Sts")
+    if sts not in ("BOOK", "PDNG", "INFO"):
+        raise where.error(line_no, "Ntry/Sts (status)", f"{sts[:20]!r} is not BOOK or PDNG")
+    tx = _find(el, "NtryDtls/TxDtls")
+    info = F.parse_info(_text(tx, "AddtlTxInf")) if tx is not None else {}
+    status = info.get("STAT") or ("success" if sts == "BOOK" else "pending")
+    if status not in STATUSES:
+        raise where.error(line_no, "AddtlTxInf /STAT/ (status)", f"{status[:20]!r}")
+    dttm = _text(el, "BookgDt/DtTm")
+    if dttm:
+        occurred = _iso_ms(where, line_no, "Ntry/BookgDt/DtTm (occurred_at)", dttm)
+    else:
+        d = _text(el, "BookgDt/Dt") or _text(el, "ValDt/Dt")
+        try:
+            occurred = F.noon_utc_ms(date.fromisoformat(d))
+        except ValueError:
+            raise where.error(line_no, "Ntry/BookgDt (occurred_at)", f"{d[:30]!r}") from None
+    fee = None
+    chrgs = _find(el, "Chrgs")
+    if chrgs is not None:
+        recs = [c for c in chrgs if _local(c.tag) == "Rcrd"]
+        amounts = [_find(r, "Amt") for r in recs] if recs else [_find(chrgs, "Amt")]
+        fee = Decimal(0)
+        for a in amounts:
+            fee += _amt(where, line_no, "Ntry/Chrgs (fee)", a, cur)
+    coupon = None
+    if "CPN" in info:
+        v = info["CPN"]
+        if not v.startswith(cur):
+            raise where.error(line_no, "AddtlTxInf /CPN/ (coupon_amount)", f"{v!r}")
+        coupon = F.amount(where, line_no, "AddtlTxInf /CPN/ (coupon_amount)", v[3:], cur)
+    txn = _text(tx, "Refs/EndToEndId") if tx is not None else ""
+    if txn == "NOTPROVIDED":
+        txn = ""
+    ctid = _text(el, "AcctSvcrRef")
+    if not ctid:
+        raise where.error(line_no, "Ntry/AcctSvcrRef (channel_txn_id)", "empty")
+    F.text(where, line_no, "EndToEndId (txn_id)", txn)
+    F.text(where, line_no, "AcctSvcrRef (channel_txn_id)", ctid)
+    F.text(where, line_no, "AddtlTxInf /ORIG/ (original_txn_id)", info.get("ORIG", ""))
+    F.text(where, line_no, "AddtlTxInf /MREF/ (merchant_ref)", info.get("MREF", ""))
+    return StatementLine(
+        line_no=line_no,
+        txn_id=txn,
+        channel_txn_id=ctid,
+        original_txn_id=info.get("ORIG", ""),
+        kind=kind,
+        status=status,
+        currency=cur,
+        amount=amt,
+        fee=fee,
+        coupon_amount=coupon,
+        merchant_ref=info.get("MREF", ""),
+        occurred_at_ms=occurred,
+        raw=raw,
+    )
+
+
+# -------------------------------------------------------------------- writer
+
+
+def _a(v: Decimal, cur: str) -> str:
+    return F.fmt_amount(v, cur)
+
+
+def _bal(code: str, v: Decimal, cur: str, d: date) -> str:
+    ind = "DBIT" if v < 0 else "CRDT"
+    return (
+        f"<Bal><Tp><CdOrPrtry><Cd>{code}</Cd></CdOrPrtry></Tp>"
+        f'<Amt Ccy="{cur}">{_a(abs(v), cur)}</Amt><CdtDbtInd>{ind}</CdtDbtInd>'
+        f"<Dt><Dt>{d.isoformat()}</Dt></Dt></Bal>"
+    )
+
+
+def write(statement: Statement) -> bytes:
+    """A camt.053 document for the lines (one currency).
+
+    meta: version (001.02 default, or 001.08), account, stmt_id, opening_balance,
+    created (ISO date-time of creation, default the next day 09:00 +08:00)."""
+    if statement.business_date is None:
+        raise ValueError("a camt.053 statement needs the business date")
+    d = statement.business_date
+    meta = statement.meta
+    version = meta.get("version", "001.02")
+    ns = NAMESPACES[version]
+    currencies = {x.currency for x in statement.lines} or {meta.get("currency", "CNY")}
+    if len(currencies) != 1:
+        raise ValueError(f"a camt.053 statement here has one currency, not {sorted(currencies)}")
+    cur = currencies.pop()
+    opening = Decimal(meta.get("opening_balance", "0"))
+    created = meta.get("created") or f"{date.fromordinal(d.toordinal() + 1)}T09:00:00+08:00"
+    stmt_id = meta.get("stmt_id") or f"STMT{d:%Y%m%d}"
+    account = meta.get("account") or "CN0000000000000000"
+    entries = []
+    net = Decimal(0)
+    n_c = n_d = 0
+    s_c = s_d = Decimal(0)
+    for x in statement.lines:
+        if x.kind == "payment":
+            ind, rv = "CRDT", ""
+            net += x.amount
+            n_c += 1
+            s_c += x.amount
+        else:
+            ind = "DBIT"
+            rv = "<RvslInd>true</RvslInd>" if x.kind == "reversal" else ""
+            net -= x.amount
+            n_d += 1
+            s_d += x.amount
+        pending = x.status == "pending"
+        sts_code = "PDNG" if pending else "BOOK"
+        sts = f"<Sts><Cd>{sts_code}</Cd></Sts>" if version == "001.08" else f"<Sts>{sts_code}</Sts>"
+        chrgs = ""
+        if x.fee is not None:
+            if x.fee < 0:
+                raise ValueError("camt.053 charges are not negative")
+            amt = f'<Amt Ccy="{cur}">{_a(x.fee, cur)}</Amt>'
+            chrgs = (
+                f"<Chrgs><Rcrd>{amt}</Rcrd></Chrgs>"
+                if version == "001.08"
+                else f"<Chrgs>{amt}</Chrgs>"
+            )
+        info = ""
+        if x.original_txn_id:
+            info += f"/ORIG/{x.original_txn_id}"
+        if x.status not in ("success", "pending"):
+            info += f"/STAT/{x.status}"
+        if x.coupon_amount is not None:
+            info += f"/CPN/{cur}{_a(x.coupon_amount, cur)}"
+        if x.merchant_ref:
+            info += f"/MREF/{x.merchant_ref}"
+        addtl = f"<AddtlTxInf>{escape(info)}</AddtlTxInf>" if info else ""
+        e2e = escape(x.txn_id) if x.txn_id else "NOTPROVIDED"
+        entries.append(
+            "<Ntry>"
+            f'<Amt Ccy="{cur}">{_a(x.amount, cur)}</Amt><CdtDbtInd>{ind}</CdtDbtInd>{rv}{sts}'
+            f"<BookgDt><DtTm>{F.utc_iso(x.occurred_at_ms)}</DtTm></BookgDt>"
+            f"<ValDt><Dt>{d.isoformat()}</Dt></ValDt>"
+            f"<AcctSvcrRef>{escape(x.channel_txn_id)}</AcctSvcrRef>"
+            "<BkTxCd><Prtry><Cd>PMNT</Cd></Prtry></BkTxCd>"
+            f"{chrgs}"
+            f"<NtryDtls><TxDtls><Refs><EndToEndId>{e2e}</EndToEndId></Refs>{addtl}</TxDtls></NtryDtls>"
+            "</Ntry>"
+        )
+    closing = opening + net
+    net_ind = "DBIT" if net < 0 else "CRDT"
+    summary = (
+        "<TxsSummry>"
+        f"<TtlNtries><NbOfNtries>{n_c + n_d}</NbOfNtries><Sum>{_a(s_c + s_d, cur)}</Sum>"
+        f"<TtlNetNtry><Amt>{_a(abs(net), cur)}</Amt><CdtDbtInd>{net_ind}</CdtDbtInd></TtlNetNtry>"
+        "</TtlNtries>"
+        f"<TtlCdtNtries><NbOfNtries>{n_c}</NbOfNtries><Sum>{_a(s_c, cur)}</Sum></TtlCdtNtries>"
+        f"<TtlDbtNtries><NbOfNtries>{n_d}</NbOfNtries><Sum>{_a(s_d, cur)}</Sum></TtlDbtNtries>"
+        "</TxsSummry>"
+    )
+    parts = [
+        '<?xml version="1.0" encoding="UTF-8"?>',
+        f'<Document xmlns="{ns}">',
+        "<BkToCstmrStmt>",
+        f"<GrpHdr><MsgId>{escape(stmt_id)}</MsgId><CreDtTm>{created}</CreDtTm></GrpHdr>",
+        "<Stmt>",
+        f"<Id>{escape(stmt_id)}</Id><CreDtTm>{created}</CreDtTm>",
+        f"<Acct><Id><Othr><Id>{escape(account)}</Id></Othr></Id><Ccy>{cur}</Ccy></Acct>",
+        _bal("OPBD", opening, cur, d),
+        _bal("CLBD", closing, cur, d),
+        summary,
+        *entries,
+        "</Stmt>",
+        "</BkToCstmrStmt>",
+        "</Document>",
+    ]
+    return ("\n".join(parts) + "\n").encode("utf-8")

@@ -1,0 +1,222 @@
+"""Field-level parsing shared by the format modules: amounts, times, text, encodings.
+Pure; every failure is a `StatementError` naming the file, line and field."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from datetime import UTC, date, datetime, timedelta, timezone
+from decimal import Decimal
+
+from recon.statements.model import StatementError
+from tally.money import EXPONENTS
+
+# China Standard Time has had no daylight saving since 1991: a fixed offset is exact
+# and much faster than zoneinfo for a million lines.
+CST = timezone(timedelta(hours=8), "Asia/Shanghai")
+
+_AMOUNT = re.compile(r"(0|[1-9][0-9]{0,12})(\.[0-9]{1,4})?")
+_SIGNED = re.compile(r"-?(0|[1-9][0-9]{0,12})(\.[0-9]{1,4})?")
+_LOCAL_TIME = re.compile(r"(\d{4})-(\d{2})-(\d{2}) (\d{2}):(\d{2}):(\d{2})")
+# A cell a spreadsheet would run as a formula (CSV injection); tab and CR too (OWASP).
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+class Where:
+    """The file being read, to build errors: `where.error(line_no, field, msg)`."""
+
+    __slots__ = ("file_name",)
+
+    def __init__(self, file_name: str) -> None:
+        self.file_name = file_name
+
+    def error(self, line_no: int | None, field: str | None, message: str) -> StatementError:
+        return StatementError(message, file_name=self.file_name, line_no=line_no, field=field)
+
+
+def currency(where: Where, line_no: int | None, field: str, value: str) -> str:
+    if value not in EXPONENTS:
+        raise where.error(line_no, field, f"{value[:20]!r} is not a known ISO 4217 currency")
+    return value
+
+
+def amount(
+    where: Where,
+    line_no: int | None,
+    field: str,
+    value: str,
+    cur: str | None = None,
+    *,
+    signed: bool = False,
+    positive: bool = False,
+) -> Decimal:
+    """A decimal amount in major units: at most 13 integer digits and 4 decimals (and
+    no more decimals than `cur` has); `signed` allows a leading minus; `positive`
+    rejects zero."""
+    if not (_SIGNED if signed else _AMOUNT).fullmatch(value):
+        if value.startswith("-") and not signed:
+            raise where.error(line_no, field, f"{value[:40]!r} must not be negative")
+        raise where.error(line_no, field, f"{value[:40]!r} is not an amount")
+    d = Decimal(value)
+    if cur is not None:
+        exp = EXPONENTS.get(cur, 2)
+        frac = value.partition(".")[2]
+        if len(frac) > exp and frac[exp:].strip("0"):
+            raise where.error(
+                line_no, field, f"{value!r} has more than {exp} decimal places for {cur}"
+            )
+    if positive and d <= 0:
+        raise where.error(line_no, field, f"{value!r} must be greater than zero")
+    return d
+
+
+def local_time_ms(where: Where, line_no: int | None, field: str, value: str) -> int:
+    """`yyyy-MM-dd HH:mm:ss` in China Standard Time (UTC+8) -> epoch ms UTC."""
+    m = _LOCAL_TIME.fullmatch(value)
+    if m is None:
+        raise where.error(line_no, field, f"{value[:40]!r} is not a time like 2026-11-24 10:15:30")
+    try:
+        y, mo, d, h, mi, sec = (int(g) for g in m.groups())
+        dt = datetime(y, mo, d, h, mi, sec, tzinfo=CST)
+    except ValueError as exc:
+        raise where.error(line_no, field, f"{value!r} is not a valid time ({exc})") from None
+    return int(dt.timestamp()) * 1000
+
+
+def format_local_time(ms: int) -> str:
+    return datetime.fromtimestamp(ms // 1000, tz=CST).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def utc_iso(ms: int) -> str:
+    """RFC 3339 UTC, milliseconds only when there are any."""
+    dt = datetime.fromtimestamp(ms // 1000, tz=UTC)
+    s = dt.strftime("%Y-%m-%dT%H:%M:%S")
+    if ms % 1000:
+        s += f".{ms % 1000:03d}"
+    return s + "Z"
+
+
+def text(where: Where, line_no: int | None, field: str, value: str) -> str:
+    """A free-text or id field: refused when a spreadsheet would run it as a formula."""
+    if value and value.startswith(FORMULA_START):
+        raise where.error(
+            line_no,
+            field,
+            f"{value[:40]!r} starts with {value[0]!r}: refused as a spreadsheet formula "
+            "(CSV injection)",
+        )
+    return value
+
+
+def fmt_amount(value: Decimal, cur: str) -> str:
+    """Plain decimal with the currency's decimals (more only when the value has them)."""
+    exp = EXPONENTS.get(cur, 2)
+    s = f"{value:.{exp}f}"
+    if Decimal(s) != value:
+        s = format(value.normalize(), "f")
+    return s
+
+
+def fmt_fee(value: Decimal) -> str:
+    s = f"{value:.2f}"
+    if Decimal(s) != value:
+        s = format(value.normalize(), "f")
+    return s
+
+
+def decode_utf8(where: Where, data: bytes, expected: str) -> str:
+    """UTF-8 text (a BOM is dropped); anything else is refused with the line of the
+    first byte that is not UTF-8."""
+    try:
+        text_ = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        hint = " (it looks like GBK)" if _is_gbk(data) else ""
+        raise where.error(
+            line, None, f"wrong encoding: {expected} files are UTF-8, this one is not{hint}"
+        ) from None
+    return text_.removeprefix("\ufeff")
+
+
+def _is_gbk(data: bytes) -> bool:
+    try:
+        data.decode("gbk")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def date_in_name(name: str) -> date | None:
+    """A date in a file name: 2026-11-24, 2026_11_24 or 20261124."""
+    m = re.search(r"(?<!\d)(20\d{2})[-_]?(\d{2})[-_]?(\d{2})(?!\d)", name)
+    if not m:
+        return None
+    try:
+        return date(int(m[1]), int(m[2]), int(m[3]))
+    except ValueError:
+        return None
+
+
+def split_simple(line: str, sep: str = ",") -> list[str]:
+    """Split a CSV line; the csv module only when there are quotes."""
+    if '"' not in line:
+        return line.split(sep)
+    import csv
+
+    return next(csv.reader([line]))
+
+
+def physical_lines(text_: str) -> list[str]:
+    """The file's lines without their line ends (\\n or \\r\\n)."""
+    lines = text_.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [x[:-1] if x.endswith("\r") else x for x in lines]
+
+
+# ---------------------------------------------------------- structured information
+
+# The bank formats carry what has no field of its own in a slash-coded text
+# (MT940 :86:, camt.053 AddtlTxInf), e.g. `/EREF/T1/KIND/refund/ORIG/T0/FEE/CNY0.60`.
+INFO_CODES = ("EREF", "CREF", "ORIG", "KIND", "STAT", "TIME", "FEE", "CPN", "MREF")
+_INFO = re.compile(r"/(" + "|".join(INFO_CODES) + r")/")
+
+
+def parse_info(value: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    parts = _INFO.split(value.replace("\r", "").replace("\n", ""))
+    # parts: [prefix, code, value, code, value, ...]
+    for i in range(1, len(parts) - 1, 2):
+        out[parts[i]] = parts[i + 1]
+    return out
+
+
+def info_time_ms(where: Where, line_no: int | None, field: str, value: str) -> int:
+    """`20261124T101530Z` (UTC, optionally .mmm) -> epoch ms."""
+    m = re.fullmatch(r"(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(\d{2})(?:\.(\d{3}))?Z", value)
+    if m is None:
+        raise where.error(line_no, field, f"{value[:40]!r} is not a time like 20261124T101530Z")
+    try:
+        y, mo, d, h, mi, sec = (int(g) for g in m.groups()[:6])
+        dt = datetime(y, mo, d, h, mi, sec, tzinfo=UTC)
+    except ValueError as exc:
+        raise where.error(line_no, field, f"{value!r} is not a valid time ({exc})") from None
+    return int(dt.timestamp()) * 1000 + int(m[7] or 0)
+
+
+def format_info_time(ms: int) -> str:
+    dt = datetime.fromtimestamp(ms // 1000, tz=UTC)
+    s = dt.strftime("%Y%m%dT%H%M%S")
+    if ms % 1000:
+        s += f".{ms % 1000:03d}"
+    return s + "Z"
+
+
+def noon_utc_ms(d: date) -> int:
+    """The instant used for an item whose file gives only a date (bank formats
+    without a /TIME/): 12:00 UTC of that date, the same calendar date in every zone
+    from UTC-11 to UTC+11."""
+    return int(datetime(d.year, d.month, d.day, 12, tzinfo=UTC).timestamp()) * 1000
+
+
+Progress = Callable[[int], None]
