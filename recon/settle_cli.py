@@ -3,9 +3,8 @@
 tally settle --date D [--channel C] [--format table|csv|json]
 tally recon report --date D --out report.html [--as-of RFC3339]
 
-`recon report` joins the `recon` group that recon/cli.py defines (when it is there;
-otherwise it creates the group), so list this module after `recon.cli` in
-COMMAND_MODULES.
+`recon report` joins the `recon` group that recon/cli.py defines (the group object
+itself, whatever the order of COMMAND_MODULES).
 """
 
 from __future__ import annotations
@@ -180,13 +179,18 @@ def register(main: click.Group) -> None:
     bench_group = main.commands.get("bench")
     if isinstance(bench_group, click.Group):
         bench_group.add_command(bench_recon_cmd)
+    # attach to recon/cli.py's group object itself, so that the order of the modules
+    # in COMMAND_MODULES does not matter (registering it again adds the same object)
     group = main.commands.get("recon")
     if not isinstance(group, click.Group):
+        try:
+            from recon.cli import recon_group as theirs
+        except ImportError:  # pragma: no cover - recon/cli.py is part of tally
 
-        @click.group("recon")
-        def recon_group() -> None:
-            """End-of-day reconciliation."""
+            @click.group("recon")
+            def theirs() -> None:
+                """End-of-day reconciliation."""
 
-        main.add_command(recon_group)
-        group = recon_group
+        main.add_command(theirs)
+        group = theirs
     group.add_command(report_cmd)

@@ -29,8 +29,9 @@
        as payment                         -> status_mismatch
      * line moved across the cutoff to the neighbouring day, within the carry
        window                             -> carried (on both days)
-   All but `carried` are placed on items farther than the carry window from any
-   cutoff, so that their class does not depend on the neighbouring day.
+   Missing and extra lines are placed farther than the carry window from any cutoff
+   (near it they could be carried); a line moved across the cutoff is one of an item
+   within the window, and it stays within the window on the other side.
 4. records the **oracle**: the expected class of every item of every (channel, day)
    (`SimDay.expected`). Real-time anomalies are kept in the day (the stream finds
    them; they are not removed), and their end-of-day class is derived from the
@@ -53,11 +54,12 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
+from pathlib import Path
 from typing import Any
 
 from tally.clearing import BalanceBook
 from tally.events import iso_ms
-from tally.money import format_minor
+from tally.money import format_minor, to_decimal
 from tally.orders import SUCCESS_LIKE, Evidence, OrderState, view
 from tally.pipeline import LocalPipeline, partition_for
 from tally.policy import Policies
@@ -157,7 +159,7 @@ class StatementAnomalies:
     amount: float = 0.02
     fee: float = 0.02
     status: float = 0.01
-    carried: float = 0.3  # of the items within the carry window of a cutoff
+    carried: float = 0.02  # moved across the cutoff: items within the carry window only
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -256,7 +258,17 @@ def truthful_lines(orders: Iterable[OrderState], policies: Policies) -> list[Lin
                 coupon_amount=(s.coupon_amount or None) if kind == "payment" else None,
             )
         )
-    return out
+    # one channel transaction is one line: a channel txn id that two of our orders
+    # claim (shared_channel_txn) was charged once, for the earlier claim
+    out.sort(key=lambda x: (x.occurred_at_ms, x.txn_id))
+    seen: set[tuple[str, str, str]] = set()
+    unique = []
+    for ln in out:
+        k = (ln.channel_id, ln.kind, ln.channel_txn_id)
+        if k not in seen:
+            seen.add(k)
+            unique.append(ln)
+    return unique
 
 
 # ------------------------------------------------------------- the oracle
@@ -438,12 +450,95 @@ class SimDay:
             n[table] = len(rows)
         return n
 
+    # ------------------------------------------------------------ files
+
+    def statement(self, channel: str, day: date, fmt: str) -> Any:
+        """The (channel, day) statement as a `recon.statements.Statement` in `fmt`."""
+        from recon.statements import Statement, StatementLine
+
+        pol = self.policies[channel]
+        lines = [
+            StatementLine(
+                line_no=i,
+                txn_id=ln.txn_id,
+                channel_txn_id=ln.channel_txn_id,
+                original_txn_id=ln.original_txn_id,
+                kind=ln.kind,
+                status=ln.status,
+                currency=ln.currency,
+                amount=to_decimal(ln.amount, ln.currency),
+                fee=None if ln.fee is None else to_decimal(ln.fee, ln.currency),
+                coupon_amount=None
+                if ln.coupon_amount is None
+                else to_decimal(ln.coupon_amount, ln.currency),
+                merchant_ref=ln.merchant_ref,
+                occurred_at_ms=ln.occurred_at_ms,
+            )
+            for i, ln in enumerate(self.statements[(channel, day)], start=1)
+        ]
+        return Statement(
+            channel_id=channel,
+            business_date=day,
+            format=fmt,
+            lines=lines,
+            file_name=file_name(channel, day, fmt),
+            meta={"cutoff": pol.cutoff.strftime("%H:%M"), "currency": "CNY"},
+        )
+
+    def files(self, fmt: str) -> list[tuple[str, date, str, bytes]]:
+        """(channel, day, file name, bytes) of every statement in format `fmt`.
+        Formats that hold one currency (alipay: CNY; mt940, camt053: one per file)
+        raise ValueError for a statement with another / several currencies."""
+        from recon.statements import write
+
+        out = []
+        for ch, d in self.days:
+            st = self.statement(ch, d, fmt)
+            out.append((ch, d, st.file_name, write(st)))
+        return out
+
+    def write_files(self, directory: str | Path, formats: Iterable[str]) -> dict[str, Any]:
+        """`<directory>/<format>/<channel>-<date>.<ext>` for every statement and format,
+        and `<directory>/expected-recon.json` (the oracle; see `expected_json`).
+        A format that cannot hold the day (several currencies in one file) is skipped
+        and named under "skipped" with the reason."""
+        root = Path(directory)
+        written: dict[str, list[str]] = {}
+        skipped: dict[str, str] = {}
+        for fmt in formats:
+            try:
+                files = self.files(fmt)
+            except ValueError as exc:
+                skipped[fmt] = str(exc)
+                continue
+            (root / fmt).mkdir(parents=True, exist_ok=True)
+            for _, _, name, data in files:
+                (root / fmt / name).write_bytes(data)
+            written[fmt] = [f"{fmt}/{name}" for _, _, name, _ in files]
+        doc = {"files": written, "skipped": skipped, **self.expected_json()}
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "expected-recon.json").write_text(
+            json.dumps(doc, indent=1, ensure_ascii=False) + "\n", encoding="utf-8"
+        )
+        return doc
+
     # ------------------------------------------------------------ the answer
 
     def expected_json(self, fee_stated: bool = True) -> dict[str, Any]:
         exp = self.expected_for(fee_stated)
         by_class = Counter(exp.values())
         return {
+            "simulation": {
+                "events": len(self.sim.envelopes),
+                "seed": self.sim.config.seed,
+                "start": iso_ms(self.sim.start_ms),
+                "end": iso_ms(self.sim.end_ms),
+            },
+            "injected": self.counts,
+            "statements": [
+                {"channel": ch, "business_date": d.isoformat(), "lines": len(v)}
+                for (ch, d), v in sorted(self.statements.items())
+            ],
             "fee_stated": fee_stated,
             "counts": {c: by_class.get(c, 0) for c in CLASSES},
             "items": [
@@ -457,6 +552,13 @@ class SimDay:
                 for (ch, d, k), cls in sorted(exp.items())
             ],
         }
+
+
+EXTENSIONS = {"wechat": "csv", "alipay": "csv", "mt940": "sta", "camt053": "xml", "csv": "csv"}
+
+
+def file_name(channel: str, day: date, fmt: str) -> str:
+    return f"{channel}-{day.isoformat()}.{EXTENSIONS.get(fmt, 'txt')}"
 
 
 def _cutoffs(policies: Policies, ch: str, d: date) -> tuple[int, int]:
@@ -525,36 +627,10 @@ def simulate_day(
         return out
 
     removed: set[tuple[str, date, int]] = set()
+    # a missing line must be far from the cutoffs (else it may be carried)
     for k in take(far_pairs, anomalies.missing):
         removed.add(line_of[k])
         injected[k], intended[k] = "missing_line", "short"
-    for k in take(far_pairs, anomalies.amount):
-        ch, d, i = line_of[k]
-        ln = statements[(ch, d)][i]
-        delta = rng.randint(1, max(1, min(500, ln.amount // 10)))
-        amount = (
-            ln.amount - delta if ln.amount > delta and rng.random() < 0.5 else ln.amount + delta
-        )
-        statements[(ch, d)][i] = replace(ln, amount=amount)
-        injected[k], intended[k] = "changed_amount", "amount_mismatch"
-    fee_pool = [k for k in far_pairs if items[k].kind == "payment"]
-    for k in take(fee_pool, anomalies.fee):
-        far_pairs.remove(k)
-        ch, d, i = line_of[k]
-        ln = statements[(ch, d)][i]
-        fee = ln.fee or 0
-        delta = rng.randint(1, max(1, min(100, fee // 5 + 1)))
-        fee = fee - delta if fee > delta and rng.random() < 0.5 else fee + delta
-        statements[(ch, d)][i] = replace(ln, fee=fee)
-        injected[k], intended[k] = "changed_fee", "fee_mismatch"
-    for k in take(far_pairs, anomalies.status):
-        ch, d, i = line_of[k]
-        ln = statements[(ch, d)][i]
-        if ln.kind == "payment":
-            statements[(ch, d)][i] = replace(ln, kind="refund", coupon_amount=None)
-        else:
-            statements[(ch, d)][i] = replace(ln, kind="payment", original_txn_id="")
-        injected[k], intended[k] = "wrong_kind", "status_mismatch"
 
     # carried: lines of items near the cutoff between two simulated days move across it
     moved: list[tuple[Key, Line]] = []
@@ -570,11 +646,12 @@ def simulate_day(
         elif prv in statements and abs(it.at_ms - start) <= w:
             movable.append((k, prv, start - 1 - rng.randint(0, max(0, w - 1))))
     n_carry = (
-        min(len(movable), max(1, round(anomalies.carried * len(movable))))
+        min(len(movable), max(1, round(anomalies.carried * len(matched))))
         if anomalies.carried > 0
         else 0
     )
     for k, (ch, other), at in movable[:n_carry]:
+        near_pairs.remove(k)
         src = line_of[k]
         ln = statements[(src[0], src[1])][src[2]]
         removed.add(src)
@@ -582,6 +659,37 @@ def simulate_day(
         injected[k], intended[k] = "moved_across_cutoff", "carried"
         k2 = (ch, other.isoformat(), ln.key)
         injected[k2], intended[k2] = "moved_across_cutoff", "carried"
+
+    # changed lines: an item on both sides is compared wherever it is in the day
+    rest = far_pairs + near_pairs
+    rng.shuffle(rest)
+    for k in take(rest, anomalies.amount):
+        ch, d, i = line_of[k]
+        ln = statements[(ch, d)][i]
+        delta = rng.randint(1, max(1, min(500, ln.amount // 10)))
+        down = ln.amount > delta and rng.random() < 0.5
+        statements[(ch, d)][i] = replace(
+            ln, amount=ln.amount - delta if down else ln.amount + delta
+        )
+        injected[k], intended[k] = "changed_amount", "amount_mismatch"
+    fee_pool = [k for k in rest if items[k].kind == "payment"]
+    for k in take(fee_pool, anomalies.fee):
+        rest.remove(k)
+        ch, d, i = line_of[k]
+        ln = statements[(ch, d)][i]
+        fee = ln.fee or 0
+        delta = rng.randint(1, max(1, min(100, fee // 5 + 1)))
+        fee = fee - delta if fee > delta and rng.random() < 0.5 else fee + delta
+        statements[(ch, d)][i] = replace(ln, fee=fee)
+        injected[k], intended[k] = "changed_fee", "fee_mismatch"
+    for k in take(rest, anomalies.status):
+        ch, d, i = line_of[k]
+        ln = statements[(ch, d)][i]
+        if ln.kind == "payment":
+            statements[(ch, d)][i] = replace(ln, kind="refund", coupon_amount=None)
+        else:
+            statements[(ch, d)][i] = replace(ln, kind="payment", original_txn_id="")
+        injected[k], intended[k] = "wrong_kind", "status_mismatch"
 
     statements = {
         (ch, d): [ln for i, ln in enumerate(lines) if (ch, d, i) not in removed]
@@ -625,7 +733,9 @@ def simulate_day(
                 channel_id=ch,
                 business_date=d,
                 txn_id=s.txn_id,
-                channel_txn_id=s.evidence[-1].channel_txn_id if s.evidence else "",
+                channel_txn_id=s.evidence[-1].channel_txn_id
+                if s.evidence
+                else f"{ch[:2].upper()}-{sim.config.id_prefix or ''}F{len(injected):09d}",
                 kind="payment",
                 status="success",
                 currency=s.currency,

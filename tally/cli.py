@@ -298,16 +298,50 @@ def produce(file: Path, topic: str | None) -> None:
     metavar="JSON",
     help='anomaly rates as JSON, e.g. {"amount_mismatch": 0.01}',
 )
-def simulate(events: int, seed: int, out: Path | None, rates: str | None) -> None:
+@click.option(
+    "--statements",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="also write each channel's statement files for each business day, in every "
+    "format (DIR/<format>/<channel>-<date>.*), with injected statement anomalies and "
+    "the answer (DIR/expected-recon.json); the traffic is then in CNY only and without "
+    "currency mismatches, since Alipay, MT940 and camt.053 statements hold one currency",
+)
+def simulate(
+    events: int, seed: int, out: Path | None, rates: str | None, statements: Path | None
+) -> None:
     """Generate realistic traffic with every anomaly of domain.md injected."""
     from tally.simulate import SimConfig, generate, write_jsonl
 
     s = _settings()
     try:
-        cfg = SimConfig(events=events, seed=seed, rates=json.loads(rates) if rates else {})
+        r = json.loads(rates) if rates else {}
+        if statements is not None:
+            cfg = SimConfig(
+                events=events,
+                seed=seed,
+                rates={"currency_mismatch": 0, **r},
+                currencies={"CNY": 1},
+            )
+        else:
+            cfg = SimConfig(events=events, seed=seed, rates=r)
     except (ValueError, TypeError) as exc:
         raise click.ClickException(f"--rates: {exc}") from None
-    sim = generate(cfg, s.policies())
+    if statements is not None:
+        from recon.simday import simulate_day
+        from recon.statements import FORMATS
+
+        day = simulate_day(cfg, s.policies())
+        sim = day.sim
+        doc = day.write_files(statements, FORMATS)
+        click.echo(
+            f"wrote {len(day.statements)} statements in {len(doc['files'])} formats to "
+            f"{statements} ({sum(day.counts.values()):,} injected statement anomalies, "
+            f"expected classes in {statements / 'expected-recon.json'})"
+            + "".join(f"; {f} skipped: {why}" for f, why in doc["skipped"].items())
+        )
+    else:
+        sim = generate(cfg, s.policies())
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         write_jsonl(sim, out / "events.jsonl")
@@ -525,6 +559,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "recon.cli",
     "recon.statements.cli",
     "dashboards.cli",
+    "recon.settle_cli",
 )
 
 
