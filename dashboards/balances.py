@@ -16,10 +16,15 @@ from dashboards.common import (
     in_all,
     new_dashboard,
     prom,
+    steps,
+    time_bucket,
     ts,
 )
 
 UID = "tally-balances"
+# a negative balance is unusual (a channel paid back more than it collected; a merchant
+# owes us after refunds): red
+NEGATIVE_RED = steps((None, "red"), (0, "green"))
 
 CHANNELS = SqlVariable(
     "channel",
@@ -61,16 +66,16 @@ ORDER BY value
 CHANNEL_BALANCES = CH(
     f"""
 SELECT channel, currency,
-       sum(provisional) AS provisional,
-       sum(confirmed) AS confirmed,
-       sum(provisional) + sum(confirmed) AS total,
-       sum(postings) AS postings
+       sum(prov) AS provisional,
+       sum(conf) AS confirmed,
+       sum(prov) + sum(conf) AS total,
+       sum(n) AS postings
 FROM (
     SELECT owner AS channel, currency,
            provisional_gross + provisional_refund + provisional_fee + provisional_coupon
-               AS provisional,
-           confirmed_gross + confirmed_refund + confirmed_fee + confirmed_coupon AS confirmed,
-           version AS postings
+               AS prov,
+           confirmed_gross + confirmed_refund + confirmed_fee + confirmed_coupon AS conf,
+           version AS n
     FROM ${{database}}.balances FINAL
     WHERE kind = 'channel'
 )
@@ -116,7 +121,7 @@ LIMIT 20
 
 CHANNEL_INTRADAY = CH(
     f"""
-SELECT $__timeInterval(event_time) AS time, bucket, sum(amount) AS amount
+SELECT {time_bucket("event_time")} AS time, bucket, sum(amount) AS amount
 FROM (
     SELECT event_time, channel_id AS channel, bucket, amount
     FROM ${{database}}.postings FINAL
@@ -133,7 +138,7 @@ ORDER BY time, bucket
 
 MERCHANT_INTRADAY = CH(
     f"""
-SELECT $__timeInterval(event_time) AS time, bucket, -sum(amount) AS payable
+SELECT {time_bucket("event_time")} AS time, bucket, -sum(amount) AS payable
 FROM (
     SELECT event_time, channel_id AS channel, merchant_id AS merchant, bucket, amount
     FROM ${{database}}.postings FINAL
@@ -190,6 +195,7 @@ def build() -> Any:
             "Every channel account's balance by currency from the stored shard snapshots "
             "(FINAL): provisional, confirmed, their total and the postings applied.",
             [CHANNEL_BALANCES],
+            thresholds=NEGATIVE_RED,
             decimals=2,
         )
     )
@@ -215,6 +221,7 @@ def build() -> Any:
             "is still provisional, over all time; filtered by the channel and merchant "
             "variables.",
             [TOP_MERCHANTS],
+            thresholds=NEGATIVE_RED,
             decimals=2,
         )
     )

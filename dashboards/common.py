@@ -10,7 +10,8 @@
   expects; tests/test_dashboards_sql.py runs every query and checks them.
 - SQL is written for both ClickHouse 18.16 and current ClickHouse (no window functions,
   FINAL read in a subquery and filtered outside it), with the plugin's macros
-  (`$__timeFilter(col)`, `$__timeInterval(col)`, `$__dateFilter(col)`, `$__toTime`)
+  (`$__timeFilter(col)`, `$__dateFilter(col)`, `$__interval_s`, `$__toTime`; not
+  `$__timeInterval(col)`: it needs toStartOfInterval, newer than 18.16, see `time_bucket`)
   and `$__conditionalAll(<condition>, $var)` for the channel / merchant variables
   (the condition when values are picked, `1=1` for All). Tables are qualified with
   `${database}`, a constant variable (`tally`; change it if TALLY_CLICKHOUSE_DATABASE
@@ -92,6 +93,13 @@ def prom(expr: str, legend: str = "", ref_id: str = "A", instant: bool = False) 
         q = q.legend_format(legend)
     q = q.instant() if instant else q.range()
     return q
+
+
+def time_bucket(column: str) -> str:
+    """The start of the panel's interval containing DateTime `column`. The plugin's
+    `$__timeInterval(column)` expands to toStartOfInterval(), which ClickHouse 18.16
+    lacks; this is the same bucket with the plugin's `$__interval_s` macro."""
+    return f"toDateTime(intDiv(toUInt32({column}), $__interval_s) * $__interval_s)"
 
 
 def in_all(column: str, var: str) -> str:

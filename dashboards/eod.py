@@ -160,7 +160,7 @@ SELECT business_date AS day, channel, currency,
        uniqExact(merchant) AS merchants
 FROM (
     SELECT assumeNotNull(business_date) AS business_date, channel_id AS channel,
-           merchant_id AS merchant, currency, component, amount
+           ifNull(merchant_id, '') AS merchant, currency, component, amount
     FROM ${{database}}.postings FINAL
     WHERE account_kind = 'merchant' AND bucket = 'confirmed'
       AND business_date IS NOT NULL AND $__dateFilter(business_date)

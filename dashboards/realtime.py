@@ -19,6 +19,7 @@ from dashboards.common import (
     prom_label_variable,
     single,
     steps,
+    time_bucket,
     ts,
 )
 
@@ -67,7 +68,7 @@ LIMIT 200
 
 BREAKS_OVER_TIME = CH(
     f"""
-SELECT $__timeInterval(event_time) AS time, kind, count() AS breaks
+SELECT {time_bucket("event_time")} AS time, kind, count() AS breaks
 FROM (
     SELECT event_time, kind, channel_id AS channel, merchant_id AS merchant
     FROM ${{database}}.breaks FINAL
