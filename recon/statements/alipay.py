@@ -127,7 +127,6 @@ def scan(data: bytes, file_name: str, env: Statement) -> Iterator[StatementLine]
     if not lines or lines[0] != TITLE:
         raise where.error(1, None, f"not an Alipay bill: it must start with {TITLE}")
     i = 1
-    header_at = None
     while i < len(lines) and lines[i].startswith("#"):
         line = lines[i]
         if line.startswith("#账号："):
@@ -149,10 +148,11 @@ def scan(data: bytes, file_name: str, env: Statement) -> Iterator[StatementLine]
             )
             env.meta["start"] = m[1]
         i += 1
-    if i >= len(lines) or lines[i] != HEADER:
-        got = lines[i][:60] if i < len(lines) else "(end of file)"
+    if i >= len(lines):
+        raise where.error(i + 1, None, "truncated: the column header and rows are missing")
+    if lines[i] != HEADER:
+        got = lines[i][:60]
         raise where.error(i + 1, None, f"expected the Alipay column header, found {got!r}")
-    header_at = i
     i += 1
     n_cols = len(COLUMNS)
     counts = {"交易": 0, "退款": 0}
@@ -176,7 +176,6 @@ def scan(data: bytes, file_name: str, env: Statement) -> Iterator[StatementLine]
         coupons[v[2]] += Decimal(v[16])
         yield line_
         i += 1
-    del header_at
     if i >= len(lines) or lines[i] != END_RULE:
         raise where.error(
             i + 1, None, "truncated: the line #-----业务明细列表结束----- is missing after the rows"

@@ -128,6 +128,15 @@ def scan(data: bytes, file_name: str, env: Statement) -> Iterator[StatementLine]
         info = F.parse_info(str(d.get("transaction_details") or ""))
         cref = (m["cref"] or "").strip()
         bref = (m["bref"] or "").strip()
+        for code, fname in (
+            ("EREF", "txn_id"),
+            ("CREF", "channel_txn_id"),
+            ("ORIG", "original_txn_id"),
+            ("MREF", "merchant_ref"),
+        ):
+            F.text(where, line_no, f"/{code}/ ({fname})", info.get(code, ""))
+        F.text(where, line_no, ":61: customer reference (txn_id)", cref)
+        F.text(where, line_no, ":61: bank reference (channel_txn_id)", bref)
         txn = info.get("EREF", "")
         if cref and cref != "NONREF":
             if txn and txn != cref:
@@ -161,15 +170,6 @@ def scan(data: bytes, file_name: str, env: Statement) -> Iterator[StatementLine]
             ccur, coupon = _money(where, line_no, "/CPN/ (coupon_amount)", info["CPN"])
             if ccur != cur or coupon < 0:
                 raise where.error(line_no, "/CPN/ (coupon_amount)", f"{info['CPN']!r}")
-        for code, fname in (
-            ("EREF", "txn_id"),
-            ("CREF", "channel_txn_id"),
-            ("ORIG", "original_txn_id"),
-            ("MREF", "merchant_ref"),
-        ):
-            F.text(where, line_no, f"/{code}/ ({fname})", info.get(code, ""))
-        F.text(where, line_no, ":61: customer reference (txn_id)", cref)
-        F.text(where, line_no, ":61: bank reference (channel_txn_id)", bref)
         yield StatementLine(
             line_no=line_no,
             txn_id=txn,
