@@ -1,0 +1,214 @@
+"""End to end: a simulated day with injected statement anomalies reconciles with every
+anomaly found and nothing else, for every statement format.
+
+The ledger is what the stream stores (the pure pipeline's order states, breaks,
+postings, balances, via the sink's row builders) in ClickHouse; the statement files
+are written by the format writers, loaded with the loader, reconciled with
+`recon.run`; the classes found must equal the oracle of `recon.simday` exactly.
+Every format on chDB, two on the real clickhouse-server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import date, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from recon.simday import SimDay, StatementAnomalies, simulate_day
+from recon.statements import FORMATS
+from tally.config import Settings
+from tally.simulate import SimConfig
+from tests.clickhouse import connect_to, drop_database, storage_values
+
+pytest_plugins = ("tests.clickhouse",)
+pytestmark = pytest.mark.clickhouse
+
+TZ = ZoneInfo("Asia/Shanghai")
+NOW_MS = int(datetime(2026, 3, 3, 9, 0, tzinfo=TZ).timestamp() * 1000)
+# formats that hold one currency per file (Alipay: CNY; MT940 and camt.053: one)
+SINGLE_CURRENCY = {"alipay", "mt940", "camt053"}
+
+
+def _day(single_currency: bool) -> SimDay:
+    rates = {"late_callback": 0.5}
+    extra: dict[str, Any] = {}
+    if single_currency:
+        rates["currency_mismatch"] = 0
+        extra["currencies"] = {"CNY": 1}
+    cfg = SimConfig(
+        events=5000,
+        seed=41,
+        start=datetime(2026, 3, 1, 23, 50, tzinfo=TZ),
+        orders_per_second=2.0,
+        rates=rates,
+        **extra,
+    )
+    return simulate_day(cfg, anomalies=StatementAnomalies(seed=5, carried=0.04))
+
+
+@pytest.fixture(scope="module")
+def days() -> dict[bool, SimDay]:
+    return {False: _day(False), True: _day(True)}
+
+
+def test_the_simulated_day_has_every_class_and_every_injection(days: dict[bool, SimDay]) -> None:
+    for day in days.values():
+        classes = set(day.expected.values())
+        assert classes == {
+            "matched",
+            "long",
+            "short",
+            "amount_mismatch",
+            "fee_mismatch",
+            "status_mismatch",
+            "carried",
+        }
+        assert set(day.counts) == {
+            "missing_line",
+            "extra_line",
+            "changed_amount",
+            "changed_fee",
+            "wrong_kind",
+            "moved_across_cutoff",
+        }
+        # real-time anomalies stay in the day and have their end-of-day class too
+        natural = {k: c for k, c in day.expected.items() if c != "matched"}.keys() - set(
+            day.injected
+        )
+        assert natural, "no end-of-day difference from the real-time anomalies"
+        assert len(day.days) == 8  # 4 channels x 2 business days
+
+
+def _load_and_run(
+    values: dict[str, Any], day: SimDay, fmt: str
+) -> tuple[Any, dict[tuple[str, date], str]]:
+    from recon.run import run
+    from recon.statements.load import load_file
+
+    db = connect_to(values)
+    day.store(db)
+    settings = Settings(_env_file=None, **values)  # type: ignore[call-arg]
+    for ch, d, name, data in day.files(fmt):
+        r = load_file(db, settings, data, channel=ch, file_name=name, fmt=fmt, day=d)
+        assert r.status == "loaded", (name, r)
+    runs = {}
+    for ch, d in day.days:
+        out = run(db, ch, d, day.policies[ch], now_ms=NOW_MS)
+        runs[(ch, d)] = out.run_id
+    return db, runs
+
+
+def _found(db: Any, runs: dict[tuple[str, date], str]) -> set[tuple[str, str, str, str]]:
+    from recon.run import results
+
+    out = set()
+    for (ch, d), run_id in runs.items():
+        for r in results(db, ch, d, run_id):
+            out.add((ch, d.isoformat(), r["item_key"], r["class"]))
+    return out
+
+
+def _scores(
+    expected: set[tuple[str, str, str, str]], found: set[tuple[str, str, str, str]]
+) -> tuple[float, float]:
+    """Precision and recall over the breaks and carried items (everything but
+    matched): an injected anomaly found with its class is a true positive."""
+    e = {x for x in expected if x[3] != "matched"}
+    f = {x for x in found if x[3] != "matched"}
+    tp = len(e & f)
+    return (tp / len(f) if f else 1.0, tp / len(e) if e else 1.0)
+
+
+CASES = [(fmt, "chdb") for fmt in FORMATS] + [("csv", "server"), ("mt940", "server")]
+
+
+@pytest.fixture(params=CASES, ids=[f"{f}-{k}" for f, k in CASES])
+def case(request: pytest.FixtureRequest) -> Iterator[tuple[str, dict[str, Any]]]:
+    fmt, kind = request.param
+    values = storage_values(request, kind)
+    yield fmt, values
+    drop_database(values)
+
+
+def test_every_injected_anomaly_is_found_and_nothing_else(
+    case: tuple[str, dict[str, Any]], days: dict[bool, SimDay]
+) -> None:
+    fmt, values = case
+    day = days[fmt in SINGLE_CURRENCY]
+    db, runs = _load_and_run(values, day, fmt)
+    try:
+        found = _found(db, runs)
+    finally:
+        db.close()
+    expected = day.expected_set()
+    precision, recall = _scores(expected, found)
+    print(
+        f"\n{fmt}: {len(expected):,} items, {sum(1 for x in expected if x[3] != 'matched'):,} "
+        f"not matched; precision {precision:.3f}, recall {recall:.3f}"
+    )
+    missing = sorted(expected - found)[:10]
+    extra = sorted(found - expected)[:10]
+    assert found == expected, f"missed {missing}, unexpected {extra}"
+    assert precision == 1.0 and recall == 1.0
+
+
+def test_a_redelivery_with_two_corrected_lines_changes_exactly_those_two(
+    request: pytest.FixtureRequest, days: dict[bool, SimDay]
+) -> None:
+    from recon.run import results, run
+    from recon.statements.load import load_file
+
+    day = days[False]
+    fmt = "wechat"
+    values = storage_values(request, "chdb")
+    db, runs = _load_and_run(values, day, fmt)
+    try:
+        # a statement with two changed lines (amount and fee); the channel corrects both
+        ch, d = next(
+            (ch, d)
+            for ch, d in day.days
+            if {"changed_amount", "changed_fee"}
+            <= {c for (c2, d2, _), c in day.injected.items() if (c2, d2) == (ch, d.isoformat())}
+        )
+        fixed = {
+            k: c
+            for k, c in day.injected.items()
+            if k[:2] == (ch, d.isoformat()) and c in ("changed_amount", "changed_fee")
+        }
+        keys = [
+            next(k[2] for k, c in fixed.items() if c == "changed_amount"),
+            next(k[2] for k, c in fixed.items() if c == "changed_fee"),
+        ]
+        truth = {ln.txn_id: ln for ln in day.truthful[(ch, d)]}
+        corrected = [
+            truth[ln.txn_id] if ln.txn_id in keys else ln for ln in day.statements[(ch, d)]
+        ]
+        fixed_day = replace(day, statements={**day.statements, (ch, d): corrected})
+        st = fixed_day.statement(ch, d, fmt)
+        from recon.statements import write
+
+        settings = Settings(_env_file=None, **values)  # type: ignore[call-arg]
+        name = f"{ch}-{d.isoformat()}-redelivered.csv"
+        r = load_file(db, settings, write(st), channel=ch, file_name=name, fmt=fmt, day=d)
+        assert r.status == "loaded" and r.delivery == 2
+        before = {x["item_key"]: x["class"] for x in results(db, ch, d, runs[(ch, d)])}
+        out = run(db, ch, d, day.policies[ch], now_ms=NOW_MS + 3_600_000)
+        after = {x["item_key"]: x["class"] for x in results(db, ch, d, out.run_id)}
+        assert out.previous_run == runs[(ch, d)]
+        assert sorted(c.item_key for c in out.changes) == sorted(keys)
+        assert {c.item_key: (c.old, c.new) for c in out.changes} == {
+            keys[0]: ("amount_mismatch", "matched"),
+            keys[1]: ("fee_mismatch", "matched"),
+        }
+        assert {k for k in before if before[k] != after.get(k)} == set(keys)
+        assert before.keys() == after.keys()
+        # and re-running again changes nothing
+        again = run(db, ch, d, day.policies[ch], now_ms=NOW_MS + 7_200_000)
+        assert again.changes == []
+    finally:
+        db.close()
+        drop_database(values)
