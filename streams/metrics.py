@@ -398,6 +398,7 @@ class WorkerMetrics:
         for kind in BreakKind:
             self.breaks.labels(kind.value, channel)
         self.over_sla.labels(channel)
+        self.status_queries.labels(channel)
         for band, _ in AGE_BANDS:
             self.pending.labels(channel, band)
 
