@@ -127,6 +127,46 @@ def _line_found(side: str) -> str:
     )
 
 
+# The columns of the UNION ALL in classify_sql and their value where a side has none.
+_UNION = (
+    ("side", "toUInt8(0)"),
+    ("key", "''"),
+    ("txn", "''"),
+    ("lctid", "''"),
+    ("lkind", "''"),
+    ("lcur", "''"),
+    ("lamt", _ZERO),
+    ("lfee_known", "toUInt8(0)"),
+    ("lfee", _ZERO),
+    ("merchant", "''"),
+    ("lcarry", "''"),
+    ("qstatus", "''"),
+    ("line_no", "toUInt32(0)"),
+    ("sctid", "''"),
+    ("skind", "''"),
+    ("sstatus", "''"),
+    ("scur", "''"),
+    ("samt", _ZERO),
+    ("sfee_known", "toUInt8(0)"),
+    ("sfee", _ZERO),
+    ("scarry", "''"),
+    ("splain", "toUInt8(0)"),
+)
+
+
+def _union_part(values: dict[str, str], source: str) -> str:
+    """One SELECT of the union, every column in order. Defaults are materialized:
+    ClickHouse 18.16 refuses a UNION ALL whose first SELECT has a constant where a
+    later one has a column."""
+    cols = []
+    for name, default in _UNION:
+        expr = values.get(name)
+        if expr is None or expr.startswith("toUInt8("):
+            expr = f"materialize({expr or default})"
+        cols.append(expr if expr == name else f"{expr} AS {name}")
+    return f"SELECT {', '.join(cols)} FROM {source}"
+
+
 def classify_sql(prev_loaded: bool, next_loaded: bool) -> str:
     """INSERT ... SELECT of every item of (C, D) into recon_results."""
     ledger = _ledger("d")
@@ -142,46 +182,66 @@ def classify_sql(prev_loaded: bool, next_loaded: bool) -> str:
         f"%(sc_next)s, splain AND {_near('sat', 'start_ms')} AND "
         f"{_line_found('dprev')}, %(sc_prev)s, '')"
     )
-    # (constants are materialized: ClickHouse 18.16 refuses a UNION ALL whose first
-    # SELECT has a constant where a later one has a column)
     # the line an item is compared with: the first that is not a plain success, else
     # the first (a payment and its revocation: the revocation)
     order = "toUInt64(line_no) + if(splain, 4294967296, 0)"
-    ledger_rows = (
-        "SELECT materialize(toUInt8(1)) AS side, txn_id AS key, txn_id AS txn, ctid AS lctid, lkind, lcur, "
-        "lamt, lfee_known, lfee, lmerchant AS merchant, "
-        f"{lcarry} AS lcarry, materialize('') AS qstatus, materialize(toUInt32(0)) AS line_no, materialize('') AS sctid, "
-        f"materialize('') AS skind, materialize('') AS sstatus, materialize('') AS scur, materialize({zero}) AS samt, materialize(toUInt8(0)) AS sfee_known, "
-        f"materialize({zero}) AS sfee, materialize('') AS scarry, materialize(toUInt8(0)) AS splain FROM ({ledger})"
-    )
     resolved = (
         "SELECT line_no, stxn, sctid, skind, sstatus, scur, samt, sfee_known, sfee, sat, "
         "toUInt8(sstatus = 'success' AND skind IN ('payment', 'refund')) AS splain, "
         f"if(stxn != '' AND stxn IN (SELECT txn_id FROM ({ledger})), stxn, via) AS rk "
         "FROM (SELECT line_no, txn_id AS stxn, channel_txn_id AS sctid, kind AS skind, "
         f"status AS sstatus, currency AS scur, amount AS samt, toUInt8(isNotNull(fee)) "
-        f"AS sfee_known, ifNull(fee, {zero}) AS sfee, occurred_at_ms AS sat FROM ({lines})) AS sl "
+        f"AS sfee_known, ifNull(fee, {zero}) AS sfee, occurred_at_ms AS sat "
+        f"FROM ({lines})) AS sl "
         "ANY LEFT JOIN (SELECT ctid AS sctid, min(txn_id) AS via "
         f"FROM ({ledger}) WHERE ctid != '' GROUP BY ctid) AS cm USING sctid"
     )
-    line_rows = (
-        "SELECT materialize(toUInt8(2)) AS side, "
-        "multiIf(rk != '', rk, stxn != '', stxn, sctid != '', sctid, "
-        "concat('line:', toString(line_no))) AS key, stxn AS txn, materialize('') AS lctid, materialize('') AS lkind, "
-        f"materialize('') AS lcur, materialize({zero}) AS lamt, materialize(toUInt8(0)) AS lfee_known, materialize({zero}) AS lfee, "
-        "materialize('') AS merchant, materialize('') AS lcarry, materialize('') AS qstatus, line_no, sctid, skind, sstatus, scur, "
-        f"samt, sfee_known, sfee, {scarry} AS scarry, splain FROM ({resolved})"
+    ledger_rows = _union_part(
+        {
+            "side": "toUInt8(1)",
+            "key": "txn_id",
+            "txn": "txn_id",
+            "lctid": "ctid",
+            "lkind": "lkind",
+            "lcur": "lcur",
+            "lamt": "lamt",
+            "lfee_known": "lfee_known",
+            "lfee": "lfee",
+            "merchant": "lmerchant",
+            "lcarry": lcarry,
+        },
+        f"({ledger})",
     )
-    quoted_rows = (
-        "SELECT materialize(toUInt8(3)) AS side, txn_id AS key, txn_id AS txn, materialize('') AS lctid, materialize('') AS lkind, "
-        f"materialize('') AS lcur, materialize({zero}) AS lamt, materialize(toUInt8(0)) AS lfee_known, materialize({zero}) AS lfee, "
-        "ifNull(merchant_id, '') AS merchant, materialize('') AS lcarry, "
-        "if(reversed = 1, 'reversed', ifNull(our_status, '')) AS qstatus, materialize(toUInt32(0)) AS line_no, "
-        "materialize('') AS sctid, materialize('') AS skind, materialize('') AS sstatus, materialize('') AS scur, "
-        f"materialize({zero}) AS samt, materialize(toUInt8(0)) AS sfee_known, materialize({zero}) AS sfee, materialize('') AS scarry, "
-        f"materialize(toUInt8(0)) AS splain FROM {_ORDERS} WHERE channel_id = %(c)s "
+    line_rows = _union_part(
+        {
+            "side": "toUInt8(2)",
+            "key": "multiIf(rk != '', rk, stxn != '', stxn, sctid != '', sctid, "
+            "concat('line:', toString(line_no)))",
+            "txn": "stxn",
+            "line_no": "line_no",
+            "sctid": "sctid",
+            "skind": "skind",
+            "sstatus": "sstatus",
+            "scur": "scur",
+            "samt": "samt",
+            "sfee_known": "sfee_known",
+            "sfee": "sfee",
+            "scarry": scarry,
+            "splain": "splain",
+        },
+        f"({resolved})",
+    )
+    quoted_rows = _union_part(
+        {
+            "side": "toUInt8(3)",
+            "key": "txn_id",
+            "txn": "txn_id",
+            "merchant": "ifNull(merchant_id, '')",
+            "qstatus": "if(reversed = 1, 'reversed', ifNull(our_status, ''))",
+        },
+        f"{_ORDERS} WHERE channel_id = %(c)s "
         f"AND txn_id IN (SELECT txn_id FROM ({lines}) WHERE txn_id != '') "
-        f"AND txn_id NOT IN (SELECT txn_id FROM ({ledger}))"
+        f"AND txn_id NOT IN (SELECT txn_id FROM ({ledger}))",
     )
     grouped = (
         "SELECT key, max(side = 1) AS has_l, max(side = 2) AS has_s, "
@@ -453,15 +513,10 @@ def run(
         # S7: a day reconciled before and already past is settled; what a later run
         # finds is posted as a break of the current day.
         post_to = today if (prev_run is not None and day < today) else day
+        # real-time breaks first, so that this run clears those it finds matched
+        parked = suspense.sync_breaks(db, day=day, channel=channel, now_ms=now_ms)
         out.suspense = suspense.sync_run(db, run_id, post_to=post_to, now_ms=now_ms)
-        out.suspense.update(
-            {
-                f"breaks_{k}": v
-                for k, v in suspense.sync_breaks(
-                    db, day=day, channel=channel, now_ms=now_ms
-                ).items()
-            }
-        )
+        out.suspense.update({f"breaks_{k}": v for k, v in parked.items()})
         out.posted_to = post_to
     out.seconds = time.monotonic() - t0
     return out
