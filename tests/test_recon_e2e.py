@@ -212,3 +212,20 @@ def test_a_redelivery_with_two_corrected_lines_changes_exactly_those_two(
     finally:
         db.close()
         drop_database(values)
+
+
+def test_bench_recon_smoke(request: pytest.FixtureRequest) -> None:
+    """`tally bench recon` at a small size: both sides built in ClickHouse, the SQL and
+    the pandas comparison agree with the generated mix (no timing asserted)."""
+    from recon.bench import bench, expected_counts
+
+    values = storage_values(request, "chdb")
+    db = connect_to(values)
+    try:
+        r = bench(db, 2_345)
+    finally:
+        db.close()
+        drop_database(values)
+    assert r.sql_counts == r.pandas_counts == r.expected == expected_counts(2_345)
+    assert r.expected["long"] == 24 + 24 and r.expected["matched"] == 2_345 - 5 * 24
+    assert r.agree
