@@ -35,6 +35,9 @@ COLUMNS = (
     "occurred_at",
 )
 HEADER = ",".join(COLUMNS)
+_FORMULA = frozenset(F.FORMULA_START)
+_KINDS = frozenset(KINDS)
+_STATUSES = frozenset(STATUSES)
 
 
 def sniff(data: bytes) -> bool:
@@ -101,13 +104,14 @@ def scan(data: bytes, file_name: str, env: Statement) -> Iterator[StatementLine]
 
 def _item(where: F.Where, line_no: int, raw: str, v: list[str]) -> StatementLine:
     txn, ctid, orig, kind, status, cur, amt, fee, cpn, at = v
-    for name, value in (("txn_id", txn), ("channel_txn_id", ctid), ("original_txn_id", orig)):
-        F.text(where, line_no, name, value)
+    if txn[:1] in _FORMULA or ctid[:1] in _FORMULA or orig[:1] in _FORMULA:
+        for name, value in (("txn_id", txn), ("channel_txn_id", ctid), ("original_txn_id", orig)):
+            F.text(where, line_no, name, value)
     if not ctid:
         raise where.error(line_no, "channel_txn_id", "empty")
-    if kind not in KINDS:
+    if kind not in _KINDS:
         raise where.error(line_no, "kind", f"{kind[:20]!r} is not one of {', '.join(KINDS)}")
-    if status not in STATUSES:
+    if status not in _STATUSES:
         raise where.error(line_no, "status", f"{status[:20]!r} is not one of {', '.join(STATUSES)}")
     F.currency(where, line_no, "currency", cur)
     amount = F.amount(where, line_no, "amount", amt, cur, positive=True)
