@@ -122,8 +122,9 @@ def report_cmd(day: str, out: Path, as_of: str | None) -> None:
     help="ClickHouse database to build the data in (dropped and re-created)",
 )
 @click.option("--no-pandas", is_flag=True, help="time tally's SQL only")
+@click.option("--keep", is_flag=True, help="keep the database afterwards (default: drop it)")
 @click.option("--json", "as_json", is_flag=True)
-def bench_recon_cmd(rows: int, database: str, no_pandas: bool, as_json: bool) -> None:
+def bench_recon_cmd(rows: int, database: str, no_pandas: bool, keep: bool, as_json: bool) -> None:
     """End-of-day reconciliation: N ledger items vs N statement lines generated in
     ClickHouse (chDB by default), tally's SQL next to a pandas merge of the same data."""
     import json
@@ -150,6 +151,8 @@ def bench_recon_cmd(rows: int, database: str, no_pandas: bool, as_json: bool) ->
         click.echo(f"building {rows:,} + {rows:,} rows in {db.describe()} ...", err=True)
     try:
         r = bench(db, rows, s.policies()["bench"], pandas=not no_pandas)
+        if not keep:
+            db.execute("DROP DATABASE IF EXISTS {db}")
     except ClickHouseError as exc:
         raise click.ClickException(f"{db.describe()}: {exc}") from None
     finally:
