@@ -229,3 +229,44 @@ def test_bench_recon_smoke(request: pytest.FixtureRequest) -> None:
     assert r.sql_counts == r.pandas_counts == r.expected == expected_counts(2_345)
     assert r.expected["long"] == 24 + 24 and r.expected["matched"] == 2_345 - 5 * 24
     assert r.agree
+
+
+def test_a_channel_with_its_own_cutoff_and_window(request: pytest.FixtureRequest) -> None:
+    """UnionPay closes its day at 23:00 with a 120 s window; the others at midnight. The
+    simulated hour crosses 23:00 only: unionpay has two business days, the others one."""
+    from datetime import time
+
+    from recon.run import run
+    from recon.statements.load import load_file
+    from tally.policy import ChannelPolicy
+
+    channels = {"unionpay": ChannelPolicy(cutoff=time(23, 0), carry_window_seconds=120)}
+    settings_values = storage_values(request, "chdb")
+    settings = Settings(_env_file=None, channels=channels, **settings_values)  # type: ignore[call-arg]
+    cfg = SimConfig(
+        events=4000,
+        seed=77,
+        start=datetime(2026, 3, 1, 22, 55, tzinfo=TZ),
+        orders_per_second=2.0,
+        rates={"late_callback": 0.5},
+    )
+    day = simulate_day(cfg, settings.policies(), StatementAnomalies(seed=8, carried=0.05))
+    assert [d.isoformat() for ch, d in day.days if ch == "unionpay"] == [
+        "2026-03-01",
+        "2026-03-02",
+    ]
+    assert {d.isoformat() for ch, d in day.days if ch != "unionpay"} == {"2026-03-01"}
+    assert any(k[0] == "unionpay" for k, c in day.injected.items() if c == "moved_across_cutoff")
+    db = connect_to(settings_values)
+    try:
+        day.store(db)
+        for ch, d, name, data in day.files("csv"):
+            load_file(db, settings, data, channel=ch, file_name=name, fmt="csv", day=d)
+        runs = {
+            (ch, d): run(db, ch, d, settings.policies()[ch], now_ms=NOW_MS).run_id
+            for ch, d in day.days
+        }
+        assert _found(db, runs) == day.expected_set()
+    finally:
+        db.close()
+        drop_database(settings_values)
