@@ -18,6 +18,7 @@ from typing import Any
 
 import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from faust.types import TP
 
 from streams.app import Tally
 from streams.broker import ensure_topics
@@ -246,19 +247,14 @@ class WorkerRunner:
         assigned: set[tuple[str, int]] = set()
         while True:
             await asyncio.sleep(poll)
-            if self._task is not None and self._task.done():
-                raise RuntimeError("the worker stopped unexpectedly")
+            self._check_running()
             if time.monotonic() - stats.last_activity < quiet_seconds:
                 continue
             assigned = {
                 (tp.topic, tp.partition) for tp in self.tally.app.assignor.assigned_actives()
             }
             ends = await end_offsets(s.bootstrap_servers(), topics)
-            behind = [
-                tp
-                for tp, end in ends.items()
-                if tp in assigned and end > stats.positions.get(tp, 0)
-            ]
+            behind = [tp for tp, end in ends.items() if tp in assigned and end > self._done(tp)]
             if not behind and time.monotonic() - stats.last_activity >= quiet_seconds:
                 return
 
@@ -270,8 +266,7 @@ class WorkerRunner:
             loop.add_signal_handler(sig, stop.set)
         try:
             while not stop.is_set():
-                if self._task is not None and self._task.done():
-                    raise RuntimeError("the worker stopped unexpectedly")
+                self._check_running()
                 if alongside is not None and alongside.done() and alongside.exception():
                     raise RuntimeError(f"the feeder failed: {alongside.exception()!r}")
                 with contextlib.suppress(asyncio.TimeoutError):
@@ -279,6 +274,25 @@ class WorkerRunner:
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
+
+    def _done(self, tp: tuple[str, int]) -> int:
+        """The next offset of an input partition this worker has nothing left to do
+        before: what it processed, or, for a partition it has read nothing of since
+        it started (all of it processed before, by this or another worker), the
+        group's committed offset."""
+        pos = self.tally.stats.positions.get(tp)
+        if pos is not None:
+            return pos
+        committed = getattr(self.tally.app.consumer, "_committed_offset", {}).get(TP(*tp))
+        return 0 if committed is None else int(committed)
+
+    def _check_running(self) -> None:
+        if self._task is not None and self._task.done():
+            exc = None if self._task.cancelled() else self._task.exception()
+            crashed = getattr(self.tally.app, "_crash_reason", None)
+            raise RuntimeError(
+                f"the worker stopped unexpectedly: {exc or crashed or 'no error reported'!r}"
+            )
 
     async def stop(self) -> None:
         if self.worker is not None:
