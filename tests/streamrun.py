@@ -41,6 +41,7 @@ def stream_settings(broker: EmbeddedBroker, **overrides: Any) -> Settings:
         "app_id": f"tally-test-{run}",
         "partitions": 4,
         "web_port": 0,
+        "metrics_port": 0,
         "topic_transactions": f"t{run}.transactions",
         "topic_callbacks": f"t{run}.callbacks",
         "topic_breaks": f"t{run}.breaks",

@@ -21,6 +21,7 @@ from click.testing import CliRunner
 from sinks.__main__ import main
 from sinks.cli import register
 from sinks.runner import SinkRunner
+from sinks.schema import LATEST
 from streams.app import create_app
 from streams.produce import produce
 from streams.worker import WorkerRunner
@@ -171,9 +172,9 @@ def test_orders_show(stored: dict[str, str]) -> None:
 
 def test_db_migrate_and_status(stored: dict[str, str], run: dict[str, Any]) -> None:
     r = cli(stored, "db", "migrate")
-    assert r.exit_code == 0 and "schema is at version 1" in r.stdout
+    assert r.exit_code == 0 and f"schema is at version {LATEST}" in r.stdout
     status = json.loads(cli(stored, "db", "status", "--json").stdout)
-    assert status["schema_version"] == 1
+    assert status["schema_version"] == LATEST
     assert status["tables"]["breaks"]["distinct"] == len(run["expected"]["breaks"])
     assert "***" in status["target"] or "chDB" in status["target"]
 
