@@ -230,7 +230,8 @@ def classify(
                 detail = f"statement: {first.kind} {first.status}; ours: {item.type} success"
             elif first.currency != item.currency or first.amount != amt:
                 cls, detail = "amount_mismatch", "amount or currency differs"
-            elif first.fee is not None and first.fee != (item.fee or Decimal(0)):
+            elif first.fee is not None and abs(first.fee) != abs(item.fee or Decimal(0)):
+                # refund lines state the fee given back as negative (WeChat, Alipay)
                 cls, detail = "fee_mismatch", "fee differs"
             else:
                 cls, detail = "matched", ""

@@ -272,7 +272,8 @@ def classify_sql(prev_loaded: bool, next_loaded: bool) -> str:
     cls = (
         "multiIf(has_l AND has_s, multiIf(sstatus != 'success' OR skind != lkind, "
         "'status_mismatch', scur != lcur OR samt != lamt, 'amount_mismatch', "
-        "sfee_known AND sfee != lfee, 'fee_mismatch', 'matched'), "
+        "sfee_known AND if(sfee < 0, -sfee, sfee) != if(lfee < 0, -lfee, lfee), "
+        "'fee_mismatch', 'matched'), "
         "has_l, if(lcarry != '', 'carried', 'short'), if(scarry != '', 'carried', 'long'))"
     )
     detail = (

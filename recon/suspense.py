@@ -242,18 +242,25 @@ def load_entries(db: Backend, channel: str | None = None) -> dict[str, Entry]:
     return {r["entry_id"]: _entry(r) for r in rows}
 
 
+# ids per `IN (...)` list: ClickHouse refuses queries over max_query_size (256 KiB)
+_IN_CHUNK = 2000
+
+
+def _chunks(values: Sequence[str]) -> list[tuple[str, ...]]:
+    return [tuple(values[i : i + _IN_CHUNK]) for i in range(0, len(values), _IN_CHUNK)]
+
+
 def load_actions(db: Backend, entry_ids: Sequence[str] | None = None) -> dict[str, list[Action]]:
-    where, params = "", {}
-    if entry_ids is not None:
-        if not entry_ids:
-            return {}
-        where, params = " WHERE entry_id IN %(ids)s", {"ids": tuple(entry_ids)}
+    if entry_ids is None:
+        rows = _action_rows(db, "", {})
+    else:
+        rows = [
+            r
+            for chunk in _chunks(entry_ids)
+            for r in _action_rows(db, " WHERE entry_id IN %(ids)s", {"ids": chunk})
+        ]
     out: dict[str, list[Action]] = {}
-    for r in db.query(
-        f"SELECT {', '.join(ACTION_COLUMNS)} FROM {{db}}.suspense_actions FINAL{where} "
-        "ORDER BY entry_id, at_ms, action_id",
-        params,
-    ):
+    for r in sorted(rows, key=lambda r: (r["entry_id"], int(r["at_ms"]), r["action_id"])):
         a = Action(
             action_id=r["action_id"],
             entry_id=r["entry_id"],
@@ -265,6 +272,12 @@ def load_actions(db: Backend, entry_ids: Sequence[str] | None = None) -> dict[st
         )
         out.setdefault(a.entry_id, []).append(a)
     return out
+
+
+def _action_rows(db: Backend, where: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+    return db.query(
+        f"SELECT {', '.join(ACTION_COLUMNS)} FROM {{db}}.suspense_actions FINAL{where}", params
+    )
 
 
 def _auto(entry: Entry, action: str, run_id: str, reason: str, now_ms: int) -> Action:
@@ -343,18 +356,21 @@ def _results(db: Backend, run_id: str, classes: Sequence[str], keys: Any = None)
         "r": run_id,
         "k": tuple(classes),
     }
-    if keys is not None:
-        if not keys:
-            return []
-        where += " AND item_key IN %(keys)s"
-        params["keys"] = tuple(keys)
-    rows = db.query(
+    sql = (
         "SELECT item_key, class, txn_id, channel_txn_id, merchant_id, kind, currency, "
         "ledger_amount, statement_amount, ledger_fee, statement_fee, ledger_status, "
         "statement_status, statement_line, detail FROM {db}.recon_results FINAL "
-        f"WHERE {where} ORDER BY item_key",
-        params,
+        f"WHERE {where}"
     )
+    if keys is None:
+        rows = db.query(sql, params)
+    else:
+        rows = [
+            r
+            for chunk in _chunks(list(keys))
+            for r in db.query(sql + " AND item_key IN %(keys)s", {**params, "keys": chunk})
+        ]
+    rows.sort(key=lambda r: r["item_key"])
     return [
         Result(
             item_key=r["item_key"],

@@ -272,3 +272,17 @@ def test_day_neighbours() -> None:
     d = Day(DAY, START, END, 0)
     assert d.prev == date(2026, 11, 23) and d.next == date(2026, 11, 25)
     assert d.near_end(END) and not d.near_end(END + 1) and not d.near_end(None)
+
+
+def test_a_refund_line_stating_the_fee_given_back_as_negative_matches() -> None:
+    """WeChat and Alipay bills state the fee returned on a refund as negative; the
+    fee is compared without its sign (a different fee still differs)."""
+    rs = classify(
+        CTX,
+        [order("R", type="refund", fee=D("0.30")), order("S", type="refund", fee=D("0.30"))],
+        [
+            line(1, "R", kind="refund", fee=D("-0.30")),
+            line(2, "S", kind="refund", fee=D("-0.40")),
+        ],
+    )
+    assert classes(rs) == {"R": "matched", "S": "fee_mismatch"}

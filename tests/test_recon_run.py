@@ -303,7 +303,11 @@ def lines_st(orders: list[LedgerOrder]) -> Any:
                         status=draw(st.sampled_from(["success"] * 8 + ["failed", "reversed"])),
                         currency=draw(st.sampled_from([o.currency] * 8 + ["EUR"])),
                         amount=draw(st.sampled_from([base] * 3 + [base + D("0.01")])),
-                        fee=draw(st.sampled_from([o.fee, o.fee, None, D("0.7")])),
+                        fee=draw(
+                            st.sampled_from(
+                                [o.fee, o.fee, None, D("0.7"), None if o.fee is None else -o.fee]
+                            )
+                        ),
                         txn_id=draw(st.sampled_from([o.txn_id, o.txn_id, ""])),
                         channel_txn_id=draw(st.sampled_from([o.channel_txn_id, ""])),
                         occurred_at_ms=draw(_TIMES),
