@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import faust
 
-from tally.clearing import Balance, balance_key
+from tally.clearing import Balance, balance_key, balances_from_positions
 from tally.events import (
     DeadLetter,
     InvalidEvent,
@@ -29,6 +29,7 @@ from tally.events import (
     parse_transaction,
 )
 from tally.orders import view
+from tally.pipeline import partition_for
 from tally.realtime import Outputs, ReversalLink, SuccessClaim
 from tally.snapshots import balance_snapshot, order_snapshot
 
@@ -99,10 +100,57 @@ def register_agents(t: Tally) -> None:
         for c in out.claims:
             send("success-claims", c.key, c.to_json())
 
+    checked: set[int] = set()  # partitions whose balances were checked since assignment
+
+    def _assigned(_app: Any, /, *_args: Any, signal: Any, **_kw: Any) -> None:
+        checked.clear()  # recovered tables: check them again before the next message
+
+    app.on_partitions_assigned.connect(_assigned)
+
+    def heal_balances(partition: int) -> None:
+        """Make the partition's balance shards agree with its orders' positions.
+
+        A message changes an order and the balance shards of its postings; their
+        changelogs are separate writes, so a worker killed between them comes back
+        with an order that says "posted" and a shard that missed it (the replayed
+        message is a duplicate for the order and posts nothing). The orders are the
+        truth (`balances_from_positions`): a shard that differs is corrected, counted
+        as one more posting (its version moves on), logged and published."""
+        n = s.partitions
+        states = [st for k, st in t.orders.items() if partition_for(k, n) == partition]
+        want = balances_from_positions(states)
+        have = {
+            k.rsplit("|", 1)[0]: bal
+            for k, bal in balances.items()
+            if k.rsplit("|", 1)[1] == str(partition)
+        }
+        for key in sorted(want.keys() | have.keys()):
+            old = have.get(key)
+            figures = want.get(key, {})
+            if (old.figures() if old is not None else {}) == figures:
+                continue
+            account, currency = key.rsplit("|", 1)
+            bal = Balance(account, currency, dict(figures), (old.postings if old else 0) + 1)
+            balances[f"{key}|{partition}"] = bal
+            stats.balances_healed += 1
+            log.warning(
+                "balance %s of partition %d did not add up to its orders' positions "
+                "(a crash between changelog writes): corrected from %s to %s",
+                key,
+                partition,
+                old.figures() if old is not None else {},
+                figures,
+            )
+        publish_snapshots(partition)
+        balances.flush()
+
     def handle(kind: str, msg: Any) -> None:
         """One message of `kind` (transactions | callbacks | links | ticks) into the
         Reconciler; the four reconcile agents share it, their topics are co-partitioned."""
         p = msg.partition
+        if p not in checked:
+            heal_balances(p)
+            checked.add(p)
         stats.seen(msg.topic, p, msg.offset, activity=kind != "ticks")
         try:
             if kind == "ticks":

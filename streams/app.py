@@ -50,6 +50,7 @@ class WorkerStats:
     dead_letters: Counter[str] = field(default_factory=Counter)  # by reason code
     breaks: Counter[str] = field(default_factory=Counter)  # by kind
     duplicates: int = 0
+    balances_healed: int = 0  # shards corrected from the orders after a recovery
     last_activity: float = field(default_factory=time.monotonic)
     positions: dict[tuple[str, int], int] = field(default_factory=dict)  # next offset by TP
     partition_activity: dict[int, float] = field(default_factory=dict)  # wall, by partition

@@ -200,6 +200,10 @@ class Balance:
             self.amounts[k] = self.amounts.get(k, 0) + v
         self.postings += 1
 
+    def figures(self) -> dict[str, int]:
+        """The non-zero amounts."""
+        return {k: v for k, v in self.amounts.items() if v}
+
     def total(self, bucket: str | None = None, component: str | None = None) -> int:
         s = 0
         for k, v in self.amounts.items():
@@ -253,6 +257,24 @@ class Balance:
 
 def balance_key(account: str, currency: str) -> str:
     return f"{account}|{currency}"
+
+
+def balances_from_positions(states: Iterable[OrderState]) -> dict[str, dict[str, int]]:
+    """What the balances must hold given the orders' current positions: amounts
+    (`<bucket>|<component>`, zeros left out) per `balance_key`. Each posting moves an
+    order from its old position to its new one, so the postings applied to a balance
+    add up to the sum of its orders' positions: a balance that differs missed (or
+    doubled) a posting — after a crash between two changelog writes, say."""
+    out: dict[str, dict[str, int]] = defaultdict(dict)
+    for st in states:
+        if not st.posted or st.currency is None:
+            continue
+        for k, v in st.posted.items():
+            account, bucket, component = split_leg(k)
+            amounts = out[balance_key(account, st.currency)]
+            c = f"{bucket}|{component}"
+            amounts[c] = amounts.get(c, 0) + v
+    return {k: nz for k, a in out.items() if (nz := {c: v for c, v in a.items() if v})}
 
 
 class BalanceBook:

@@ -130,3 +130,40 @@ async def test_claims_agent_flags_one_channel_txn_on_two_orders(tally: Tally) ->
         assert not tally.stats.breaks
         await agent.put(claim("b"), key=b"wechat/W1")
     assert tally.stats.breaks == {"duplicate_success": 1}
+
+
+async def test_a_balance_that_missed_its_orders_posting_is_corrected_after_recovery() -> None:
+    """A worker killed between the orders' and the balances' changelog writes comes
+    back with an order that says "posted" and a shard without it; the replayed message
+    is a duplicate for the order and posts nothing. After the partitions are assigned
+    (tables recovered), the first message of a partition makes its shards agree with
+    its orders' positions again."""
+    from tally.clearing import Balance, balances_from_positions
+
+    # one partition: test_context puts every message on partition 0, whatever its key
+    tally = create_app(Settings(_env_file=None, web_port=0, partitions=1))  # type: ignore[call-arg]
+    tally.app.finalize()
+    tally.app.flow_control.resume()
+    txns = tally.agents["reconcile_transactions"]
+    cbs = tally.agents["reconcile_callbacks"]
+    async with txns.test_context() as t_agent, cbs.test_context() as c_agent:
+        await t_agent.put(txn("e1", "o1", "pending", "2026-11-24T10:00:00+08:00"), key=b"o1")
+        await c_agent.put(cb("e2", "o1", "success", "2026-11-24T10:00:02+08:00"), key=b"o1")
+        right = {k: b.figures() for k, b in tally.balances.items()}
+        assert right and tally.stats.balances_healed == 0
+        # the crash, as the recovered store holds it: every shard lost the last posting
+        store = tally.balances.data
+        for k, b in list(tally.balances.items()):
+            store[k] = Balance(b.account, b.currency, {}, b.postings)
+        # ... and a shard no order accounts for
+        store["merchant:m9|CNY|0"] = Balance("merchant:m9", "CNY", {"confirmed|gross": 5}, 7)
+        await tally.app.on_partitions_assigned.send(set())  # recovery done, say
+        # the replayed message: a duplicate for the order, it posts nothing itself
+        await c_agent.put(cb("e2", "o1", "success", "2026-11-24T10:00:02+08:00"), key=b"o1")
+    assert tally.stats.duplicates == 1
+    assert {k: b.figures() for k, b in tally.balances.items() if b.figures()} == right
+    assert tally.stats.balances_healed == len(right) + 1
+    want = balances_from_positions(tally.orders.values())
+    assert want == {k.rsplit("|", 1)[0]: v for k, v in right.items()}
+    # a shard's version moves on when it is corrected: stored rows are replaced
+    assert all(b.postings > 1 for b in tally.balances.values() if b.figures())
