@@ -36,11 +36,11 @@ from aiokafka.errors import TopicAlreadyExistsError
 from faust.serializers import codecs as faust_codecs
 
 from sinks.backend import Backend, ClickHouseUnavailable, connect
-from sinks.offsets import log_ends
 from sinks.runner import changelog_topic
 from sinks.schema import migrate
 from streams import codecs
 from streams.broker import ensure_topics
+from streams.offsets import log_ends
 from tally.breaks import ChannelTxnClaim
 from tally.clearing import Balance
 from tally.config import Settings
@@ -166,7 +166,7 @@ async def _send(
 ) -> None:
     """Send, ending each topic-partition with a batch of exactly one record: Tansu's
     ListOffsets answers the last batch's base offset + 1 as the end of the log, and
-    Faust's recovery reads only up to that (see `sinks.offsets`)."""
+    Faust's recovery reads only up to that (see `streams.offsets`)."""
     last: dict[tuple[str, int], tuple[bytes, bytes]] = {}
     pending: list[asyncio.Future[Any]] = []
     for table, key, value, partition in messages:

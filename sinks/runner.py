@@ -41,10 +41,10 @@ from aiokafka.errors import KafkaError
 
 from sinks import rows as R
 from sinks.backend import Backend, ClickHouseError, ClickHouseUnavailable, connect
-from sinks.offsets import EndProbe
 from sinks.schema import migrate
 from streams.broker import ensure_topics
 from streams.metrics import SinkMetrics, serve
+from streams.offsets import EndProbe
 from tally.config import Settings
 
 log = logging.getLogger("tally.sinks")

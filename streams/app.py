@@ -287,6 +287,9 @@ def create_app(settings: Settings | None = None) -> Tally:
 
     from streams.agents import register_agents
     from streams.metrics import WorkerMetrics
+    from streams.offsets import recover_to_true_log_ends
+
+    recover_to_true_log_ends()  # Faust recovers each changelog to its real end
 
     tally.metrics = WorkerMetrics.install(tally)  # also serves them on TALLY_METRICS_PORT
     register_agents(tally)

@@ -469,7 +469,15 @@ class ChannelTxnIndex:
         seen = f"{c.key}|{c.txn_id}"  # each further order is flagged once
         if self.claims.get(seen) is not None:
             return None
-        self.claims[seen] = ChannelTxnClaim(c.txn_id, c.merchant_id, c.occurred_at_ms)
+        claim = ChannelTxnClaim(c.txn_id, c.merchant_id, c.occurred_at_ms)
+        if (c.occurred_at_ms, c.txn_id) < (first.occurred_at_ms, first.txn_id):
+            # the earlier claim by event time owns the key, whichever arrived first (two
+            # workers can deliver the claims of one channel txn in either order); the
+            # one it displaces is the further order, flagged once
+            self.claims[c.key] = claim
+            self.claims[f"{c.key}|{first.txn_id}"] = first
+        else:
+            self.claims[seen] = claim
         return duplicate_channel_txn(
             c.channel_id,
             c.channel_txn_id,

@@ -380,7 +380,7 @@ async def read_values(bootstrap: str, topic: str) -> list[tuple[int, Any]]:
     """(partition, JSON value) of every message of a topic, to its true end."""
     import json
 
-    from sinks.offsets import read_to_end
+    from streams.offsets import read_to_end
 
     out = []
     for m in await read_to_end(bootstrap, topic):

@@ -647,3 +647,26 @@ def test_breaks_do_not_depend_on_the_partition_count(partitions: int) -> None:
     pipe.tick(3600 * SEC)
     assert pipe.break_set() == reference.break_set()
     assert set(pipe.breaks) == set(reference.breaks)
+
+
+def test_a_shared_channel_txn_gives_the_same_claims_and_break_in_either_arrival_order() -> None:
+    """Two workers can deliver the success claims of one channel transaction in either
+    order: the earlier claim by event time owns the key, the other is flagged once,
+    and the break is the same."""
+    from tally.realtime import ChannelTxnIndex, SuccessClaim
+
+    a = SuccessClaim("wechat", "W1", "o-a", "m1", "CNY", 100, 1_000)
+    b = SuccessClaim("wechat", "W1", "o-b", "m2", "CNY", 100, 2_000)
+    outcomes = []
+    for order in ((a, b), (b, a)):
+        claims: dict[str, object] = {}
+        index = ChannelTxnIndex(claims)  # type: ignore[arg-type]
+        found = [index.on_claim(c) for c in (*order, *order)]  # each delivered twice
+        breaks = [x for x in found if x is not None]
+        assert len(breaks) == 1
+        outcomes.append(
+            ({k: v.txn_id for k, v in claims.items()}, breaks[0].break_id, breaks[0].txn_id)  # type: ignore[attr-defined]
+        )
+    assert outcomes[0] == outcomes[1]
+    table, _, owner = outcomes[0]
+    assert table == {"wechat/W1": "o-a", "wechat/W1|o-b": "o-b"} and owner == "o-b"

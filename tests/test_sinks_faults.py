@@ -21,12 +21,12 @@ from typing import Any
 import pytest
 
 from sinks.backend import Backend, ClickHouseError
-from sinks.offsets import log_ends
 from sinks.restore import restore_from_clickhouse
 from sinks.runner import SinkRunner
 from sinks.schema import TABLES, migrate
 from streams.app import account_balances, create_app
 from streams.broker import EmbeddedBroker
+from streams.offsets import log_ends
 from streams.produce import produce
 from streams.worker import WorkerRunner, end_offsets
 from tally.clearing import Balance, assert_balanced

@@ -9,9 +9,9 @@ import logging
 import pytest
 from aiokafka import TopicPartition
 
-from sinks.offsets import log_ends
 from sinks.runner import SinkRunner, sink_tables
 from streams.app import account_balances, create_app
+from streams.offsets import log_ends
 from streams.produce import produce
 from streams.worker import WorkerRunner
 from tally.pipeline import Envelope

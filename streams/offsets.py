@@ -6,9 +6,13 @@ request carrying records 0..9 it reports 1, not 10 (its Fetch responses carry th
 right high watermark). `log_ends` asks ListOffsets, then reads the last batch of
 every non-empty partition to find the true end; on Apache Kafka the two agree.
 
-(The same Tansu behaviour cuts Faust's changelog recovery short, which stops at
-the ListOffsets answer: `sinks.restore` therefore ends every changelog partition
-with a batch of one record.)
+The same Tansu behaviour cut Faust's changelog recovery short: Faust reads a
+changelog up to the ListOffsets answer and leaves the rest of the last batch
+unapplied, so a worker taking a partition over missed the last updates of some
+orders and balances. `recover_to_true_log_ends()` (installed by
+`streams.app.create_app`) makes Faust ask `EndProbe` instead; on Apache Kafka that
+is the same answer, one fetch later. (`sinks.restore` also ends every changelog
+partition with a batch of one record, for Faust versions this cannot patch.)
 """
 
 from __future__ import annotations
@@ -122,3 +126,41 @@ async def read_to_end(bootstrap: str, topic: str, timeout: float = 60.0) -> list
     finally:
         await c.stop()
     return [m for tp in sorted(out, key=lambda t: t.partition) for m in out[tp]]
+
+
+_PATCHED = False
+
+
+def recover_to_true_log_ends() -> None:
+    """Make Faust's end-offset lookup (used to know where a changelog's recovery
+    ends) return true log ends (`EndProbe`), outside transactions. Idempotent; if the
+    probe fails, Faust's own answer is used."""
+    global _PATCHED
+    if _PATCHED:
+        return
+    from faust.transport.drivers import aiokafka as driver
+
+    thread = driver.AIOKafkaConsumerThread
+    original = thread._highwaters
+
+    async def _highwaters(self: Any, partitions: list[Any]) -> Any:
+        consumer = self._ensure_consumer()
+        if self.consumer.in_transaction or not partitions:
+            return await original(self, partitions)
+        probe = EndProbe(consumer._client._bootstrap_servers)
+        try:
+            await probe.start()
+            ends = await probe.ends([TopicPartition(tp.topic, tp.partition) for tp in partitions])
+            return {tp: ends[TopicPartition(tp.topic, tp.partition)] for tp in partitions}
+        except Exception as exc:  # never worse than Faust's own lookup
+            import logging
+
+            logging.getLogger(__name__).warning(
+                "true log ends unavailable (%s); using ListOffsets", exc
+            )
+            return await original(self, partitions)
+        finally:
+            await probe.stop()
+
+    thread._highwaters = _highwaters  # type: ignore[method-assign]
+    _PATCHED = True
