@@ -35,6 +35,7 @@ from datetime import date, timedelta
 from typing import Any
 
 from recon.classify import CLASSES
+from recon.statements.load import VERSION_COLUMNS
 from sinks.backend import Backend
 from tally.policy import ChannelPolicy
 
@@ -143,19 +144,7 @@ def build(db: Backend, n: int, policy: ChannelPolicy) -> None:
     )[0]
     db.insert(
         "statement_versions",
-        (
-            "channel_id",
-            "business_date",
-            "delivery",
-            "checksum",
-            "format",
-            "file_name",
-            "line_count",
-            "total_amount",
-            "total_fee",
-            "loaded_at_ms",
-            "loaded_by",
-        ),
+        VERSION_COLUMNS,
         [
             (
                 CHANNEL,

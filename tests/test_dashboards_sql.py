@@ -27,6 +27,9 @@ import pytest
 from dashboards import balances, eod, realtime
 from dashboards.build import DASHBOARDS, build, panels
 from dashboards.common import ClickHouseQuery, SqlVariable
+from recon.run import RESULT_COLUMNS
+from recon.statements.load import LINE_COLUMNS, VERSION_COLUMNS
+from recon.suspense import ACTION_COLUMNS, ENTRY_COLUMNS
 from sinks import rows as R
 from sinks.schema import migrate
 from tally.orders import view
@@ -294,41 +297,12 @@ def seed(db: Any) -> dict[str, Any]:
                         )
     db.insert(
         "statement_versions",
-        (
-            "channel_id",
-            "business_date",
-            "delivery",
-            "checksum",
-            "format",
-            "file_name",
-            "line_count",
-            "total_amount",
-            "total_fee",
-            "loaded_at_ms",
-            "loaded_by",
-        ),
+        VERSION_COLUMNS,
         versions,
     )
     db.insert(
         "statement_lines",
-        (
-            "channel_id",
-            "business_date",
-            "delivery",
-            "line_no",
-            "txn_id",
-            "channel_txn_id",
-            "original_txn_id",
-            "kind",
-            "status",
-            "currency",
-            "amount",
-            "fee",
-            "coupon_amount",
-            "merchant_ref",
-            "occurred_at_ms",
-            "raw",
-        ),
+        LINE_COLUMNS,
         lines,
     )
     db.insert(
@@ -349,50 +323,17 @@ def seed(db: Any) -> dict[str, Any]:
     )
     db.insert(
         "recon_results",
-        (
-            "run_id",
-            "channel_id",
-            "business_date",
-            "item_key",
-            "class",
-            "txn_id",
-            "channel_txn_id",
-            "merchant_id",
-            "kind",
-            "currency",
-            "ledger_amount",
-            "statement_amount",
-            "ledger_fee",
-            "statement_fee",
-            "ledger_status",
-            "statement_status",
-            "statement_line",
-            "detail",
-        ),
+        RESULT_COLUMNS,
         results,
     )
     db.insert(
         "suspense_entries",
-        (
-            "entry_id",
-            "version",
-            "channel_id",
-            "merchant_id",
-            "txn_id",
-            "channel_txn_id",
-            "business_date",
-            "kinds",
-            "break_ids",
-            "currency",
-            "amount",
-            "opened_at_ms",
-            "updated_at_ms",
-        ),
+        ENTRY_COLUMNS,
         entries,
     )
     db.insert(
         "suspense_actions",
-        ("action_id", "entry_id", "action", "reason", "actor", "linked_to", "at_ms"),
+        ACTION_COLUMNS,
         actions,
     )
     merchant = next(s.merchant_id for s in known if s.merchant_id and s.channel_id == channels[0])

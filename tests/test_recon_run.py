@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from recon import run as R
 from recon.classify import LedgerOrder, Result, StatementLine, classify
+from recon.statements.load import LINE_COLUMNS, VERSION_COLUMNS
 from sinks.backend import Backend
 from sinks.schema import migrate
 from tally.cli import main
@@ -49,37 +50,6 @@ ORDER_COLUMNS = (
     "business_date",
     "created_at_ms",
     "updated_at_ms",
-)
-LINE_COLUMNS = (
-    "channel_id",
-    "business_date",
-    "delivery",
-    "line_no",
-    "txn_id",
-    "channel_txn_id",
-    "original_txn_id",
-    "kind",
-    "status",
-    "currency",
-    "amount",
-    "fee",
-    "coupon_amount",
-    "merchant_ref",
-    "occurred_at_ms",
-    "raw",
-)
-VERSION_COLUMNS = (
-    "channel_id",
-    "business_date",
-    "delivery",
-    "checksum",
-    "format",
-    "file_name",
-    "line_count",
-    "total_amount",
-    "total_fee",
-    "loaded_at_ms",
-    "loaded_by",
 )
 
 
