@@ -183,7 +183,9 @@ def test_a_fresh_database_asks_for_migrate(request: pytest.FixtureRequest) -> No
     values = storage_values(request, "chdb")
     r = cli(env_of(values), "breaks")
     assert r.exit_code == 1 and "tally db migrate" in r.output
-    assert "schema migrated from version 0 to 1" in cli(env_of(values), "db", "migrate").stdout
+    assert (
+        f"schema migrated from version 0 to {LATEST}" in cli(env_of(values), "db", "migrate").stdout
+    )
     assert cli(env_of(values), "breaks", "--format", "json").stdout.strip() == "[]"
     drop_database(values)
     connect_to(values).close()

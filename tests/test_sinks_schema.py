@@ -101,7 +101,9 @@ def test_migrations_are_idempotent_and_record_the_version(backend: Backend) -> N
     assert migrate(backend) == (0, LATEST)
     assert migrate(backend) == (LATEST, LATEST)
     assert schema_version(backend) == LATEST
-    recorded = backend.query("SELECT version, name FROM {db}.schema_migrations FINAL")
+    recorded = backend.query(
+        "SELECT version, name FROM {db}.schema_migrations FINAL ORDER BY version"
+    )
     assert [r["version"] for r in recorded] == [m.version for m in MIGRATIONS]
     names = {
         r["name"]
