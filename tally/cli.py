@@ -142,7 +142,7 @@ def run(rate: float | None, until_idle: float | None, as_json: bool, sink: bool)
 def _stored_line(stored: dict[str, Any]) -> str:
     rows = stored["rows"]
     shown = ", ".join(f"{n:,} {t}" for t, n in rows.items() if n) or "nothing new"
-    return f"stored in {stored['where']}: {shown}"
+    return f"rows written to {stored['where']}: {shown}"
 
 
 async def _start_sink(s: Settings, restore: bool) -> Any:
@@ -394,6 +394,11 @@ def demo(events: int, seed: int, database: str, as_json: bool) -> None:
     ClickHouse (embedded chDB by default), a summary."""
     s = _settings(clickhouse_database=database)
     _logging(s.log_level)
+    if logging.getLogger().level > logging.INFO:
+        # the demo feeds its whole backlog at once: Faust's back-pressure warnings
+        # ("producer buffer full", "Timer commit is overlapping") are expected here
+        for name in ("faust.transport.producer", "mode.timers"):
+            logging.getLogger(name).setLevel(logging.ERROR)
     from tally.simulate import SimConfig, generate
 
     if not as_json:
