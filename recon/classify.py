@@ -24,10 +24,11 @@ One channel C and business date D at a time:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 from decimal import Decimal
+from typing import Any
 
 CLASSES = (
     "matched",
@@ -143,6 +144,27 @@ class Result:
     statement_status: str
     statement_line: int  # 0: none
     detail: str
+
+    @classmethod
+    def from_row(cls, r: Mapping[str, Any]) -> Result:
+        """A `recon_results` row (as the backends return it) as a Result."""
+        return cls(
+            item_key=r["item_key"],
+            cls=r["class"],
+            txn_id=r["txn_id"],
+            channel_txn_id=r["channel_txn_id"],
+            merchant_id=r["merchant_id"],
+            kind=r["kind"],
+            currency=r["currency"],
+            ledger_amount=r["ledger_amount"],
+            statement_amount=r["statement_amount"],
+            ledger_fee=r["ledger_fee"],
+            statement_fee=r["statement_fee"],
+            ledger_status=r["ledger_status"],
+            statement_status=r["statement_status"],
+            statement_line=int(r["statement_line"]),
+            detail=r["detail"],
+        )
 
 
 # The detail texts (the SQL builds the very same strings).

@@ -371,26 +371,7 @@ def _results(db: Backend, run_id: str, classes: Sequence[str], keys: Any = None)
             for r in db.query(sql + " AND item_key IN %(keys)s", {**params, "keys": chunk})
         ]
     rows.sort(key=lambda r: r["item_key"])
-    return [
-        Result(
-            item_key=r["item_key"],
-            cls=r["class"],
-            txn_id=r["txn_id"],
-            channel_txn_id=r["channel_txn_id"],
-            merchant_id=r["merchant_id"],
-            kind=r["kind"],
-            currency=r["currency"],
-            ledger_amount=r["ledger_amount"],
-            statement_amount=r["statement_amount"],
-            ledger_fee=r["ledger_fee"],
-            statement_fee=r["statement_fee"],
-            ledger_status=r["ledger_status"],
-            statement_status=r["statement_status"],
-            statement_line=int(r["statement_line"]),
-            detail=r["detail"],
-        )
-        for r in rows
-    ]
+    return [Result.from_row(r) for r in rows]
 
 
 def sync_run(

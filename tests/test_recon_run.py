@@ -146,26 +146,7 @@ def insert_statement(
 
 
 def as_results(rows: list[dict[str, Any]]) -> list[Result]:
-    return [
-        Result(
-            item_key=r["item_key"],
-            cls=r["class"],
-            txn_id=r["txn_id"],
-            channel_txn_id=r["channel_txn_id"],
-            merchant_id=r["merchant_id"],
-            kind=r["kind"],
-            currency=r["currency"],
-            ledger_amount=r["ledger_amount"],
-            statement_amount=r["statement_amount"],
-            ledger_fee=r["ledger_fee"],
-            statement_fee=r["statement_fee"],
-            ledger_status=r["ledger_status"],
-            statement_status=r["statement_status"],
-            statement_line=int(r["statement_line"]),
-            detail=r["detail"],
-        )
-        for r in rows
-    ]
+    return [Result.from_row(r) for r in rows]
 
 
 def stored(db: Backend, channel: str, run_id: str, day: date = DAY) -> list[Result]:
