@@ -17,6 +17,7 @@ from click.testing import CliRunner
 from recon.statements import Statement, StatementError, StatementLine, write
 from recon.statements.load import (
     insert_lines,
+    insert_statement,
     latest_version,
     list_versions,
     load_file,
@@ -228,6 +229,25 @@ def test_insert_in_batches_escapes_text(db: Backend) -> None:
     assert all(r["raw"] == raw for r in got)
     assert got[0]["amount"] == Decimal("1.0001") and got[0]["fee"] is None
     assert got[0]["coupon_amount"] == Decimal("0.5")
+
+
+def test_insert_statement_escapes_each_special_character(db: Backend) -> None:
+    # the chDB path escapes only text that needs it: each special character alone,
+    # plain text, non-ASCII text, in ids and in the raw text
+    texts = ["plain", "微信,`支付", "a\tb", "a\\b", "a\nb", "a\rb", "a\x00b", "\t\\\n\r\x00"]
+    lines = [
+        replace(pay(f"T{i}{t}", f"C{i}{t}"), line_no=i, merchant_ref=t, raw=t)
+        for i, t in enumerate(texts, start=1)
+    ]
+    st = Statement("c", DAY, "csv", lines)
+    assert insert_statement(db, st, DAY, 1, batch_rows=3) == len(texts)
+    got = db.query(
+        "SELECT line_no, txn_id, channel_txn_id, merchant_ref, raw "
+        "FROM {db}.statement_lines ORDER BY line_no"
+    )
+    assert [(r["txn_id"], r["channel_txn_id"], r["merchant_ref"], r["raw"]) for r in got] == [
+        (x.txn_id, x.channel_txn_id, x.merchant_ref, x.raw) for x in lines
+    ]
 
 
 # ----------------------------------------------------------- cutoff and dates

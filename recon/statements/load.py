@@ -321,17 +321,26 @@ def _tsv(v: Any) -> str:
 _ESCAPE = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r", "\0": "\\0"})
 
 
+def _esc(v: str) -> str:
+    """TabSeparated escaping of a String value. `str.translate` is slow on long
+    non-ASCII text, so it runs only when there is something to escape."""
+    if "\\" in v or "\t" in v or "\n" in v or "\r" in v or "\0" in v:
+        return v.translate(_ESCAPE)
+    return v
+
+
 def _tsv_lines(statement: Statement, business_date: date, delivery: int) -> Iterator[str]:
     """The TabSeparated text of each statement_lines row (LINE_COLUMNS order)."""
     head = f"{_tsv(statement.channel_id)}\t{business_date.isoformat()}\t{delivery}\t"
+    esc = _esc
     for x in statement.lines:
         fee = "\\N" if x.fee is None else format(x.fee, "f")
         cpn = "\\N" if x.coupon_amount is None else format(x.coupon_amount, "f")
         yield (
-            f"{head}{x.line_no}\t{x.txn_id.translate(_ESCAPE)}\t"
-            f"{x.channel_txn_id.translate(_ESCAPE)}\t{x.original_txn_id.translate(_ESCAPE)}\t"
+            f"{head}{x.line_no}\t{esc(x.txn_id)}\t"
+            f"{esc(x.channel_txn_id)}\t{esc(x.original_txn_id)}\t"
             f"{x.kind}\t{x.status}\t{x.currency}\t{format(x.amount, 'f')}\t{fee}\t{cpn}\t"
-            f"{x.merchant_ref.translate(_ESCAPE)}\t{x.occurred_at_ms}\t{x.raw.translate(_ESCAPE)}\n"
+            f"{esc(x.merchant_ref)}\t{x.occurred_at_ms}\t{esc(x.raw)}\n"
         )
 
 
