@@ -446,6 +446,54 @@ def test_wechat_missing_backtick_and_bad_state() -> None:
     )
 
 
+def test_wechat_rows_checked_cell_by_cell_without_quotes() -> None:
+    # rows without quotes take a fast path: it must refuse what the cell-by-cell
+    # checks refuse, with the same line and field
+    text = wechat_text()
+    refuse(
+        text.replace("`拿铁 大杯", "`-SUM(A1)").encode(),
+        "wechat",
+        r"line 3, field 商品名称: '-SUM\(A1\)' starts with '-'.*formula",
+    )
+    refuse(
+        text.replace("`拿铁 大杯", "`\tx").encode(),
+        "wechat",
+        r"line 3, field 商品名称: '\\tx' starts with '\\t'",
+    )
+    refuse(
+        text.replace("`P00000002", "`+P00000002").encode(),
+        "wechat",
+        r"line 3, field 商户订单号 \(txn_id\): '\+P00000002'",
+    )
+    refuse(
+        text.replace("`拿铁 大杯", "`拿铁,大杯").encode(),
+        "wechat",
+        r"line 3: expected 27 fields, found 28",
+    )
+    refuse(
+        text.replace("`拿铁 大杯", "`拿铁 `大杯").replace(",`table=7", ",table=7").encode(),
+        "wechat",
+        r"line 3, field 商户数据包: 'table=7' lacks the back-tick prefix",
+    )
+    refuse(
+        text.replace("`0.60%,`50.50,`0.00,`", "`0.60%,`50.50,`0.00,").encode(),
+        "wechat",
+        r"line 3, field 费率备注: '' lacks the back-tick prefix",
+    )
+    refuse(
+        text.replace("\r\n`2026-11-24 12:30:02", "\r\n \r\n`x").encode(), "wechat", "line 3: empty"
+    )
+    # a negative fee (a refund's) is not a formula; times read again give the same
+    s = parse(text.replace("`2026-11-24 23:58:40", "`2026-11-24 09:12:45").encode(), "wechat")
+    assert [x.fee for x in s.lines][2] == Decimal("-0.12")
+    assert s.lines[0].occurred_at_ms == s.lines[3].occurred_at_ms
+    # a bad time repeated: refused on its first line
+    bad = text.replace("`2026-11-24 12:30:02", "`2026-11-24 24:30:02").replace(
+        "`2026-11-24 23:58:40", "`2026-11-24 24:30:02"
+    )
+    refuse(bad.encode(), "wechat", r"line 3, field 交易时间 \(occurred_at\): .* valid time")
+
+
 def alipay_bytes() -> bytes:
     return (DATA / "alipay-20261124.csv").read_bytes()
 

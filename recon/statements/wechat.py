@@ -104,6 +104,15 @@ def label(column: str) -> str:
     return f"{column} ({m})" if m else column
 
 
+_LABEL = {c: label(c) for c in COLUMNS}
+_L_CUR, _L_TIME = _LABEL["货币种类"], _LABEL["交易时间"]
+_L_SETTLE, _L_COUPON = _LABEL["应结订单金额"], _LABEL["代金券金额"]
+_L_REFUND, _L_RECHARGE = _LABEL["退款金额"], _LABEL["充值券退款金额"]
+_L_FEE, _L_ORDER, _L_APPLIED = _LABEL["手续费"], _LABEL["订单金额"], _LABEL["申请退款金额"]
+# a text cell starting like a formula shows in the row as one of these
+_FORMULA_CELLS = tuple(",`" + c for c in F.FORMULA_START)
+
+
 def sniff(data: bytes) -> bool:
     return data.removeprefix(b"\xef\xbb\xbf").startswith("交易时间,公众账号ID".encode())
 
@@ -118,6 +127,7 @@ def scan(data: bytes, file_name: str, env: Statement) -> Iterator[StatementLine]
     where = F.Where(file_name)
     text = F.decode_utf8(where, data, "WeChat Pay bill")
     lines = F.physical_lines(text)
+    del text  # the lines are all that is needed from here on
     if not lines or lines[0] != HEADER:
         got = lines[0][:60] if lines else "(empty file)"
         raise where.error(1, None, f"not a WeChat Pay ALL bill: the header is {got!r}")
@@ -125,31 +135,24 @@ def scan(data: bytes, file_name: str, env: Statement) -> Iterator[StatementLine]
     sums = {"settle": Decimal(0), "refund": Decimal(0), "fee": Decimal(0)}
     sums.update(recharge=Decimal(0), order=Decimal(0), applied=Decimal(0))
     count = 0
+    times = F.LocalTimes(where)
+    f0, f1, f2, f3, f4, f5 = _FORMULA_CELLS
     i = 1
     while i < len(lines):
         raw = lines[i]
         line_no = i + 1
         if raw == SUMMARY_HEADER:
             break
-        if not raw.strip():
-            raise where.error(line_no, None, "empty line inside the bill")
-        cells = F.split_simple(raw)
-        if len(cells) != n_cols:
-            raise where.error(
-                line_no,
-                None,
-                f"expected {n_cols} fields, found {len(cells)} (a truncated or broken row)",
-            )
-        v = []
-        for c, cell in enumerate(cells):
-            if not cell.startswith("`"):
-                raise where.error(
-                    line_no, label(COLUMNS[c]), f"{cell[:40]!r} lacks the back-tick prefix"
-                )
-            v.append(cell[1:])
-        for c in _TEXT:
-            F.text(where, line_no, label(COLUMNS[c]), v[c])
-        yield _item(where, line_no, raw, v, sums)
+        # fast path: no quotes, every one of the n_cols - 1 commas followed by a
+        # back-tick, no cell starting like a formula; the same checks cell by cell
+        # otherwise (they give the message)
+        v = raw[1:].split(",`") if raw[:1] == "`" and '"' not in raw else []
+        if len(v) != n_cols or raw.count(",") != n_cols - 1:
+            v = _cells(where, line_no, raw)
+        elif f0 in raw or f1 in raw or f2 in raw or f3 in raw or f4 in raw or f5 in raw:
+            for c in _TEXT:
+                F.text(where, line_no, _LABEL[COLUMNS[c]], v[c])
+        yield _item(where, line_no, raw, v, sums, times)
         count += 1
         i += 1
     else:
@@ -168,18 +171,47 @@ def scan(data: bytes, file_name: str, env: Statement) -> Iterator[StatementLine]
             env.meta.setdefault("mch_id", first[2][1:])
 
 
+def _cells(where: F.Where, line_no: int, raw: str) -> list[str]:
+    """A row's values without their back-ticks, checked cell by cell."""
+    if not raw.strip():
+        raise where.error(line_no, None, "empty line inside the bill")
+    cells = F.split_simple(raw)
+    n_cols = len(COLUMNS)
+    if len(cells) != n_cols:
+        raise where.error(
+            line_no,
+            None,
+            f"expected {n_cols} fields, found {len(cells)} (a truncated or broken row)",
+        )
+    v = []
+    for c, cell in enumerate(cells):
+        if not cell.startswith("`"):
+            raise where.error(
+                line_no, _LABEL[COLUMNS[c]], f"{cell[:40]!r} lacks the back-tick prefix"
+            )
+        v.append(cell[1:])
+    for c in _TEXT:
+        F.text(where, line_no, _LABEL[COLUMNS[c]], v[c])
+    return v
+
+
 def _item(
-    where: F.Where, line_no: int, raw: str, v: list[str], sums: dict[str, Decimal]
+    where: F.Where,
+    line_no: int,
+    raw: str,
+    v: list[str],
+    sums: dict[str, Decimal],
+    times: F.LocalTimes,
 ) -> StatementLine:
-    cur = F.currency(where, line_no, label("货币种类"), v[11])
-    occurred = F.local_time_ms(where, line_no, label("交易时间"), v[0])
-    settle = F.amount(where, line_no, label("应结订单金额"), v[12], cur)
-    coupon = F.amount(where, line_no, label("代金券金额"), v[13], cur)
-    refund = F.amount(where, line_no, label("退款金额"), v[16], cur)
-    recharge = F.amount(where, line_no, label("充值券退款金额"), v[17], cur)
-    fee = F.amount(where, line_no, label("手续费"), v[22], signed=True)
-    order = F.amount(where, line_no, label("订单金额"), v[24], cur)
-    applied = F.amount(where, line_no, label("申请退款金额"), v[25], cur)
+    cur = F.currency(where, line_no, _L_CUR, v[11])
+    occurred = times(line_no, _L_TIME, v[0])
+    settle = F.amount(where, line_no, _L_SETTLE, v[12], cur)
+    coupon = F.amount(where, line_no, _L_COUPON, v[13], cur)
+    refund = F.amount(where, line_no, _L_REFUND, v[16], cur)
+    recharge = F.amount(where, line_no, _L_RECHARGE, v[17], cur)
+    fee = F.amount(where, line_no, _L_FEE, v[22], signed=True)
+    order = F.amount(where, line_no, _L_ORDER, v[24], cur)
+    applied = F.amount(where, line_no, _L_APPLIED, v[25], cur)
     sums["settle"] += settle
     sums["refund"] += refund
     sums["recharge"] += recharge
