@@ -109,6 +109,35 @@ class LocalTimes:
         return ms
 
 
+class Amounts:
+    """`amount` remembering the strings it has accepted, up to `size` of them (a
+    bill repeats its zeros and common prices on every line). Exact: a value read
+    again gives the same Decimal; a bad one is refused every time."""
+
+    __slots__ = ("_seen", "size", "where")
+
+    def __init__(self, where: Where, size: int = 65_536) -> None:
+        self.where = where
+        self.size = size
+        self._seen: dict[tuple[str, str | None, bool], Decimal] = {}
+
+    def __call__(
+        self,
+        line_no: int | None,
+        field: str,
+        value: str,
+        cur: str | None = None,
+        signed: bool = False,
+    ) -> Decimal:
+        key = (value, cur, signed)
+        d = self._seen.get(key)
+        if d is None:
+            d = amount(self.where, line_no, field, value, cur, signed=signed)
+            if len(self._seen) < self.size:
+                self._seen[key] = d
+        return d
+
+
 def format_local_time(ms: int) -> str:
     return datetime.fromtimestamp(ms // 1000, tz=CST).strftime("%Y-%m-%d %H:%M:%S")
 

@@ -136,6 +136,7 @@ def scan(data: bytes, file_name: str, env: Statement) -> Iterator[StatementLine]
     sums.update(recharge=Decimal(0), order=Decimal(0), applied=Decimal(0))
     count = 0
     times = F.LocalTimes(where)
+    amounts = F.Amounts(where)
     f0, f1, f2, f3, f4, f5 = _FORMULA_CELLS
     i = 1
     while i < len(lines):
@@ -152,7 +153,7 @@ def scan(data: bytes, file_name: str, env: Statement) -> Iterator[StatementLine]
         elif f0 in raw or f1 in raw or f2 in raw or f3 in raw or f4 in raw or f5 in raw:
             for c in _TEXT:
                 F.text(where, line_no, _LABEL[COLUMNS[c]], v[c])
-        yield _item(where, line_no, raw, v, sums, times)
+        yield _item(where, line_no, raw, v, sums, times, amounts)
         count += 1
         i += 1
     else:
@@ -202,16 +203,17 @@ def _item(
     v: list[str],
     sums: dict[str, Decimal],
     times: F.LocalTimes,
+    amounts: F.Amounts,
 ) -> StatementLine:
     cur = F.currency(where, line_no, _L_CUR, v[11])
     occurred = times(line_no, _L_TIME, v[0])
-    settle = F.amount(where, line_no, _L_SETTLE, v[12], cur)
-    coupon = F.amount(where, line_no, _L_COUPON, v[13], cur)
-    refund = F.amount(where, line_no, _L_REFUND, v[16], cur)
-    recharge = F.amount(where, line_no, _L_RECHARGE, v[17], cur)
-    fee = F.amount(where, line_no, _L_FEE, v[22], signed=True)
-    order = F.amount(where, line_no, _L_ORDER, v[24], cur)
-    applied = F.amount(where, line_no, _L_APPLIED, v[25], cur)
+    settle = amounts(line_no, _L_SETTLE, v[12], cur)
+    coupon = amounts(line_no, _L_COUPON, v[13], cur)
+    refund = amounts(line_no, _L_REFUND, v[16], cur)
+    recharge = amounts(line_no, _L_RECHARGE, v[17], cur)
+    fee = amounts(line_no, _L_FEE, v[22], None, True)
+    order = amounts(line_no, _L_ORDER, v[24], cur)
+    applied = amounts(line_no, _L_APPLIED, v[25], cur)
     sums["settle"] += settle
     sums["refund"] += refund
     sums["recharge"] += recharge
