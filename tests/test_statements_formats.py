@@ -661,3 +661,21 @@ def test_times_are_china_standard_time() -> None:
     assert s.lines[0].occurred_at_ms == int(
         datetime(2026, 11, 24, 16, tzinfo=UTC).timestamp() * 1000
     )
+
+
+def test_local_times_read_once_give_what_local_time_ms_gives() -> None:
+    from recon.statements.fields import LocalTimes, Where, local_time_ms
+
+    where = Where("f")
+    times = LocalTimes(where)
+    values = ["2026-11-24 10:15:30", "2026-11-24 10:15:59", "2026-11-24 10:15:00"]
+    values += ["2026-11-24 10:16:01", "2026-11-24 10:15:30", "２０２６-11-24 10:15:30"]
+    for v in values:
+        assert times(2, "t", v) == local_time_ms(where, 2, "t", v)
+    for bad in ("2026-11-24 10:15:60", "2026-11-31 10:15:30", "2026-11-24 10:15:3x"):
+        with pytest.raises(StatementError) as want:
+            local_time_ms(where, 5, "t", bad)
+        for _ in range(2):  # refused each time, with the same message
+            with pytest.raises(StatementError) as got:
+                times(5, "t", bad)
+            assert str(got.value) == str(want.value) and bad in str(got.value)

@@ -96,16 +96,38 @@ class LocalTimes:
     million lines has at most some 90,000 distinct seconds. Exact: a string read
     again gives what it gave the first time; a bad one is refused every time."""
 
-    __slots__ = ("_seen", "where")
+    __slots__ = ("_minutes", "_seen", "where")
 
     def __init__(self, where: Where) -> None:
         self.where = where
         self._seen: dict[str, int] = {}
+        self._minutes: dict[str, int] = {}  # "yyyy-MM-dd HH:mm" -> ms of its second 00
 
     def __call__(self, line_no: int | None, field: str, value: str) -> int:
         ms = self._seen.get(value)
         if ms is None:
-            ms = self._seen[value] = local_time_ms(self.where, line_no, field, value)
+            sec = value[17:]
+            if (
+                len(sec) == 2
+                and sec.isdigit()
+                and sec.isascii()
+                and sec < "60"
+                and value[16] == ":"
+            ):
+                # a new second of a minute: the minute read once (UTC+8 is a fixed offset)
+                minute = value[:16]
+                base = self._minutes.get(minute)
+                if base is None:
+                    try:
+                        base = local_time_ms(self.where, line_no, field, minute + ":00")
+                    except StatementError:
+                        local_time_ms(self.where, line_no, field, value)  # names the value
+                        raise
+                    self._minutes[minute] = base
+                ms = base + int(sec) * 1000
+            else:
+                ms = local_time_ms(self.where, line_no, field, value)
+            self._seen[value] = ms
         return ms
 
 
