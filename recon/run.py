@@ -33,6 +33,18 @@ from recon.classify import CLASSES, Day, carried_ledger_detail, carried_statemen
 from sinks.backend import Backend
 from tally.policy import ChannelPolicy
 
+RUN_COLUMNS = (
+    "run_id",
+    "channel_id",
+    "business_date",
+    "statement_delivery",
+    "statement_checksum",
+    "ledger_items",
+    "statement_items",
+    "counts",
+    "started_at_ms",
+    "finished_at_ms",
+)
 RESULT_COLUMNS = (
     "run_id",
     "channel_id",
@@ -462,18 +474,7 @@ def run(
     finished = int(time.time() * 1000)
     db.insert(
         "recon_runs",
-        (
-            "run_id",
-            "channel_id",
-            "business_date",
-            "statement_delivery",
-            "statement_checksum",
-            "ledger_items",
-            "statement_items",
-            "counts",
-            "started_at_ms",
-            "finished_at_ms",
-        ),
+        RUN_COLUMNS,
         [
             (
                 run_id,

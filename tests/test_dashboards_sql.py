@@ -27,7 +27,7 @@ import pytest
 from dashboards import balances, eod, realtime
 from dashboards.build import DASHBOARDS, build, panels
 from dashboards.common import ClickHouseQuery, SqlVariable
-from recon.run import RESULT_COLUMNS
+from recon.run import RESULT_COLUMNS, RUN_COLUMNS
 from recon.statements.load import LINE_COLUMNS, VERSION_COLUMNS
 from recon.suspense import ACTION_COLUMNS, ENTRY_COLUMNS
 from sinks import rows as R
@@ -307,18 +307,7 @@ def seed(db: Any) -> dict[str, Any]:
     )
     db.insert(
         "recon_runs",
-        (
-            "run_id",
-            "channel_id",
-            "business_date",
-            "statement_delivery",
-            "statement_checksum",
-            "ledger_items",
-            "statement_items",
-            "counts",
-            "started_at_ms",
-            "finished_at_ms",
-        ),
+        RUN_COLUMNS,
         runs,
     )
     db.insert(

@@ -145,12 +145,8 @@ def insert_statement(
         )
 
 
-def as_results(rows: list[dict[str, Any]]) -> list[Result]:
-    return [Result.from_row(r) for r in rows]
-
-
 def stored(db: Backend, channel: str, run_id: str, day: date = DAY) -> list[Result]:
-    return as_results(R.results(db, channel, day, run_id))
+    return [Result.from_row(r) for r in R.results(db, channel, day, run_id)]
 
 
 def order(txn: str, **kw: Any) -> LedgerOrder:
