@@ -1,12 +1,22 @@
-"""Faust agents: thin shells around the domain core.
+"""Faust agents: thin shells around the domain core, working a batch at a time.
 
 - `reconcile_{transactions,callbacks,links,ticks}`: one agent per input topic (all
-  co-partitioned, keyed by txn_id) feeding one shared `Reconciler`; they send
-  breaks, postings, status queries, dead letters and the internal messages below.
+  co-partitioned, keyed by txn_id) feeding one shared `Reconciler`. They take their
+  input in batches and work one batch at a time between them (one lock): a batch is
+  parsed and run through the pure core message by message, in order, then its
+  results are made durable by `streams.checkpoint.Checkpoint.commit` (outputs, then
+  state, then input offsets: the numbered steps are written out there).
 - postings are applied to the `balances` table shard of the message's partition.
-- `claims`: success claims keyed by channel transaction id into `ChannelTxnIndex`.
+- `claims`: success claims keyed by channel transaction id into `ChannelTxnIndex`,
+  a batch at a time with its own checkpoint.
 - `idle_ticks` (timer): keeps an idle partition's event-time watermark moving with
   the wall clock, through the log, so replays stay deterministic.
+
+Within a batch, results are coalesced: one order-state snapshot per changed order,
+one balance snapshot per changed shard, one changelog record per changed table key.
+Breaks, postings, status queries, links, claims and dead letters are facts and stay
+one message each. Every message goes to the partition its key belongs to, whichever
+partition the batch's other messages came from.
 
 A message that cannot be processed never stops an agent: it is sent to the
 dead-letter topic with its reason and counted.
@@ -14,13 +24,15 @@ dead-letter topic with its reason and counted.
 
 from __future__ import annotations
 
-import json
+import asyncio
 import logging
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-import faust
+import orjson
 
+from streams.checkpoint import dumps
 from tally.clearing import Balance, balance_key, balances_from_positions
 from tally.events import (
     DeadLetter,
@@ -38,28 +50,33 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 _LATENCY_SAMPLES = 200_000
-
-
-def _dumps(d: dict[str, Any]) -> bytes:
-    return json.dumps(d, separators=(",", ":"), ensure_ascii=False).encode()
+_KINDS = ("transactions", "callbacks", "links", "ticks")
 
 
 def register_agents(t: Tally) -> None:
     app, s, topics, stats = t.app, t.settings, t.topics, t.stats
     metrics = t.metrics
     rec = t.reconciler
-    balances = t.write_behind["balances"]  # written after the outputs, like the orders
+    n = s.partitions
+    orders, balances, watermarks = (
+        t.writers["orders"],
+        t.writers["balances"],
+        t.writers["watermarks"],
+    )
+    writers = (orders, balances, watermarks)
+    ck = t.checkpoint
+    names = {k: topic.get_topic_name() for k, topic in topics.items()}
+    batch_max, batch_within = s.batch_max_events, s.batch_max_ms / 1000
+    lock = asyncio.Lock()  # the four reconcile agents share the state: one batch at a time
     started = time.time()
+    pending_latency: list[int] = []  # ingest times of the breaks of the batch being made
 
-    def send(
-        topic: str, key: str | None, value: dict[str, Any], partition: int | None = None
+    def output(
+        kind: str, partition: int, key: str | None, value: dict[str, Any], into: Any = ck
     ) -> None:
-        topics[topic].send_soon(
-            key=None if key is None else key.encode(), value=_dumps(value), partition=partition
-        )
-        stats.produced[topic] += 1
+        into.outbox.add(names[kind], partition, None if key is None else key.encode(), dumps(value))
 
-    def dead_letter(msg: Any, exc: InvalidEvent) -> None:
+    def dead_letter(msg: Any, exc: InvalidEvent, into: Any = ck) -> None:
         dl = DeadLetter.of(
             topic=msg.topic,
             partition=msg.partition,
@@ -69,36 +86,56 @@ def register_agents(t: Tally) -> None:
             error=exc,
             dead_at_ms=int(time.time() * 1000),
         )
-        send("dead-letter", dl.dead_letter_id, dl.to_json())
+        key = dl.dead_letter_id
+        output("dead-letter", partition_for(key, n), key, dl.to_json(), into)
         stats.dead_letters[exc.code] += 1
         metrics.dead_letter(exc.code)
 
-    def emit(out: Outputs, partition: int, ingested_ms: int) -> None:
-        now_ms = int(time.time() * 1000)
+    def emit(out: Outputs, partition: int, ingested_ms: int, now_ms: int) -> None:
+        """A message's facts, each one message, to its key's partition."""
         for b in out.breaks:
             b.detected_at_ms = now_ms
             b.trigger_ingested_at_ms = ingested_ms
-            send("breaks", b.txn_id, b.to_json())
+            output("breaks", partition, b.txn_id, b.to_json())
             stats.breaks[b.kind] += 1
             metrics.break_sent(b, now_ms, ingested_ms)
-            if ingested_ms and len(stats.latencies_ms) < _LATENCY_SAMPLES:
-                stats.latencies_ms.append(now_ms - ingested_ms)
+            if ingested_ms:
+                pending_latency.append(ingested_ms)
         for posting in out.postings:
-            send("postings", posting.txn_id, posting.to_json())
+            output("postings", partition, posting.txn_id, posting.to_json())
             metrics.posting_sent(posting, now_ms, ingested_ms)
             for account, legs in posting.legs_by_account():
                 key = f"{balance_key(account, posting.currency)}|{partition}"
                 bal = balances.get(key) or Balance(account, posting.currency)
                 bal.apply(legs)
                 balances[key] = bal
-                metrics.balance_changed(key, bal)
         for q in out.queries:
-            send("status-queries", q.txn_id, q.to_json())
+            output("status-queries", partition, q.txn_id, q.to_json())
             metrics.status_query(q.channel_id)
         for link in out.links:
-            send("links", link.original_txn_id, link.to_json())
+            output(
+                "links",
+                partition_for(link.original_txn_id, n),
+                link.original_txn_id,
+                link.to_json(),
+            )
         for c in out.claims:
-            send("success-claims", c.key, c.to_json())
+            output("success-claims", partition_for(c.key, n), c.key, c.to_json())
+
+    def snapshots() -> None:
+        """One snapshot per order and per balance shard the batch changed."""
+        for txn_id, partition in orders.dirty.items():
+            state = orders.data[txn_id]
+            channel = state.channel_id or (state.evidence[0].channel_id if state.evidence else "")
+            policy = rec.policies[channel]
+            v = view(state, policy)
+            metrics.order_changed(state, v, policy)
+            at = max([state.our_status_at_ms] + [e.occurred_at_ms for e in state.evidence])
+            output("order-states", partition, txn_id, order_snapshot(state, v, at))
+        for key, partition in balances.dirty.items():
+            bal = balances.data[key]
+            metrics.balance_changed(key, bal)
+            output("balances", partition, key, balance_snapshot(key, bal, partition))
 
     checked: set[int] = set()  # partitions whose balances were checked since assignment
 
@@ -110,20 +147,18 @@ def register_agents(t: Tally) -> None:
     def heal_balances(partition: int) -> None:
         """Make the partition's balance shards agree with its orders' positions.
 
-        A message changes an order and the balance shards of its postings; their
-        changelogs are separate writes, so a worker killed between them comes back
-        with an order that says "posted" and a shard that missed it (the replayed
-        message is a duplicate for the order and posts nothing). The orders are the
-        truth (`balances_from_positions`): a shard that differs is corrected, counted
-        as one more posting (its version moves on), logged and published."""
-        n = s.partitions
-        states = [st for k, st in t.orders.items() if partition_for(k, n) == partition]
+        A batch changes orders and the balance shards of their postings; the
+        changelog records of one batch are separate writes, so a worker killed
+        between them comes back with an order that says "posted" and a shard that
+        missed it (the replayed message is a duplicate for the order and posts
+        nothing), or the reverse. The orders are the truth
+        (`balances_from_positions`): a shard that differs is corrected, counted as
+        one more posting (its version moves on), logged and published."""
+        states = [st for k, st in orders.data.items() if partition_for(k, n) == partition]
         want = balances_from_positions(states)
-        have = {
-            k.rsplit("|", 1)[0]: bal
-            for k, bal in balances.items()
-            if k.rsplit("|", 1)[1] == str(partition)
-        }
+        suffix = f"|{partition}"
+        have = {k[: -len(suffix)]: bal for k, bal in balances.data.items() if k.endswith(suffix)}
+        balances.partition = partition
         for key in sorted(want.keys() | have.keys()):
             old = have.get(key)
             figures = want.get(key, {})
@@ -131,7 +166,7 @@ def register_agents(t: Tally) -> None:
                 continue
             account, currency = key.rsplit("|", 1)
             bal = Balance(account, currency, dict(figures), (old.postings if old else 0) + 1)
-            balances[f"{key}|{partition}"] = bal
+            balances[f"{key}{suffix}"] = bal
             stats.balances_healed += 1
             log.warning(
                 "balance %s of partition %d did not add up to its orders' positions "
@@ -141,87 +176,101 @@ def register_agents(t: Tally) -> None:
                 old.figures() if old is not None else {},
                 figures,
             )
-        publish_snapshots(partition)
-        balances.flush()
 
-    def handle(kind: str, msg: Any) -> None:
+    def handle(kind: str, msg: Any, now_ms: int) -> None:
         """One message of `kind` (transactions | callbacks | links | ticks) into the
-        Reconciler; the four reconcile agents share it, their topics are co-partitioned."""
+        Reconciler."""
         p = msg.partition
         if p not in checked:
             heal_balances(p)
             checked.add(p)
         stats.seen(msg.topic, p, msg.offset, activity=kind != "ticks")
+        for w in writers:
+            w.partition = p
         try:
-            if kind == "ticks":
-                out = rec.on_tick(p, int(json.loads(msg.value)["advance_ms"]))
+            if kind == "transactions":
+                stats.partition_activity[p] = now_ms / 1000
+                txn = parse_transaction(
+                    msg.value, msg.key, check_key=True, max_bytes=s.max_message_bytes
+                )
+                out = rec.on_transaction(txn, p)
+            elif kind == "callbacks":
+                stats.partition_activity[p] = now_ms / 1000
+                cb = parse_callback(
+                    msg.value, msg.key, check_key=True, max_bytes=s.max_message_bytes
+                )
+                out = rec.on_callback(cb, p)
             elif kind == "links":
-                out = rec.on_link(ReversalLink.from_json(json.loads(msg.value)), p)
+                out = rec.on_link(ReversalLink.from_json(orjson.loads(msg.value)), p)
             else:
-                stats.partition_activity[p] = time.time()
-                if kind == "transactions":
-                    txn = parse_transaction(
-                        msg.value, msg.key, check_key=True, max_bytes=s.max_message_bytes
-                    )
-                    out = rec.on_transaction(txn, p)
-                else:
-                    cb = parse_callback(
-                        msg.value, msg.key, check_key=True, max_bytes=s.max_message_bytes
-                    )
-                    out = rec.on_callback(cb, p)
+                out = rec.on_tick(p, int(orjson.loads(msg.value)["advance_ms"]))
         except InvalidEvent as exc:
             dead_letter(msg, exc)
             return
         except Exception as exc:  # a bug must not stop the agent: park the message
             log.exception("reconcile failed on %s[%s]@%s", msg.topic, p, msg.offset)
-            for buffered in t.write_behind.values():  # a half-applied message leaves no state
-                buffered.pending.clear()
             dead_letter(msg, InvalidEvent("internal_error", f"{type(exc).__name__}: {exc}"))
             return
         if out.duplicate:
             stats.duplicates += 1
-        emit(out, p, int(msg.timestamp * 1000))
-        publish_snapshots(p)
-        for buffered in t.write_behind.values():  # outputs first, then the state's changelog
-            buffered.flush()
+        if out:
+            emit(out, p, int(msg.timestamp * 1000), now_ms)
 
-    def publish_snapshots(partition: int) -> None:
-        """The orders and balance shards this message changed, for the sinks."""
-        for state in t.write_behind["orders"].pending.values():
-            channel = state.channel_id or (state.evidence[0].channel_id if state.evidence else "")
-            v = view(state, rec.policies[channel])
-            metrics.order_changed(state, v, rec.policies[channel])
-            at = max([state.our_status_at_ms] + [e.occurred_at_ms for e in state.evidence])
-            send("order-states", state.txn_id, order_snapshot(state, v, at))
-        for key, bal in t.write_behind["balances"].pending.items():
-            send("balances", key, balance_snapshot(key, bal, partition))
+    async def reconcile_batch(kind: str, events: Sequence[Any]) -> None:
+        """Steps: process every message in order, snapshot what changed, commit."""
+        async with lock:
+            now_ms = int(time.time() * 1000)
+            for event in events:
+                handle(kind, event.message, now_ms)
+            snapshots()
+            await ck.commit()
+            record_latency()
+
+    def record_latency() -> None:
+        """Event-to-break latency: broker timestamp of the revealing message to the
+        break being acknowledged by the broker (the end of commit step 1)."""
+        if pending_latency:
+            done_ms = time.time() * 1000
+            room = _LATENCY_SAMPLES - len(stats.latencies_ms)
+            stats.latencies_ms.extend(done_ms - ms for ms in pending_latency[:room])
+            pending_latency.clear()
 
     def reconcile_agent(kind: str) -> Any:
-        async def reconcile(stream: faust.StreamT[bytes]) -> None:
-            async for event in stream.events():
-                handle(kind, event.message)
+        async def reconcile(stream: Any) -> None:  # a faust.Stream: take_events
+            async for events in stream.take_events(batch_max, batch_within):
+                await reconcile_batch(kind, events)
 
         reconcile.__name__ = reconcile.__qualname__ = f"reconcile_{kind}"
         return app.agent(topics[kind], name=f"tally.reconcile.{kind}")(reconcile)
 
-    reconcilers = {k: reconcile_agent(k) for k in ("transactions", "callbacks", "links", "ticks")}
+    reconcilers = {k: reconcile_agent(k) for k in _KINDS}
+
+    claims_ck = t.claims_checkpoint
+    claims_table = t.writers["channel-txn-claims"]
+
+    def claim(msg: Any, now_ms: int) -> None:
+        stats.seen(msg.topic, msg.partition, msg.offset)
+        claims_table.partition = msg.partition
+        try:
+            b = t.index.on_claim(SuccessClaim.from_json(orjson.loads(msg.value)))
+        except Exception as exc:
+            log.exception("claims failed on %s[%s]@%s", msg.topic, msg.partition, msg.offset)
+            error = InvalidEvent("internal_error", f"{type(exc).__name__}: {exc}")
+            dead_letter(msg, error, claims_ck)
+            return
+        if b is not None:
+            b.detected_at_ms = now_ms
+            output("breaks", partition_for(b.txn_id, n), b.txn_id, b.to_json(), claims_ck)
+            stats.breaks[b.kind] += 1
+            metrics.break_sent(b, now_ms, int(msg.timestamp * 1000))
 
     @app.agent(topics["success-claims"], name="tally.claims")
-    async def claims(stream: faust.StreamT[bytes]) -> None:
-        async for event in stream.events():
-            msg = event.message
-            stats.seen(msg.topic, msg.partition, msg.offset)
-            try:
-                b = t.index.on_claim(SuccessClaim.from_json(json.loads(msg.value)))
-            except Exception as exc:
-                log.exception("claims failed on %s[%s]@%s", msg.topic, msg.partition, msg.offset)
-                dead_letter(msg, InvalidEvent("internal_error", f"{type(exc).__name__}: {exc}"))
-                continue
-            if b is not None:
-                b.detected_at_ms = int(time.time() * 1000)
-                send("breaks", b.txn_id, b.to_json())
-                stats.breaks[b.kind] += 1
-                metrics.break_sent(b, b.detected_at_ms, int(msg.timestamp * 1000))
+    async def claims(stream: Any) -> None:
+        async for events in stream.take_events(batch_max, batch_within):
+            now_ms = int(time.time() * 1000)
+            for event in events:
+                claim(event.message, now_ms)
+            await claims_ck.commit()
 
     @app.timer(interval=s.idle_tick_seconds, name="tally.idle_ticks")
     async def idle_ticks() -> None:
@@ -237,7 +286,11 @@ def register_agents(t: Tally) -> None:
             ref = max(active, stats.partition_ticked.get(p, started))
             advance_ms = int((now - ref) * 1000)
             if advance_ms > 0:
-                send("ticks", None, {"advance_ms": advance_ms, "wall": now}, partition=p)
+                # a tick is an input of the reconcile agents, not a result: sent on its own
+                await topics["ticks"].send(
+                    value=dumps({"advance_ms": advance_ms, "wall": now}), partition=p
+                )
+                stats.produced[names["ticks"]] += 1
                 stats.partition_ticked[p] = now
 
     t.agents.update(

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, MutableMapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +34,7 @@ import faust
 from faust.types import TP
 
 from streams import codecs
+from streams.checkpoint import Checkpoint, TableWriter
 from tally.clearing import Balance
 from tally.config import Settings
 from tally.orders import OrderState
@@ -46,7 +47,8 @@ class WorkerStats:
     """In-process counters for summaries and `--until-idle`; Prometheus reads them too."""
 
     consumed: Counter[str] = field(default_factory=Counter)  # by topic
-    produced: Counter[str] = field(default_factory=Counter)  # by topic
+    produced: Counter[str] = field(default_factory=Counter)  # messages acknowledged, by topic
+    produced_bytes: Counter[str] = field(default_factory=Counter)  # their value bytes, by topic
     dead_letters: Counter[str] = field(default_factory=Counter)  # by reason code
     breaks: Counter[str] = field(default_factory=Counter)  # by kind
     duplicates: int = 0
@@ -64,49 +66,6 @@ class WorkerStats:
             self.last_activity = time.monotonic()
 
 
-class WriteBehind(MutableMapping[str, Any]):
-    """A table seen through a write buffer: the agents send a message's outputs first
-    and only then write the changed state to the table (its changelog). A worker
-    killed in between re-processes the message on restart and sends the same
-    outputs again (same ids) instead of having recorded state whose outputs were lost.
-    """
-
-    def __init__(self, table: Any) -> None:
-        self.table = table
-        self.pending: dict[str, Any] = {}
-
-    def __getitem__(self, key: str) -> Any:
-        if key in self.pending:
-            return self.pending[key]
-        return self.table[key]
-
-    def get(self, key: str, default: Any = None) -> Any:
-        if key in self.pending:
-            return self.pending[key]
-        return self.table.get(key, default)
-
-    def __setitem__(self, key: str, value: Any) -> None:
-        self.pending[key] = value
-
-    def __delitem__(self, key: str) -> None:
-        self.pending.pop(key, None)
-        del self.table[key]
-
-    def __iter__(self) -> Iterator[str]:
-        yield from self.pending
-        for k in self.table:
-            if k not in self.pending:
-                yield k
-
-    def __len__(self) -> int:
-        return len(set(self.table.keys()) | set(self.pending))
-
-    def flush(self) -> None:
-        for k, v in self.pending.items():
-            self.table[k] = v
-        self.pending.clear()
-
-
 @dataclass
 class Tally:
     """Everything `create_app` builds: the Faust app and handles on its parts."""
@@ -121,8 +80,10 @@ class Tally:
     reconciler: Reconciler
     index: ChannelTxnIndex
     stats: WorkerStats
+    writers: dict[str, TableWriter]  # the tables' stores, as the agents write them
+    checkpoint: Checkpoint  # the reconcile agents' batches
+    claims_checkpoint: Checkpoint  # the claims agent's batches
     agents: dict[str, Any] = field(default_factory=dict)
-    write_behind: dict[str, WriteBehind] = field(default_factory=dict)
     caught_up: Callable[[int, str], bool] = lambda _p, _s: True
     metrics: Any = None  # streams.metrics.WorkerMetrics
 
@@ -177,17 +138,17 @@ def create_app(settings: Settings | None = None) -> Tally:
         broker_heartbeat_interval=1,
         broker_commit_every=2000,
         broker_commit_interval=1.0,
-        stream_wait_empty=False,
+        stream_wait_empty=True,  # a rebalance waits for the batch being committed
         table_cleanup_interval=3600,
         producer_max_request_size=4 * 1024 * 1024,
+        producer_max_batch_size=1024 * 1024,  # a checkpoint sends a record batch per partition
         consumer_max_fetch_size=4 * 1024 * 1024,
         key_serializer="raw",
         value_serializer="raw",
     )
 
-    # Faust's producer buffer takes table changelogs and `send_soon` messages; its
-    # default of 100 pauses the streams (with a warning) several times per batch.
-    app.producer.buffer.max_messages = 5000
+    app.tally_fetch_max_wait_ms = settings.consumer_fetch_max_wait_ms  # type: ignore[attr-defined]
+    use_fetch_max_wait()
 
     def topic(name: str, internal: bool = False) -> faust.TopicT:
         return app.topic(
@@ -250,18 +211,31 @@ def create_app(settings: Settings | None = None) -> Tally:
         if hw is None:
             return False
         pos = stats.positions.get((topic, partition))
-        if pos is None:  # nothing read here since start: where Faust seeked to
-            read = getattr(app.consumer, "_read_offset", {}).get(TP(topic, partition))
-            pos = 0 if read is None else read + 1
+        if pos is None:
+            # nothing processed here since start: the group's committed offset (what
+            # Faust has read ahead into a batch not yet processed does not count)
+            committed = getattr(app.consumer, "_committed_offset", {}).get(TP(topic, partition))
+            pos = 0 if committed is None else committed
         return bool(pos >= hw)
 
-    order_writes = WriteBehind(orders)
-    watermark_writes = WriteBehind(tables["watermarks"])
-    balance_writes = WriteBehind(tables["balances"])
+    writers = {
+        name: TableWriter(table, codecs.encoder(codec))
+        for name, codec in (
+            ("orders", codecs.ORDER),
+            ("watermarks", "json"),
+            ("balances", codecs.BALANCE),
+            ("channel-txn-claims", codecs.CLAIM),
+        )
+        for table in [tables[name]]
+    }
+
+    def producer() -> Any:
+        return app.producer._ensure_producer()  # type: ignore[attr-defined]
+
     reconciler = Reconciler(
         settings.policies(),
-        order_writes,
-        watermark_writes,
+        writers["orders"],
+        writers["watermarks"],
         allowed_lateness_ms=int(settings.allowed_lateness_seconds * 1000),
         partition_of=lambda k: partition_for(k, n),
         caught_up=caught_up,
@@ -275,14 +249,19 @@ def create_app(settings: Settings | None = None) -> Tally:
         balances=tables["balances"],
         claims=tables["channel-txn-claims"],
         reconciler=reconciler,
-        index=ChannelTxnIndex(tables["channel-txn-claims"]),
+        index=ChannelTxnIndex(writers["channel-txn-claims"]),
         stats=stats,
         caught_up=caught_up,
-        write_behind={
-            "orders": order_writes,
-            "watermarks": watermark_writes,
-            "balances": balance_writes,
-        },
+        writers=writers,
+        checkpoint=Checkpoint(
+            producer,
+            [writers["orders"], writers["balances"], writers["watermarks"]],
+            stats.produced,
+            stats.produced_bytes,
+        ),
+        claims_checkpoint=Checkpoint(
+            producer, [writers["channel-txn-claims"]], stats.produced, stats.produced_bytes
+        ),
     )
 
     from streams.agents import register_agents
@@ -294,6 +273,32 @@ def create_app(settings: Settings | None = None) -> Tally:
     tally.metrics = WorkerMetrics.install(tally)  # also serves them on TALLY_METRICS_PORT
     register_agents(tally)
     return tally
+
+
+_FETCH_WAIT_INSTALLED = False
+
+
+def use_fetch_max_wait() -> None:
+    """Make Faust's consumer wait `TALLY_CONSUMER_FETCH_MAX_WAIT_MS` for data instead
+    of the 1,500 ms its aiokafka driver hard-codes: that wait is how long a quiet
+    partition's new message can sit on the broker before the worker sees it.
+    Idempotent; the value is read from each app (`app.tally_fetch_max_wait_ms`)."""
+    global _FETCH_WAIT_INSTALLED
+    if _FETCH_WAIT_INSTALLED:
+        return
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    create = AIOKafkaConsumerThread._create_worker_consumer
+
+    def _create_worker_consumer(self: Any, transport: Any) -> Any:
+        consumer = create(self, transport)
+        wait = getattr(self.app, "tally_fetch_max_wait_ms", None)
+        if wait is not None:
+            consumer._fetch_max_wait_ms = int(wait)  # read by AIOKafkaConsumer.start()
+        return consumer
+
+    AIOKafkaConsumerThread._create_worker_consumer = _create_worker_consumer  # type: ignore[method-assign]
+    _FETCH_WAIT_INSTALLED = True
 
 
 def account_balances(shards: Iterable[tuple[str, Balance]]) -> dict[str, Balance]:

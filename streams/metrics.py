@@ -254,12 +254,12 @@ class _StatsCollector(Collector):
         yield c
         p = CounterMetricFamily(
             "tally_events_produced",
-            "Messages sent by the worker, by topic (outputs and internal topics).",
+            "Messages sent by the worker and acknowledged by the broker, by topic (outputs, "
+            "internal topics and table changelogs).",
             labels=["topic"],
         )
-        names = {k: t.get_topic_name() for k, t in self.tally.topics.items()}
         for topic, n in sorted(dict(st.produced).items()):
-            p.add_metric([names.get(topic, topic)], n)
+            p.add_metric([topic], n)
         yield p
         d = CounterMetricFamily(
             "tally_duplicates",

@@ -38,7 +38,7 @@ class Settings(BaseSettings):
     partitions: int = Field(4, ge=1, description="partitions of every tally topic")
     processing_guarantee: str = Field(
         "at_least_once",
-        description="at_least_once, or exactly_once (needs Apache Kafka transactions)",
+        description="at_least_once: outputs, then state, then input offsets (docs/realtime.md)",
     )
 
     # ------------------------------------------------------------------ topics
@@ -73,6 +73,20 @@ class Settings(BaseSettings):
     )
     idle_tick_seconds: float = Field(
         2.0, gt=0, description="an idle partition's watermark follows the wall clock after this"
+    )
+    batch_max_events: int = Field(
+        2000, gt=0, description="a worker takes at most this many input messages per batch"
+    )
+    batch_max_ms: float = Field(
+        20.0,
+        gt=0,
+        description="... and waits at most this long (milliseconds) for a batch to fill",
+    )
+    consumer_fetch_max_wait_ms: int = Field(
+        100,
+        ge=0,
+        description="how long the broker may hold a fetch for data to arrive (Faust's own "
+        "default is 1500 ms: the floor of an idle worker's latency)",
     )
     max_message_bytes: int = Field(
         64 * 1024, gt=0, description="larger input messages go to the dead-letter topic"
@@ -133,8 +147,14 @@ class Settings(BaseSettings):
     @field_validator("processing_guarantee")
     @classmethod
     def _guarantee(cls, v: str) -> str:
-        if v not in ("at_least_once", "exactly_once"):
-            raise ValueError("TALLY_PROCESSING_GUARANTEE is at_least_once or exactly_once")
+        if v == "exactly_once":
+            raise ValueError(
+                "TALLY_PROCESSING_GUARANTEE=exactly_once is not supported: the workers commit "
+                "outputs, then state, then input offsets, with deterministic output ids that "
+                "the sink de-duplicates (docs/realtime.md); Faust transactions are not used"
+            )
+        if v != "at_least_once":
+            raise ValueError("TALLY_PROCESSING_GUARANTEE is at_least_once")
         return v
 
     # ---------------------------------------------------------------- helpers

@@ -1,8 +1,11 @@
 """The Faust agents in isolation, with Faust's own `agent.test_context()`: no broker,
-the tables in memory, messages put straight into each agent's stream."""
+the tables in memory, messages put straight into each agent's stream, and what the
+checkpoints produce kept by `MemoryProducer` (the record batches as a broker would
+get them: topic, partition, key, value)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -12,12 +15,59 @@ from streams.app import Tally, account_balances, create_app
 from tally.config import Settings
 
 
-@pytest.fixture()
-def tally() -> Tally:
-    t = create_app(Settings(_env_file=None, web_port=0))  # type: ignore[call-arg]
+class MemoryBatch(list[tuple[bytes | None, bytes | None]]):
+    def append(self, *, key: bytes | None, value: bytes | None, timestamp: Any) -> bool:  # type: ignore[override]
+        super().append((key, value))
+        return True
+
+
+class MemoryProducer:
+    """The part of aiokafka's producer a checkpoint uses, in memory: every record
+    batch is acknowledged at once and kept as (topic, partition, key, value)."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[str, int, bytes | None, bytes | None]] = []
+
+    def create_batch(self) -> MemoryBatch:
+        return MemoryBatch()
+
+    async def send_batch(self, batch: list[Any], topic: str, *, partition: int) -> Any:
+        self.records += [(topic, partition, k, v) for k, v in batch]
+        done = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+    def on(self, topic: str) -> list[Any]:
+        return [json.loads(v) for t, _p, _k, v in self.records if t == topic and v]
+
+
+def in_memory(settings: Settings) -> Tally:
+    t = create_app(settings)
     t.app.finalize()
     t.app.flow_control.resume()
+    producer = MemoryProducer()
+    t.checkpoint._producer = t.claims_checkpoint._producer = lambda: producer
+    t.extra = producer  # type: ignore[attr-defined]
     return t
+
+
+async def put(tally: Tally, agent: Any, value: bytes, key: bytes) -> None:
+    """Put a message into an agent's stream and wait until its batch is committed, as
+    a broker delivers a message after the ones produced before it."""
+    consumed = sum(tally.stats.consumed.values())
+    commits = tally.checkpoint.commits + tally.claims_checkpoint.commits
+    await agent.put(value, key=key)
+    async with asyncio.timeout(10):
+        while (
+            sum(tally.stats.consumed.values()) == consumed
+            or tally.checkpoint.commits + tally.claims_checkpoint.commits == commits
+        ):
+            await asyncio.sleep(0.005)
+
+
+@pytest.fixture()
+def tally() -> Tally:
+    return in_memory(Settings(_env_file=None, web_port=0))  # type: ignore[call-arg]
 
 
 def txn(eid: str, txn_id: str, status: str, at: str, **kw: Any) -> bytes:
@@ -57,9 +107,13 @@ async def test_transactions_and_callbacks_merge_into_one_order(tally: Tally) -> 
     txns = tally.agents["reconcile_transactions"]
     cbs = tally.agents["reconcile_callbacks"]
     async with txns.test_context() as t_agent, cbs.test_context() as c_agent:
-        await t_agent.put(txn("e1", "o1", "pending", "2026-11-24T10:00:00+08:00"), key=b"o1")
-        await c_agent.put(cb("e2", "o1", "success", "2026-11-24T10:00:02+08:00"), key=b"o1")
-        await t_agent.put(txn("e3", "o1", "success", "2026-11-24T10:00:02+08:00"), key=b"o1")
+        await put(
+            tally, t_agent, txn("e1", "o1", "pending", "2026-11-24T10:00:00+08:00"), key=b"o1"
+        )
+        await put(tally, c_agent, cb("e2", "o1", "success", "2026-11-24T10:00:02+08:00"), key=b"o1")
+        await put(
+            tally, t_agent, txn("e3", "o1", "success", "2026-11-24T10:00:02+08:00"), key=b"o1"
+        )
     state = tally.orders["o1"]
     assert state.our_status == "success"
     assert [e.status for e in state.evidence] == ["success"]
@@ -72,10 +126,12 @@ async def test_amount_mismatch_raised_once_and_redelivery_ignored(tally: Tally) 
     txns = tally.agents["reconcile_transactions"]
     cbs = tally.agents["reconcile_callbacks"]
     async with txns.test_context() as t_agent, cbs.test_context() as c_agent:
-        await t_agent.put(txn("e1", "o2", "pending", "2026-11-24T10:00:00+08:00"), key=b"o2")
+        await put(
+            tally, t_agent, txn("e1", "o2", "pending", "2026-11-24T10:00:00+08:00"), key=b"o2"
+        )
         bad = cb("e2", "o2", "success", "2026-11-24T10:00:02+08:00", amount="99.00")
-        await c_agent.put(bad, key=b"o2")
-        await c_agent.put(bad, key=b"o2")  # the same event delivered twice
+        await put(tally, c_agent, bad, key=b"o2")
+        await put(tally, c_agent, bad, key=b"o2")  # the same event delivered twice
     assert tally.stats.breaks == {"amount_mismatch": 1}
     assert tally.stats.duplicates == 1
     assert len(tally.orders["o2"].evidence) == 1
@@ -84,9 +140,11 @@ async def test_amount_mismatch_raised_once_and_redelivery_ignored(tally: Tally) 
 async def test_malformed_message_is_dead_lettered_and_agent_keeps_going(tally: Tally) -> None:
     cbs = tally.agents["reconcile_callbacks"]
     async with cbs.test_context() as agent:
-        await agent.put(b"{not json", key=b"x")
-        await agent.put(cb("e1", "o3", "success", "2026-11-24T10:00:00+08:00"), key=b"WRONG")
-        await agent.put(cb("e2", "o3", "success", "2026-11-24T10:00:00+08:00"), key=b"o3")
+        await put(tally, agent, b"{not json", key=b"x")
+        await put(
+            tally, agent, cb("e1", "o3", "success", "2026-11-24T10:00:00+08:00"), key=b"WRONG"
+        )
+        await put(tally, agent, cb("e2", "o3", "success", "2026-11-24T10:00:00+08:00"), key=b"o3")
     assert tally.stats.dead_letters == {"bad_json": 1, "key_mismatch": 1}
     assert "o3" in tally.orders  # the good message after the bad ones was processed
 
@@ -95,9 +153,11 @@ async def test_postings_update_the_partition_balance_shards(tally: Tally) -> Non
     txns = tally.agents["reconcile_transactions"]
     cbs = tally.agents["reconcile_callbacks"]
     async with txns.test_context() as t_agent, cbs.test_context() as c_agent:
-        await t_agent.put(txn("e1", "o4", "success", "2026-11-24T10:00:00+08:00"), key=b"o4")
-        await c_agent.put(cb("e2", "o4", "success", "2026-11-24T10:00:01+08:00"), key=b"o4")
-        await c_agent.put(cb("e2", "o4", "success", "2026-11-24T10:00:01+08:00"), key=b"o4")
+        await put(
+            tally, t_agent, txn("e1", "o4", "success", "2026-11-24T10:00:00+08:00"), key=b"o4"
+        )
+        await put(tally, c_agent, cb("e2", "o4", "success", "2026-11-24T10:00:01+08:00"), key=b"o4")
+        await put(tally, c_agent, cb("e2", "o4", "success", "2026-11-24T10:00:01+08:00"), key=b"o4")
     merchant = account_balances(tally.balances.items())["merchant:m1|CNY"]
     assert merchant.amounts == {
         "confirmed|gross": -10000,
@@ -125,10 +185,10 @@ async def test_claims_agent_flags_one_channel_txn_on_two_orders(tally: Tally) ->
         ).encode()
 
     async with claims.test_context() as agent:
-        await agent.put(claim("a"), key=b"wechat/W1")
-        await agent.put(claim("a"), key=b"wechat/W1")  # same order again: fine
+        await put(tally, agent, claim("a"), key=b"wechat/W1")
+        await put(tally, agent, claim("a"), key=b"wechat/W1")  # same order again: fine
         assert not tally.stats.breaks
-        await agent.put(claim("b"), key=b"wechat/W1")
+        await put(tally, agent, claim("b"), key=b"wechat/W1")
     assert tally.stats.breaks == {"duplicate_success": 1}
 
 
@@ -141,14 +201,14 @@ async def test_a_balance_that_missed_its_orders_posting_is_corrected_after_recov
     from tally.clearing import Balance, balances_from_positions
 
     # one partition: test_context puts every message on partition 0, whatever its key
-    tally = create_app(Settings(_env_file=None, web_port=0, partitions=1))  # type: ignore[call-arg]
-    tally.app.finalize()
-    tally.app.flow_control.resume()
+    tally = in_memory(Settings(_env_file=None, web_port=0, partitions=1))  # type: ignore[call-arg]
     txns = tally.agents["reconcile_transactions"]
     cbs = tally.agents["reconcile_callbacks"]
     async with txns.test_context() as t_agent, cbs.test_context() as c_agent:
-        await t_agent.put(txn("e1", "o1", "pending", "2026-11-24T10:00:00+08:00"), key=b"o1")
-        await c_agent.put(cb("e2", "o1", "success", "2026-11-24T10:00:02+08:00"), key=b"o1")
+        await put(
+            tally, t_agent, txn("e1", "o1", "pending", "2026-11-24T10:00:00+08:00"), key=b"o1"
+        )
+        await put(tally, c_agent, cb("e2", "o1", "success", "2026-11-24T10:00:02+08:00"), key=b"o1")
         right = {k: b.figures() for k, b in tally.balances.items()}
         assert right and tally.stats.balances_healed == 0
         # the crash, as the recovered store holds it: every shard lost the last posting
@@ -159,7 +219,7 @@ async def test_a_balance_that_missed_its_orders_posting_is_corrected_after_recov
         store["merchant:m9|CNY|0"] = Balance("merchant:m9", "CNY", {"confirmed|gross": 5}, 7)
         await tally.app.on_partitions_assigned.send(set())  # recovery done, say
         # the replayed message: a duplicate for the order, it posts nothing itself
-        await c_agent.put(cb("e2", "o1", "success", "2026-11-24T10:00:02+08:00"), key=b"o1")
+        await put(tally, c_agent, cb("e2", "o1", "success", "2026-11-24T10:00:02+08:00"), key=b"o1")
     assert tally.stats.duplicates == 1
     assert {k: b.figures() for k, b in tally.balances.items() if b.figures()} == right
     assert tally.stats.balances_healed == len(right) + 1

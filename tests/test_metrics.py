@@ -127,7 +127,7 @@ async def test_worker_metrics_agree_with_the_run(broker: EmbeddedBroker) -> None
     assert consumed[s.topic_transactions] == st.consumed[s.topic_transactions]
     assert consumed[s.topic_callbacks] == st.consumed[s.topic_callbacks]
     produced = {dict(k)["topic"]: v for k, v in values("tally_events_produced").items()}
-    assert produced[s.topic_breaks] == st.produced["breaks"] > 0
+    assert produced[s.topic_breaks] == st.produced[s.topic_breaks] > 0
     by_kind: dict[str, float] = {}
     for k, v in values("tally_breaks").items():
         by_kind[dict(k)["kind"]] = by_kind.get(dict(k)["kind"], 0) + v

@@ -41,7 +41,8 @@ async def test_same_1000_events_twice_change_nothing(broker) -> None:
     # snapshot or dead letter
     first, second = twice.extra["produced_after_batch"]
     assert first == second
-    assert len(twice.queries) == len(once.queries)
+    # (how many status queries a pending order got before its answer arrived follows
+    # how the two input topics were interleaved, docs/realtime.md: not compared)
     assert twice.tally.stats.duplicates >= len(events)
     assert not once.dead_letters and not twice.dead_letters
 

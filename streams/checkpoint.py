@@ -1,0 +1,261 @@
+"""One batch of input messages, and the order in which its results become durable.
+
+The reconcile and claims agents take their input in batches (`take_events`, bounded
+by `TALLY_BATCH_MAX_EVENTS` and `TALLY_BATCH_MAX_MS`). While a batch is processed,
+nothing leaves the process: its outputs are collected in an `Outbox` and the table
+keys it changes are remembered by `TableWriter`s. Then `Checkpoint.commit` makes the
+batch durable, in this order and nowhere else:
+
+  1. **Outputs.** Every output message of the batch (breaks, postings, status
+     queries, dead letters, reversal links, success claims, one order-state
+     snapshot per changed order, one balance snapshot per changed shard) is
+     produced in bulk, one record batch per topic-partition, and the broker has
+     acknowledged all of them.
+  2. **State.** One changelog record per changed table key (its value at the end of
+     the batch) is produced to the key's partition of the table's changelog topic,
+     and the broker has acknowledged all of them.
+  3. **Input offsets.** Only then does the agent hand the batch back to Faust's
+     `take_events`, which acknowledges the batch's events; Faust's commit loop
+     commits acknowledged offsets only.
+
+A worker killed at any moment (`kill -9`) therefore comes back with input offsets
+no further than its durable state, and durable state no further than its outputs:
+
+- killed before 1 completes: nothing of the batch is durable, or some outputs are;
+  the batch is re-read against the old state and sends the same outputs again
+  (every output has a deterministic id; the ClickHouse sink keeps one row per id);
+- killed between 1 and 2, or during 2: the outputs are durable, the state is old or
+  partly new (each key's record is whole); re-processing the batch sends the same
+  outputs again for the keys whose state is old and none for the keys whose state
+  is new (the events are duplicates there, and their outputs were sent in 1). A
+  balance shard written while its orders were not (or the reverse) is corrected
+  from the orders' positions after the partition is assigned again
+  (`streams.agents`, `heal_balances`);
+- killed during 3: the offsets not yet committed are re-read; their events are
+  duplicates for the state, which already holds them.
+
+A commit that has begun is finished even if the agent is cancelled (shutdown,
+rebalance): cancelling between 2 and 3 would let Faust acknowledge events whose
+state never reached the changelog. A produce that fails is retried until it is
+acknowledged; no input is acknowledged meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import Callable, Iterator, MutableMapping
+from typing import Any
+
+import orjson
+
+log = logging.getLogger(__name__)
+
+Record = tuple[bytes | None, bytes | None]  # key, value (None: a table tombstone)
+_RETRY_FIRST_SECONDS = 0.2
+_RETRY_MAX_SECONDS = 5.0
+
+
+class Outbox:
+    """The output messages of one batch, grouped by topic and partition in the order
+    they were made (per-partition order is what Kafka keeps)."""
+
+    def __init__(self) -> None:
+        self.records: dict[tuple[str, int], list[Record]] = {}
+        self.messages = 0
+        self.bytes = 0
+
+    def add(self, topic: str, partition: int, key: bytes | None, value: bytes) -> None:
+        tp = (topic, partition)
+        records = self.records.get(tp)
+        if records is None:
+            records = self.records[tp] = []
+        records.append((key, value))
+
+    def clear(self) -> None:
+        self.records.clear()
+
+    def __len__(self) -> int:
+        return sum(len(r) for r in self.records.values())
+
+
+class TableWriter(MutableMapping[Any, Any]):
+    """A Faust table's in-memory store, written by one batch at a time.
+
+    Reads and writes go straight to the store (a dict); each write remembers the key
+    and the input partition it belongs to (`partition`, set by the agent for every
+    message), so that `Checkpoint.commit` writes one changelog record per changed
+    key, to the partition the table's key lives in, once per batch. Faust's own
+    `table[key] = value` would send one changelog record per write, through a
+    per-message future, to the partition of whatever event is current — wrong for a
+    batch that spans partitions.
+    """
+
+    def __init__(self, table: Any, encode: Callable[[Any], bytes]) -> None:
+        self.table = table
+        self.encode = encode
+        self.partition = 0
+        self.dirty: dict[Any, int] = {}
+        self._store: Any = None
+        self._data: dict[Any, Any] | None = None
+        self._key_partition: dict[Any, int] | None = None
+
+    @property
+    def data(self) -> dict[Any, Any]:
+        if self._data is None or self._store is not self.table.data:
+            self._store = self.table.data  # created by Faust when the table starts
+            self._data = self._store.data  # the memory store's dict
+            self._key_partition = getattr(self._store, "_key_partition", None)
+        assert self._data is not None
+        return self._data
+
+    @property
+    def changelog_topic(self) -> str:
+        name: str = self.table.changelog_topic.get_topic_name()
+        return name
+
+    def __getitem__(self, key: Any) -> Any:
+        return self.data[key]
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        return self.data.get(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.data
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.data[key] = value
+        self.dirty[key] = self.partition
+
+    def __delitem__(self, key: Any) -> None:
+        del self.data[key]
+        self.dirty[key] = self.partition
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.data)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def changelog(self, outbox: Outbox) -> None:
+        """The batch's changed keys as changelog records (their value now), in
+        `outbox`; the keys are then clean. Faust's recovery reads them back with the
+        table's serializers: JSON keys, the table's value codec."""
+        topic = self.changelog_topic
+        data = self.data
+        key_partition = self._key_partition
+        for key, partition in self.dirty.items():
+            value = data.get(key)
+            outbox.add(
+                topic,
+                partition,
+                orjson.dumps(key),
+                None if value is None else self.encode(value),  # type: ignore[arg-type]
+            )
+            if key_partition is not None:  # Faust drops a revoked partition's keys by it
+                key_partition[key] = partition
+        self.dirty.clear()
+
+
+class Checkpoint:
+    """Makes one batch durable: `commit` is the only place results leave a worker."""
+
+    def __init__(
+        self,
+        producer: Callable[[], Any],
+        tables: list[TableWriter],
+        produced: Counter[str],
+        produced_bytes: Counter[str],
+    ) -> None:
+        self._producer = producer  # the worker's aiokafka producer, once Faust started it
+        self.tables = tables
+        self.outbox = Outbox()
+        self.produced = produced
+        self.produced_bytes = produced_bytes
+        self.commits = 0
+
+    async def commit(self) -> None:
+        """Steps 1 and 2 of the module docstring; step 3 is the caller returning the
+        batch to `take_events`. Finished even if the caller is cancelled meanwhile."""
+        outputs, self.outbox = self.outbox, Outbox()
+        state = Outbox()
+        for table in self.tables:
+            table.changelog(state)
+        task = asyncio.ensure_future(self._commit(outputs, state))
+        while True:
+            try:
+                await asyncio.shield(task)
+                return
+            except asyncio.CancelledError:
+                if task.done():
+                    raise
+                await asyncio.wait([task])  # finish it, then let the cancellation through
+                task.result()
+                raise
+
+    async def _commit(self, outputs: Outbox, state: Outbox) -> None:
+        await self.produce(outputs)  # 1. outputs, acknowledged by the broker
+        await self.produce(state)  # 2. state changelog, acknowledged by the broker
+        self.commits += 1
+
+    async def produce(self, outbox: Outbox) -> None:
+        """Every record of `outbox`, acknowledged; retried until it is."""
+        pending = outbox.records
+        delay = _RETRY_FIRST_SECONDS
+        while pending:
+            failed = await self._send(pending)
+            if not failed:
+                return
+            log.warning(
+                "producing to %d topic-partitions failed (%s); retrying in %.1fs",
+                len(failed),
+                "; ".join(sorted({repr(e) for e in failed.values()}))[:500],
+                delay,
+            )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _RETRY_MAX_SECONDS)
+            pending = {tp: pending[tp] for tp in failed}
+
+    async def _send(
+        self, records: dict[tuple[str, int], list[Record]]
+    ) -> dict[tuple[str, int], BaseException]:
+        producer = self._producer()
+        sent: list[tuple[tuple[str, int], int, int, asyncio.Future[Any]]] = []
+        failed: dict[tuple[str, int], BaseException] = {}
+        for tp, recs in records.items():
+            topic, partition = tp
+            try:
+                batch = producer.create_batch()
+                n = size = 0
+                for key, value in recs:
+                    if batch.append(key=key, value=value, timestamp=None) is None:
+                        fut = await producer.send_batch(batch, topic, partition=partition)
+                        sent.append((tp, n, size, fut))
+                        batch = producer.create_batch()
+                        n = size = 0
+                        if batch.append(key=key, value=value, timestamp=None) is None:
+                            raise ValueError(
+                                f"a message of {len(value or b'')} bytes does not fit a "
+                                f"record batch for {topic}"
+                            )
+                    n += 1
+                    size += len(value) if value is not None else 0
+                sent.append(
+                    (tp, n, size, await producer.send_batch(batch, topic, partition=partition))
+                )
+            except Exception as exc:
+                failed[tp] = exc
+        results = await asyncio.gather(*(f for *_, f in sent), return_exceptions=True)
+        for (tp, n, size, _), result in zip(sent, results, strict=True):
+            if isinstance(result, BaseException):
+                failed[tp] = result
+            else:
+                self.produced[tp[0]] += n
+                self.produced_bytes[tp[0]] += size
+        return failed
+
+
+def dumps(value: Any) -> bytes:
+    """Output messages are JSON: compact, UTF-8, keys in the order the dicts give."""
+    return orjson.dumps(value)
