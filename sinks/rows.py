@@ -15,9 +15,11 @@ from datetime import date
 from decimal import Decimal
 from typing import Any
 
+from tally.breaks import evidence_trail
 from tally.clearing import BUCKETS, COMPONENTS
 from tally.events import parse_timestamp
 from tally.money import to_decimal
+from tally.orders import OrderState
 
 Row = tuple[Any, ...]
 
@@ -61,6 +63,18 @@ class Table:
     rows: Callable[[Any, Any, int], list[Row]]  # (key, value, partition) -> rows
 
 
+def _order_evidence(d: dict[str, Any]) -> list[dict[str, Any]]:
+    """The `evidence` column: the order's evidence trail (`tally.breaks.evidence_trail`).
+    A snapshot carries it only inside `state` (the full `OrderState`); one published
+    before that carries it as `evidence` too, stored as it is."""
+    if "evidence" in d:
+        return d["evidence"] or []
+    try:
+        return evidence_trail(OrderState.from_json(d["state"]))
+    except (AssertionError, AttributeError) as exc:  # the others: rows_for
+        raise BadMessage(f"order_states: state: {type(exc).__name__}: {exc}") from None
+
+
 def _order_state(_key: Any, d: dict[str, Any], partition: int) -> list[Row]:
     breaks = list(d.get("breaks") or [])
     return [
@@ -89,7 +103,7 @@ def _order_state(_key: Any, d: dict[str, Any], partition: int) -> list[Row]:
             _ms(d["updated_at"]),
             int(d.get("queries_sent") or 0),
             breaks,
-            _json(d.get("evidence") or []),
+            _json(_order_evidence(d)),
             _json(d["state"]),
             partition,
         )

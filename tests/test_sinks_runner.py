@@ -4,7 +4,9 @@ every topic is replayed into ClickHouse a second time."""
 
 from __future__ import annotations
 
+import json
 import logging
+from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
@@ -14,7 +16,11 @@ from streams.app import account_balances, create_app
 from streams.offsets import log_ends
 from streams.produce import produce
 from streams.worker import WorkerRunner
+from tally.breaks import evidence_trail
+from tally.orders import Evidence, OrderState, view
 from tally.pipeline import Envelope
+from tally.policy import Policies
+from tally.snapshots import order_snapshot
 from tests.clickhouse import (
     _summary,
     assert_same_results,
@@ -44,6 +50,8 @@ async def test_every_result_is_stored_exactly_once(
     try:
         # something no tally worker writes: the sink logs it, skips it, goes on
         await produce(s.bootstrap_servers(), [Envelope(s.topic_breaks, "x", "{not json")])
+        # an order state as published before it left the trail to the sink: stored as is
+        await produce(s.bootstrap_servers(), [Envelope(s.topic_order_states, "lg-1", LEGACY)])
         await produce(s.bootstrap_servers(), retarget(scenario(), s))
         await worker.wait_idle(2.0)
         with caplog.at_level(logging.ERROR, logger="tally.sinks"):
@@ -69,6 +77,16 @@ async def test_every_result_is_stored_exactly_once(
         # watermarks and channel transaction claims are kept for restoring a worker
         assert db.query("SELECT count() AS n FROM {db}.watermarks FINAL")[0]["n"] == 4
         assert db.query("SELECT count() AS n FROM {db}.channel_txn_claims FINAL")[0]["n"] >= 8
+        # each order's evidence trail, derived from its state by the sink (carried by
+        # the old-style message)
+        trails = {
+            r["txn_id"]: (json.loads(r["evidence"]), json.loads(r["state"]))
+            for r in db.query("SELECT txn_id, evidence, state FROM {db}.order_states FINAL")
+        }
+        assert trails.pop("lg-1")[0] == LEGACY["evidence"]
+        assert len(trails) >= 8 and any(len(e) >= 3 for e, _ in trails.values())
+        for evidence, state in trails.values():
+            assert evidence == evidence_trail(OrderState.from_json(state))
 
         # every offset the sink committed is a topic's true end: nothing left behind
         ends = await log_ends(s.bootstrap_servers(), list(sink_tables(s)))
@@ -133,3 +151,17 @@ def _dead_letter(i: int) -> dict[str, object]:
         "field": "event_id",
         "dead_at": "2026-11-24T16:00:00.000Z",
     }
+
+
+def _legacy_order_state() -> dict[str, Any]:
+    at = 1796227402513
+    st = OrderState(
+        "lg-1",
+        evidence=[Evidence("lg-1.n", "notify", "success", 100, "CNY", 1, "wechat", "wx-lg", at, 0)],
+        seen={"lg-1.n"},
+    )
+    trail = [{"source": "notify", "status": "success", "at": "2026-12-02T16:03:22.513Z"}]
+    return {**order_snapshot(st, view(st, Policies()["wechat"]), at), "evidence": trail}
+
+
+LEGACY = _legacy_order_state()
