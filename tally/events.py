@@ -17,11 +17,14 @@ import base64
 import hashlib
 import json
 import re
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from tally.money import MoneyError, format_minor, is_currency, to_minor
+import msgspec
+
+from tally.money import EXPONENTS, MoneyError, format_minor, is_currency, to_minor
 
 TXN_TYPES = ("payment", "refund", "reversal")
 TXN_STATUSES = ("pending", "success", "failed", "closed")
@@ -140,9 +143,33 @@ def to_epoch_ms(dt: datetime) -> int:
     return (dt - _EPOCH) // timedelta(milliseconds=1)
 
 
+def _iso_ms_slow(ms: int) -> str:
+    return from_epoch_ms(ms).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+# iso_ms formats the time of day with integer arithmetic and keeps the date part per
+# day. Up to 2**33 seconds (year 2242) `ms / 1000` as a float is within half a
+# microsecond of the instant, so the strftime form above has exactly these digits;
+# outside that range (and for anything that is not an int) it is used as is.
+_ISO_FAST_LIMIT_MS = 2**33 * 1000
+_DAY_MS = 86_400_000
+_iso_days: dict[int, str] = {}
+
+
 def iso_ms(ms: int) -> str:
     """RFC 3339 in UTC with millisecond precision: 2026-11-25T04:45:26.123Z."""
-    return from_epoch_ms(ms).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    if type(ms) is not int or not 0 <= ms < _ISO_FAST_LIMIT_MS:
+        return _iso_ms_slow(ms)
+    day, rem = divmod(ms, _DAY_MS)
+    prefix = _iso_days.get(day)
+    if prefix is None:
+        if len(_iso_days) >= 4096:
+            _iso_days.clear()
+        prefix = _iso_days[day] = _iso_ms_slow(day * _DAY_MS)[:11]
+    h, rem = divmod(rem, 3_600_000)
+    m, rem = divmod(rem, 60_000)
+    sec, milli = divmod(rem, 1000)
+    return f"{prefix}{h:02d}:{m:02d}:{sec:02d}.{milli:03d}Z"
 
 
 # RFC 3339 `date-time` (section 5.6), the form the JSON Schema `date-time` format
@@ -155,6 +182,77 @@ _RFC3339_RE = re.compile(
 
 
 def parse_timestamp(value: object, field: str) -> int:
+    if type(value) is str:
+        ms = _fast_timestamp(value)
+        if ms is not None:
+            return ms
+    return _parse_timestamp(value, field)
+
+
+# The usual form, `YYYY-MM-DDTHH:MM:SS[.fff...]Z`, is read with the epoch ms of its
+# hour and of its minute remembered: an hour prefix is checked (and converted) once by
+# the full parser below, the minutes, seconds and fraction are added here. Anything
+# else, and anything this does not accept, goes through `_parse_timestamp`, which also
+# says what is wrong.
+_hours: dict[str, int] = {}  # "YYYY-MM-DDTHH" -> epoch ms
+_minutes: dict[str, int] = {}  # "YYYY-MM-DDTHH:MM:" -> epoch ms
+_SECONDS = {f"{s:02d}": s * 1000 for s in range(60)}
+_MILLIS_Z = {f".{ms:03d}Z": ms for ms in range(1000)} | {"Z": 0}
+
+
+def _fast_timestamp(value: str) -> int | None:
+    base = _minutes.get(value[:17])
+    if base is not None:
+        sec = _SECONDS.get(value[17:19])
+        if sec is not None:
+            milli = _MILLIS_Z.get(value[19:])
+            if milli is not None:
+                return base + sec + milli
+    return _timestamp_z(value)
+
+
+def _timestamp_z(value: str) -> int | None:
+    n = len(value)
+    if (
+        n > 40
+        or n < 20
+        or value[-1] != "Z"
+        or value[13] != ":"
+        or value[16] != ":"
+        or not value.isascii()
+    ):
+        return None
+    mm, ss = value[14:16], value[17:19]
+    if not (mm.isdigit() and ss.isdigit()):
+        return None
+    if n == 20:
+        milli = 0
+    else:
+        frac = value[20:-1]
+        if value[19] != "." or not frac.isdigit():
+            return None
+        milli = int((frac + "00")[:3])
+    m, s = int(mm), int(ss)
+    if m > 59 or s > 59:
+        return None
+    prefix = value[:13]
+    base = _hours.get(prefix)
+    if base is None:
+        try:
+            base = _parse_timestamp(prefix + ":00:00Z", "")
+        except InvalidEvent:
+            return None
+        if len(_hours) >= 4096:
+            _hours.clear()
+        _hours[prefix] = base
+    base += m * 60_000
+    if len(_minutes) >= 65536:
+        _minutes.clear()
+    _minutes[value[:17]] = base
+    return base + s * 1000 + milli
+
+
+def _parse_timestamp(value: object, field: str) -> int:
     if not isinstance(value, str):
         raise InvalidEvent("wrong_type", "must be an RFC 3339 string", field)
     if len(value) > 40 or not _RFC3339_RE.fullmatch(value.upper()):
@@ -276,6 +374,16 @@ def parse_transaction(
     check_key: bool = False,
     max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> Transaction:
+    if not isinstance(raw, dict) and len(raw) <= max_bytes:
+        txn = _fast_transaction(raw, key, check_key)
+        if txn is not None:
+            return txn
+    return _parse_transaction(raw, key, check_key, max_bytes)
+
+
+def _parse_transaction(
+    raw: bytes | str | dict[str, Any], key: bytes | str | None, check_key: bool, max_bytes: int
+) -> Transaction:
     d, event_id, txn_id = _envelope(raw, key, check_key, max_bytes)
     txn_type = _enum(d, "type", TXN_TYPES)
     merchant_id = _ident(d, "merchant_id")
@@ -318,6 +426,16 @@ def parse_callback(
     check_key: bool = False,
     max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> Callback:
+    if not isinstance(raw, dict) and len(raw) <= max_bytes:
+        cb = _fast_callback(raw, key, check_key)
+        if cb is not None:
+            return cb
+    return _parse_callback(raw, key, check_key, max_bytes)
+
+
+def _parse_callback(
+    raw: bytes | str | dict[str, Any], key: bytes | str | None, check_key: bool, max_bytes: int
+) -> Callback:
     d, event_id, txn_id = _envelope(raw, key, check_key, max_bytes)
     channel_id = _ident(d, "channel_id")
     channel_txn_id = _ident(d, "channel_txn_id")
@@ -338,6 +456,248 @@ def parse_callback(
         currency=currency,
         fee=fee,
         occurred_at_ms=occurred,
+    )
+
+
+# ---------------------------------------------------------------------- fast path
+#
+# Well-formed messages, nearly all of them, are decoded by msgspec straight into
+# typed structs and checked with the same rules as above. Whatever msgspec or these
+# checks do not accept (bad JSON, a wrong type, a missing field, any rule broken,
+# UTF-16 input, NaN ...) is parsed again by the validators above, which decide and
+# say what is wrong: the fast path only ever accepts what they accept, with the
+# same values.
+
+
+class _TxnWire(msgspec.Struct, gc=False):
+    event_id: str
+    txn_id: str
+    type: str
+    merchant_id: str
+    channel_id: str
+    amount: str
+    currency: str
+    status: str
+    occurred_at: str
+    original_txn_id: str | None = None
+    coupon_amount: str | None = None
+    terminal_id: str | None = None
+
+
+class _CallbackWire(msgspec.Struct, gc=False):
+    event_id: str
+    txn_id: str
+    channel_id: str
+    channel_txn_id: str
+    source: str
+    status: str
+    amount: str
+    currency: str
+    occurred_at: str
+    fee: str | None = None
+
+
+def _transaction_maker() -> Callable[..., Transaction]:
+    """`Transaction(...)` with every field given in order, built without the frozen
+    dataclass __init__ (one `object.__setattr__` call per field): each slot is set
+    through its descriptor. Same object, about half the cost."""
+    new = object.__new__
+    cls = Transaction
+    (s0, s1, s2, s3, s4, s5, s6, s7, s8, s9, s10, s11) = (
+        cls.__dict__[f.name].__set__ for f in fields(cls)
+    )
+
+    def make(
+        event_id: str,
+        txn_id: str,
+        type: str,
+        merchant_id: str,
+        channel_id: str,
+        amount: int,
+        currency: str,
+        status: str,
+        original_txn_id: str | None,
+        occurred_at_ms: int,
+        coupon_amount: int,
+        terminal_id: str | None,
+    ) -> Transaction:
+        o = new(cls)
+        s0(o, event_id)
+        s1(o, txn_id)
+        s2(o, type)
+        s3(o, merchant_id)
+        s4(o, channel_id)
+        s5(o, amount)
+        s6(o, currency)
+        s7(o, status)
+        s8(o, original_txn_id)
+        s9(o, occurred_at_ms)
+        s10(o, coupon_amount)
+        s11(o, terminal_id)
+        return o
+
+    return make
+
+
+def _callback_maker() -> Callable[..., Callback]:
+    """`Callback(...)` with every field given in order; see `_transaction_maker`."""
+    new = object.__new__
+    cls = Callback
+    (s0, s1, s2, s3, s4, s5, s6, s7, s8, s9) = (cls.__dict__[f.name].__set__ for f in fields(cls))
+
+    def make(
+        event_id: str,
+        txn_id: str,
+        channel_id: str,
+        channel_txn_id: str,
+        source: str,
+        status: str,
+        amount: int,
+        currency: str,
+        fee: int | None,
+        occurred_at_ms: int,
+    ) -> Callback:
+        o = new(cls)
+        s0(o, event_id)
+        s1(o, txn_id)
+        s2(o, channel_id)
+        s3(o, channel_txn_id)
+        s4(o, source)
+        s5(o, status)
+        s6(o, amount)
+        s7(o, currency)
+        s8(o, fee)
+        s9(o, occurred_at_ms)
+        return o
+
+    return make
+
+
+_make_transaction = _transaction_maker()
+_make_callback = _callback_maker()
+_txn_decoder = msgspec.json.Decoder(_TxnWire)
+_callback_decoder = msgspec.json.Decoder(_CallbackWire)
+_ident_ok = _ID_RE.fullmatch
+_amounts: dict[tuple[str, str], int] = {}  # (amount, currency) -> minor units
+
+
+def _fast_amount(value: str, currency: str) -> int | None:
+    k = (value, currency)
+    minor = _amounts.get(k)
+    if minor is None:
+        if currency not in EXPONENTS:
+            return None
+        try:
+            minor = to_minor(value, currency)
+        except MoneyError:
+            return None
+        if len(_amounts) >= 65536:
+            _amounts.clear()
+        _amounts[k] = minor
+    return minor
+
+
+def _key_ok(key: bytes | str | None, txn_id: str) -> bool:
+    if isinstance(key, bytes):
+        return key == txn_id.encode()
+    return key == txn_id
+
+
+def _fast_transaction(
+    raw: bytes | str, key: bytes | str | None, check_key: bool
+) -> Transaction | None:
+    try:
+        w = _txn_decoder.decode(raw)
+    except (msgspec.DecodeError, TypeError):
+        return None
+    txn_id = w.txn_id
+    if (
+        not _ident_ok(w.event_id)
+        or not _ident_ok(txn_id)
+        or (check_key and not _key_ok(key, txn_id))
+        or w.type not in TXN_TYPES
+        or not _ident_ok(w.merchant_id)
+        or not _ident_ok(w.channel_id)
+        or w.status not in TXN_STATUSES
+    ):
+        return None
+    currency = w.currency
+    amount = _fast_amount(w.amount, currency)
+    if amount is None:
+        return None
+    original = w.original_txn_id
+    if original is None:
+        if w.type != "payment":
+            return None
+    elif not _ident_ok(original) or original == txn_id:
+        return None
+    occurred = _fast_timestamp(w.occurred_at)
+    if occurred is None:
+        return None
+    coupon = 0
+    if w.coupon_amount is not None:
+        c = _fast_amount(w.coupon_amount, currency)
+        if c is None or c > amount or (c and w.type != "payment"):
+            return None
+        coupon = c
+    terminal = w.terminal_id
+    if terminal is not None and not _ident_ok(terminal):
+        return None
+    return _make_transaction(
+        w.event_id,
+        txn_id,
+        w.type,
+        w.merchant_id,
+        w.channel_id,
+        amount,
+        currency,
+        w.status,
+        original,
+        occurred,
+        coupon,
+        terminal,
+    )
+
+
+def _fast_callback(raw: bytes | str, key: bytes | str | None, check_key: bool) -> Callback | None:
+    try:
+        w = _callback_decoder.decode(raw)
+    except (msgspec.DecodeError, TypeError):
+        return None
+    txn_id = w.txn_id
+    if (
+        not _ident_ok(w.event_id)
+        or not _ident_ok(txn_id)
+        or (check_key and not _key_ok(key, txn_id))
+        or not _ident_ok(w.channel_id)
+        or not _ident_ok(w.channel_txn_id)
+        or w.source not in CALLBACK_SOURCES
+        or w.status not in CALLBACK_STATUSES
+    ):
+        return None
+    currency = w.currency
+    amount = _fast_amount(w.amount, currency)
+    if amount is None:
+        return None
+    fee = None
+    if w.fee is not None:
+        fee = _fast_amount(w.fee, currency)
+        if fee is None:
+            return None
+    occurred = _fast_timestamp(w.occurred_at)
+    if occurred is None:
+        return None
+    return _make_callback(
+        w.event_id,
+        txn_id,
+        w.channel_id,
+        w.channel_txn_id,
+        w.source,
+        w.status,
+        amount,
+        currency,
+        fee,
+        occurred,
     )
 
 
