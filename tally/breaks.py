@@ -26,13 +26,14 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from datetime import date
 from enum import StrEnum
 from typing import Any
 
+import msgspec
+
 from tally.events import iso_ms
 from tally.money import format_minor
-from tally.orders import SUCCESS_LIKE, OrderState, OrderView
+from tally.orders import FINAL_CHANNEL, Evidence, OrderState, OrderView
 from tally.policy import ChannelPolicy
 
 
@@ -117,68 +118,100 @@ def detect(state: OrderState, v: OrderView, policy: ChannelPolicy) -> list[Findi
     if not ev_all and state.reversal is None:
         return out
 
-    if state.known:
-        expected = expected_channel_amount(state)
-        for ev in ev_all:
-            if ev.currency != state.currency:
-                out.append(
-                    Finding(
-                        BreakKind.CURRENCY_MISMATCH,
-                        "",
-                        f"{ev.source} says {ev.currency}, order is {state.currency}",
-                    )
-                )
-                break
-        for ev in ev_all:
-            if ev.currency == state.currency and ev.amount != expected:
-                out.append(
-                    Finding(
-                        BreakKind.AMOUNT_MISMATCH,
-                        "",
-                        f"{ev.source} says {ev.amount} minor units, expected {expected}",
-                        channel_amount=ev.amount,
-                    )
-                )
-                break
+    known = state.type is not None
+    currency = state.currency
+    expected = state.amount - state.coupon_amount  # expected_channel_amount
+    cutoff: int | None = None
+    if known and state.created_at_ms is not None:
+        assert state.business_date is not None
+        cutoff = policy.cutoff_ms_iso(state.business_date)
+
+    # one pass over the witnesses; each rule below wants the first that fits it
+    cur_off: Evidence | None = None  # currency differs from the order's
+    amt_off: Evidence | None = None  # same currency, amount differs from expected
+    succ: Evidence | None = None  # final success-like word
+    fail: Evidence | None = None  # final failed word
+    late: Evidence | None = None  # final word at or after the cutoff
+    ids: set[str] | None = None  # channel txn ids that succeeded
+    first_id = ""
+    any_reversed = False
+    for ev in ev_all:
+        status = ev.status
+        if known:
+            if ev.currency != currency:
+                if cur_off is None:
+                    cur_off = ev
+            elif amt_off is None and ev.amount != expected:
+                amt_off = ev
+        if status in FINAL_CHANNEL:
+            if status == "reversed":
+                any_reversed = True
+            elif status == "failed":
+                if fail is None:
+                    fail = ev
+            elif succ is None:  # success or refunded
+                succ = ev
+            if late is None and cutoff is not None and ev.occurred_at_ms >= cutoff:
+                late = ev
+        if status == "success":
+            if ids is None:
+                first_id = ev.channel_txn_id
+                ids = {first_id}
+            elif ev.channel_txn_id != first_id:
+                ids.add(ev.channel_txn_id)
+
+    if cur_off is not None:
+        out.append(
+            Finding(
+                BreakKind.CURRENCY_MISMATCH,
+                "",
+                f"{cur_off.source} says {cur_off.currency}, order is {currency}",
+            )
+        )
+    if amt_off is not None:
+        out.append(
+            Finding(
+                BreakKind.AMOUNT_MISMATCH,
+                "",
+                f"{amt_off.source} says {amt_off.amount} minor units, expected {expected}",
+                channel_amount=amt_off.amount,
+            )
+        )
 
     # channel witnesses against each other and against our final status
-    finals = [ev for ev in ev_all if ev.final and ev.status != "reversed"]
-    succ = [ev for ev in finals if ev.status in SUCCESS_LIKE]
-    fail = [ev for ev in finals if ev.status == "failed"]
     ours = state.our_status
-    if succ and fail:
+    if succ is not None and fail is not None:
         out.append(
             Finding(
                 BreakKind.STATUS_CONFLICT,
                 "",
-                f"channel {succ[0].source} says {succ[0].status}, {fail[0].source} says failed",
+                f"channel {succ.source} says {succ.status}, {fail.source} says failed",
             )
         )
-    elif succ and ours in ("failed", "closed"):
+    elif succ is not None and ours in ("failed", "closed"):
         out.append(
             Finding(
                 BreakKind.STATUS_CONFLICT,
                 "",
-                f"we hold the order {ours}, channel {succ[0].source} says {succ[0].status}",
+                f"we hold the order {ours}, channel {succ.source} says {succ.status}",
             )
         )
-    elif fail and ours == "success":
+    elif fail is not None and ours == "success":
         out.append(
             Finding(
                 BreakKind.STATUS_CONFLICT,
                 "",
-                f"we hold the order success, channel {fail[0].source} says failed",
+                f"we hold the order success, channel {fail.source} says failed",
             )
         )
 
     # S1: more than one channel transaction succeeded for this order
-    ids = sorted({ev.channel_txn_id for ev in ev_all if ev.status == "success"})
-    if len(ids) > 1:
+    if ids is not None and len(ids) > 1:
         out.append(
             Finding(
                 BreakKind.DUPLICATE_SUCCESS,
                 "",
-                f"channel transactions {', '.join(ids)} all succeeded for one order",
+                f"channel transactions {', '.join(sorted(ids))} all succeeded for one order",
             )
         )
 
@@ -193,7 +226,7 @@ def detect(state: OrderState, v: OrderView, policy: ChannelPolicy) -> list[Findi
                     "for an order reported as success",
                 )
             )
-        elif any(ev.status == "reversed" for ev in ev_all):
+        elif any_reversed:
             out.append(
                 Finding(
                     BreakKind.REVERSAL_AFTER_SUCCESS,
@@ -203,19 +236,16 @@ def detect(state: OrderState, v: OrderView, policy: ChannelPolicy) -> list[Findi
             )
 
     # S12: final evidence after the cutoff of the order's business day
-    if state.known and state.created_at_ms is not None:
-        assert state.business_date is not None
-        cutoff = policy.cutoff_ms(date.fromisoformat(state.business_date))
-        late = [ev for ev in ev_all if ev.final and ev.occurred_at_ms >= cutoff]
-        if late:
-            out.append(
-                Finding(
-                    BreakKind.LATE_CALLBACK,
-                    "",
-                    f"{late[0].source} {late[0].status} at {iso_ms(late[0].occurred_at_ms)} "
-                    f"is after the {state.business_date} cutoff {iso_ms(cutoff)}",
-                )
+    if late is not None:
+        assert cutoff is not None
+        out.append(
+            Finding(
+                BreakKind.LATE_CALLBACK,
+                "",
+                f"{late.source} {late.status} at {iso_ms(late.occurred_at_ms)} "
+                f"is after the {state.business_date} cutoff {iso_ms(cutoff)}",
             )
+        )
     return out
 
 
@@ -282,9 +312,9 @@ def evidence_trail(state: OrderState) -> list[dict[str, Any]]:
 # ---------------------------------------------------------- cross-order index
 
 
-@dataclass(slots=True)
-class ChannelTxnClaim:
-    """Who first claimed a channel transaction id with a success."""
+class ChannelTxnClaim(msgspec.Struct, gc=False):
+    """Who first claimed a channel transaction id with a success (a msgspec struct: not
+    tracked by the garbage collector, the index holds one per channel transaction)."""
 
     txn_id: str
     merchant_id: str | None

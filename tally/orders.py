@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+import msgspec
+
 from tally.events import Callback, Transaction
 from tally.policy import ChannelPolicy, Mode
 
@@ -39,9 +41,12 @@ class Standing(StrEnum):
     CONFIRMED = "confirmed"  # the channel confirmed success
 
 
-@dataclass(slots=True)
-class Evidence:
-    """One witness statement from the channel."""
+class Evidence(msgspec.Struct, gc=False):
+    """One witness statement from the channel.
+
+    A msgspec struct rather than a dataclass: it holds only strings and numbers, so it
+    need not be tracked by the garbage collector (an order keeps every witness, and a
+    worker keeps every order), and it is cheaper to build."""
 
     event_id: str
     source: str
@@ -130,6 +135,13 @@ class OrderState:
     query_due_ms: int | None = None  # next status query / timeout check (event time)
     orphan_due_ms: int | None = None  # orphan_callback deadline (event time)
     last_link_status: str | None = None  # what we last told our original (reversals)
+    # `view()`'s last answer, the policy and what else it was computed from (a tuple
+    # of strings and ints: not tracked by the garbage collector); not part of the state
+    _view: OrderView | None = field(default=None, repr=False, compare=False)
+    _view_policy: ChannelPolicy | None = field(default=None, repr=False, compare=False)
+    _view_of: tuple[int, str | None, bool, str | None] | None = field(
+        default=None, repr=False, compare=False
+    )
 
     # ------------------------------------------------------------------ views
 
@@ -252,29 +264,79 @@ def _confirming(ev: Evidence, policy: ChannelPolicy) -> bool:
     return ev.source != "sync" or not policy.query_before_final_success
 
 
+# OrderViews are immutable and few distinct ones occur: they are shared.
+_views: dict[tuple[Standing, bool, bool, bool, bool, int], OrderView] = {}
+
+
+def _order_view(
+    standing: Standing, resolved: bool, reversed_: bool, succeeded: bool, failed: bool, fee: int
+) -> OrderView:
+    k = (standing, resolved, reversed_, succeeded, failed, fee)
+    v = _views.get(k)
+    if v is None:
+        if len(_views) >= 4096:
+            _views.clear()
+        v = _views[k] = OrderView(standing, resolved, reversed_, succeeded, failed, fee)
+    return v
+
+
 def view(state: OrderState, policy: ChannelPolicy) -> OrderView:
-    final = state.channel_final()
+    """What the order's state means now. Remembered on the state until something the
+    view depends on changes (evidence is only ever appended; our status, our record
+    and the reversal are replaced, never edited in place), so asking again for the
+    same state and policy costs a comparison."""
+    rev = state.reversal
+    of = (
+        len(state.evidence),
+        state.our_status,
+        state.type is None,
+        None if rev is None else rev.status,
+    )
+    v = state._view
+    if v is not None and state._view_policy is policy and state._view_of == of:
+        return v
+    v = state._view = _compute_view(state, policy)
+    state._view_policy = policy
+    state._view_of = of
+    return v
+
+
+def _compute_view(state: OrderState, policy: ChannelPolicy) -> OrderView:
+    # one pass over the evidence: the channel's final word (as `channel_final`), the
+    # latest success witness (event time) that names a fee, any confirming success
+    final: Evidence | None = None
+    fo = fs = 0
     fee = 0
-    fee_at: tuple[int, int] | None = None
-    for ev in state.evidence:  # the latest success witness (event time) that names a fee
-        if ev.fee is not None and ev.status in SUCCESS_LIKE:
-            at = (ev.occurred_at_ms, ev.seq)
-            if fee_at is None or at >= fee_at:
-                fee, fee_at = ev.fee, at
+    fee_o = fee_s = 0
+    has_fee = False
+    confirming_success = False
+    sync_confirms = not policy.query_before_final_success
+    for ev in state.evidence:
+        status = ev.status
+        if status in FINAL_CHANNEL:
+            o = ev.occurred_at_ms
+            if final is None or o > fo or (o == fo and ev.seq >= fs):
+                final, fo, fs = ev, o, ev.seq
+        if status in SUCCESS_LIKE:
+            if sync_confirms or ev.source != "sync":
+                confirming_success = True
+            if ev.fee is not None:
+                o = ev.occurred_at_ms
+                if not has_fee or o > fee_o or (o == fee_o and ev.seq >= fee_s):
+                    fee, fee_o, fee_s, has_fee = ev.fee, o, ev.seq, True
+    rev = state.reversal
     reversed_ = (final is not None and final.status == "reversed") or (
-        state.reversal is not None and state.reversal.status == "success"
+        rev is not None and rev.status == "success"
     )
     if final is not None:
         channel_success = final.status in SUCCESS_LIKE
-        confirmed = channel_success and any(
-            ev.status in SUCCESS_LIKE and _confirming(ev, policy) for ev in state.evidence
-        )
+        confirmed = channel_success and confirming_success
         failed = final.status == "failed"
     else:
         channel_success = confirmed = failed = False
 
     ours = state.our_status
-    if not state.known or reversed_:
+    if state.type is None or reversed_:
         standing = Standing.NONE
     elif confirmed:
         standing = Standing.CONFIRMED
@@ -287,19 +349,9 @@ def view(state: OrderState, policy: ChannelPolicy) -> OrderView:
     else:
         standing = Standing.NONE
 
+    ours_over = final is None and (ours == "failed" or ours == "closed")
     resolved = (
-        confirmed
-        or failed
-        or reversed_
-        or (final is not None and not channel_success)
-        or (final is None and ours in ("failed", "closed"))
+        confirmed or failed or reversed_ or (final is not None and not channel_success) or ours_over
     )
     succeeded = confirmed or channel_success or (final is None and ours == "success")
-    return OrderView(
-        standing=standing,
-        resolved=resolved,
-        reversed=reversed_,
-        succeeded=succeeded,
-        failed=failed or (final is None and ours in ("failed", "closed")),
-        fee=fee,
-    )
+    return _order_view(standing, resolved, reversed_, succeeded, failed or ours_over, fee)

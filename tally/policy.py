@@ -67,6 +67,10 @@ class ChannelPolicy(BaseModel):
         (midnight cutoff: the following midnight)."""
         return cutoff_ms(business, self.timezone, self.cutoff)
 
+    def cutoff_ms_iso(self, business: str) -> int:
+        """`cutoff_ms` of a business date given in ISO form ("2026-03-02"), remembered."""
+        return _cutoff_ms_iso(business, self.timezone, self.cutoff)
+
 
 @lru_cache(maxsize=64)
 def _zone(name: str) -> ZoneInfo:
@@ -87,6 +91,11 @@ def cutoff_ms(business: date, zone: str, cutoff: time) -> int:
     else:
         end = datetime.combine(business, cutoff, tzinfo=_zone(zone))
     return int(end.timestamp() * 1000)
+
+
+@lru_cache(maxsize=4096)
+def _cutoff_ms_iso(business: str, zone: str, cutoff: time) -> int:
+    return cutoff_ms(date.fromisoformat(business), zone, cutoff)
 
 
 class Policies:
