@@ -38,6 +38,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+
 from tally.events import iso_ms
 from tally.money import format_minor
 from tally.orders import OrderState, OrderView, Standing
@@ -59,32 +61,79 @@ def split_leg(key: str) -> Leg:
 
 def position(state: OrderState, v: OrderView) -> dict[str, int]:
     """The legs an order contributes now, keyed by `leg_key`."""
-    if v.standing is Standing.NONE or not state.known:
+    if v.standing is Standing.NONE or state.type is None:
         return {}
-    bucket = v.standing.value
-    ch, m = state.channel_id, state.merchant_id
     legs: dict[str, int] = {}
-
-    def add(account: str, component: str, amount: int) -> None:
-        if amount:
-            k = leg_key(account, bucket, component)
-            legs[k] = legs.get(k, 0) + amount
-
     if state.type == "payment":
+        k_ch, k_coupon, k_m_gross, k_m_fee, k_fees = _payment_legs(
+            state.channel_id, state.merchant_id, v.standing.value
+        )
         a, c, f = state.amount, state.coupon_amount, v.fee
-        add(f"channel:{ch}", "gross", a - c)
-        add(f"coupon:{ch}", "coupon", c)
-        add(f"merchant:{m}", "gross", -a)
-        add(f"merchant:{m}", "fee", f)
-        add(f"fees:{ch}", "fee", -f)
+        # five different legs: no two of them add up
+        if a - c:
+            legs[k_ch] = a - c
+        if c:
+            legs[k_coupon] = c
+        if a:
+            legs[k_m_gross] = -a
+        if f:
+            legs[k_m_fee] = f
+            legs[k_fees] = -f
     elif state.type == "refund":
-        add(f"channel:{ch}", "refund", -state.amount)
-        add(f"merchant:{m}", "refund", state.amount)
+        k_ch, k_m = _refund_legs(state.channel_id, state.merchant_id, v.standing.value)
+        if state.amount:
+            legs[k_ch] = -state.amount
+            legs[k_m] = state.amount
     # a reversal order has no position of its own: it zeroes its original's
     return legs
 
 
+# The leg keys of an order depend on its channel, merchant and bucket only.
+_LegKeys = tuple[str, ...]
+_leg_keys: dict[tuple[str, str | None, str | None, str], _LegKeys] = {}
+
+
+def _payment_legs(ch: str | None, m: str | None, bucket: str) -> _LegKeys:
+    k = ("payment", ch, m, bucket)
+    keys = _leg_keys.get(k)
+    if keys is None:
+        keys = _remember_legs(
+            k,
+            (
+                leg_key(f"channel:{ch}", bucket, "gross"),
+                leg_key(f"coupon:{ch}", bucket, "coupon"),
+                leg_key(f"merchant:{m}", bucket, "gross"),
+                leg_key(f"merchant:{m}", bucket, "fee"),
+                leg_key(f"fees:{ch}", bucket, "fee"),
+            ),
+        )
+    return keys
+
+
+def _refund_legs(ch: str | None, m: str | None, bucket: str) -> _LegKeys:
+    k = ("refund", ch, m, bucket)
+    keys = _leg_keys.get(k)
+    if keys is None:
+        keys = _remember_legs(
+            k,
+            (
+                leg_key(f"channel:{ch}", bucket, "refund"),
+                leg_key(f"merchant:{m}", bucket, "refund"),
+            ),
+        )
+    return keys
+
+
+def _remember_legs(k: tuple[str, str | None, str | None, str], keys: _LegKeys) -> _LegKeys:
+    if len(_leg_keys) >= 65536:
+        _leg_keys.clear()
+    _leg_keys[k] = keys
+    return keys
+
+
 def diff(new: dict[str, int], old: dict[str, int]) -> dict[str, int]:
+    if not old:
+        return {k: d for k, d in new.items() if d}
     out: dict[str, int] = {}
     for k in new.keys() | old.keys():
         d = new.get(k, 0) - old.get(k, 0)
@@ -93,9 +142,11 @@ def diff(new: dict[str, int], old: dict[str, int]) -> dict[str, int]:
     return out
 
 
-@dataclass(slots=True)
-class Posting:
-    """One balanced movement of the balances, caused by one change of one order."""
+class Posting(msgspec.Struct, gc=False):
+    """One balanced movement of the balances, caused by one change of one order.
+
+    A msgspec struct rather than a dataclass: it holds strings, numbers and a dict of
+    them, so it need not be tracked by the garbage collector."""
 
     posting_id: str  # <txn_id>:<seq>, stable across replays
     txn_id: str
@@ -153,16 +204,38 @@ class Posting:
 
     def legs_by_account(self) -> Iterator[tuple[str, dict[str, int]]]:
         """Group legs by account: what the balance agent applies per account key."""
-        grouped: dict[str, dict[str, int]] = defaultdict(dict)
+        grouped: dict[str, dict[str, int]] = {}
         for k, v in self.legs.items():
-            a, b, c = split_leg(k)
-            grouped[a][f"{b}|{c}"] = v
+            a, bc = _account_split(k)
+            g = grouped.get(a)
+            if g is None:
+                grouped[a] = {bc: v}
+            else:
+                g[bc] = v
         yield from grouped.items()
+
+
+_account_splits: dict[str, tuple[str, str]] = {}
+
+
+def _account_split(key: str) -> tuple[str, str]:
+    """A leg key as (account, "<bucket>|<component>"), remembered."""
+    r = _account_splits.get(key)
+    if r is None:
+        a, b, c = split_leg(key)
+        if len(_account_splits) >= 65536:
+            _account_splits.clear()
+        r = _account_splits[key] = (a, f"{b}|{c}")
+    return r
 
 
 def repost(state: OrderState, v: OrderView, event_time_ms: int) -> Posting | None:
     """Move the order's posted position to what its state now calls for."""
+    if not state.posted and (v.standing is Standing.NONE or state.type is None):
+        return None  # nothing posted, nothing to post
     target = position(state, v)
+    if target == state.posted:
+        return None
     delta = diff(target, state.posted)
     if not delta:
         return None
