@@ -45,6 +45,24 @@ def partition_for(key: str | bytes, partitions: int) -> int:
     return (murmur2(kb) & 0x7FFFFFFF) % partitions
 
 
+class _Partitioner:
+    """`partition_for` with a fixed partition count, remembered per key: every order's
+    messages share its key, and murmur2 in Python costs more than the lookup."""
+
+    def __init__(self, partitions: int, size: int = 1 << 18) -> None:
+        self.partitions = partitions
+        self.size = size
+        self.known: dict[str | bytes, int] = {}
+
+    def __call__(self, key: str | bytes) -> int:
+        p = self.known.get(key)
+        if p is None:
+            if len(self.known) >= self.size:
+                self.known.clear()
+            p = self.known[key] = partition_for(key, self.partitions)
+        return p
+
+
 @dataclass
 class Envelope:
     """One message as `tally produce` and the simulator write it: topic, key, value.
@@ -104,11 +122,12 @@ class LocalPipeline:
 
     def __post_init__(self) -> None:
         self.orders: dict[str, OrderState] = {}
+        self._partition = _Partitioner(self.partitions)
         self.reconciler = Reconciler(
             self.policies,
             self.orders,
             allowed_lateness_ms=self.allowed_lateness_ms,
-            partition_of=lambda k: partition_for(k, self.partitions),
+            partition_of=self._partition,
         )
         self.index = ChannelTxnIndex({})
         self.index_claims: dict[str, ChannelTxnClaim] = self.index.claims  # type: ignore[assignment]
@@ -125,9 +144,10 @@ class LocalPipeline:
 
     def feed(self, topic: str, key: str | bytes | None, value: bytes) -> Outputs:
         kb = key.encode() if isinstance(key, str) else key
-        partition = partition_for(kb, self.partitions) if kb is not None else 0
-        offset = self._offsets.get((topic, partition), 0)
-        self._offsets[(topic, partition)] = offset + 1
+        partition = self._partition(kb) if kb is not None else 0
+        tp = (topic, partition)
+        offset = self._offsets.get(tp, 0)
+        self._offsets[tp] = offset + 1
         try:
             if topic == TRANSACTIONS:
                 txn = parse_transaction(value, kb, check_key=True, max_bytes=self.max_message_bytes)
@@ -169,11 +189,13 @@ class LocalPipeline:
             self._route(self.reconciler.on_tick(p, advance_ms))
 
     def _route(self, out: Outputs) -> None:
-        pending: deque[ReversalLink] = deque(out.links)
         self._collect(out)
+        if not out.links and not out.claims:
+            return
+        pending: deque[ReversalLink] = deque(out.links)
         while pending:
             link = pending.popleft()
-            p = partition_for(link.original_txn_id, self.partitions)
+            p = self._partition(link.original_txn_id)
             o = self.reconciler.on_link(link, p)
             pending.extend(o.links)
             self._collect(o)
@@ -188,7 +210,8 @@ class LocalPipeline:
         for p in out.postings:
             self.postings.append(p)
             self.book.apply(p)
-        self.queries.extend(out.queries)
+        if out.queries:
+            self.queries.extend(out.queries)
 
     # -------------------------------------------------------------- results
 

@@ -167,6 +167,20 @@ _QUERY = 0
 _ORPHAN = 1
 _WM_PERSIST_STEP_MS = 1000
 _SOURCES = ("transactions", "callbacks")
+_partition_keys: dict[int, str] = {}
+
+
+def _partition_key(partition: int) -> str:
+    """The watermarks store's key of a partition."""
+    key = _partition_keys.get(partition)
+    if key is None:
+        key = _partition_keys[partition] = str(partition)
+    return key
+
+
+def _always_caught_up(_partition: int, _source: str) -> bool:
+    """No `caught_up` hook: one ordered log, every input counts as caught up."""
+    return True
 
 
 class Reconciler:
@@ -184,7 +198,7 @@ class Reconciler:
         self.orders = orders
         self.watermarks: MutableMapping[str, int] = watermarks if watermarks is not None else {}
         self.lateness = allowed_lateness_ms
-        self.caught_up = caught_up or (lambda _p, _s: True)
+        self.caught_up = caught_up or _always_caught_up
         self._hw: dict[int, dict[str, int]] = {}  # latest event time per input topic
         self.partition_of = partition_of or (lambda _k: 0)
         self._wm: dict[int, int] = {}
@@ -193,19 +207,22 @@ class Reconciler:
     # ----------------------------------------------------------------- inputs
 
     def on_transaction(self, txn: Transaction, partition: int = 0) -> Outputs:
-        self._ensure_partition(partition)
+        if partition not in self._timers:
+            self._ensure_partition(partition)
         policy = self.policies[txn.channel_id]
         state = self.orders.get(txn.txn_id) or OrderState(txn.txn_id)
         if txn.event_id in state.seen:
             return Outputs(duplicate=True)
         state.seen.add(txn.event_id)
         apply_transaction(state, txn, policy)
-        out = self._settle(state, txn.occurred_at_ms, partition)
-        out.extend(self._observe(partition, "transactions", txn.occurred_at_ms))
+        out = Outputs()
+        self._settle(state, txn.occurred_at_ms, partition, out)
+        self._observe(partition, "transactions", txn.occurred_at_ms, out)
         return out
 
     def on_callback(self, cb: Callback, partition: int = 0) -> Outputs:
-        self._ensure_partition(partition)
+        if partition not in self._timers:
+            self._ensure_partition(partition)
         state = self.orders.get(cb.txn_id) or OrderState(cb.txn_id)
         if cb.event_id in state.seen:
             return Outputs(duplicate=True)
@@ -228,23 +245,26 @@ class Reconciler:
                     cb.occurred_at_ms,
                 )
             )
-        if not state.known and state.orphan_due_ms is None:
+        if state.type is None and state.orphan_due_ms is None:
             grace = self.policies[cb.channel_id].orphan_grace_seconds * 1000
             state.orphan_due_ms = cb.occurred_at_ms + grace
             self._push(partition, state.orphan_due_ms, _ORPHAN, state.txn_id)
-        out.extend(self._settle(state, cb.occurred_at_ms, partition))
-        out.extend(self._observe(partition, "callbacks", cb.occurred_at_ms))
+        self._settle(state, cb.occurred_at_ms, partition, out)
+        self._observe(partition, "callbacks", cb.occurred_at_ms, out)
         return out
 
     def on_link(self, link: ReversalLink, partition: int = 0) -> Outputs:
         """A reversal order reports its outcome to the order it reverses."""
-        self._ensure_partition(partition)
+        if partition not in self._timers:
+            self._ensure_partition(partition)
         state = self.orders.get(link.original_txn_id) or OrderState(link.original_txn_id)
         if link.event_id in state.seen:
             return Outputs(duplicate=True)
         state.seen.add(link.event_id)
         apply_reversal_link(state, link.reversal_txn_id, link.status, link.occurred_at_ms)
-        return self._settle(state, link.occurred_at_ms, partition)
+        out = Outputs()
+        self._settle(state, link.occurred_at_ms, partition, out)
+        return out
 
     def on_tick(self, partition: int, advance_ms: int) -> Outputs:
         """Wall clock kept the partition idle for `advance_ms`: move its watermark on."""
@@ -263,8 +283,7 @@ class Reconciler:
 
     # --------------------------------------------------------------- settling
 
-    def _settle(self, state: OrderState, event_time_ms: int, partition: int) -> Outputs:
-        out = Outputs()
+    def _settle(self, state: OrderState, event_time_ms: int, partition: int, out: Outputs) -> None:
         channel = state.channel_id or (state.evidence[0].channel_id if state.evidence else "")
         policy = self.policies[channel]
         v = view(state, policy)
@@ -276,7 +295,9 @@ class Reconciler:
 
         # timers: status queries until the order is resolved (S4), at once for a
         # success that must be verified (S3)
-        if state.known and not v.resolved and not self._timed_out(state):
+        if v.resolved:
+            state.query_due_ms = None
+        elif state.type is not None and not self._timed_out(state):
             if (
                 policy.query_before_final_success
                 and state.queries_sent == 0
@@ -291,8 +312,6 @@ class Reconciler:
                 sla = policy.refund_sla_seconds if state.type == "refund" else policy.sla_seconds
                 state.query_due_ms = state.created_at_ms + sla * 1000
                 self._push(partition, state.query_due_ms, _QUERY, state.txn_id)
-        elif v.resolved:
-            state.query_due_ms = None
 
         # a reversal order tells its original how it stands
         if state.type == "reversal" and state.original_txn_id:
@@ -303,15 +322,15 @@ class Reconciler:
                     ReversalLink(state.original_txn_id, state.txn_id, status, event_time_ms)
                 )
         self.orders[state.txn_id] = state
-        return out
 
     def _timed_out(self, state: OrderState) -> bool:
-        return break_id(BreakKind.PENDING_TIMEOUT, state.txn_id) in state.raised
+        raised = state.raised
+        return bool(raised) and break_id(BreakKind.PENDING_TIMEOUT, state.txn_id) in raised
 
     def _raise(self, state: OrderState, f: Finding, event_time_ms: int, out: Outputs) -> None:
-        b = stamp(state, f, event_time_ms)
-        if b.break_id in state.raised:
+        if break_id(f.kind, state.txn_id, f.discriminator) in state.raised:
             return
+        b = stamp(state, f, event_time_ms)
         state.raised.add(b.break_id)
         out.breaks.append(b)
 
@@ -336,35 +355,43 @@ class Reconciler:
     def _push(self, partition: int, due: int, kind: int, txn_id: str) -> None:
         heapq.heappush(self._timers.setdefault(partition, []), (due, kind, txn_id))
 
-    def _observe(self, partition: int, source: str, event_ms: int) -> Outputs:
-        hw = self._hw.setdefault(partition, {})
+    def _observe(self, partition: int, source: str, event_ms: int, out: Outputs) -> None:
+        hw = self._hw.get(partition)
+        if hw is None:
+            hw = self._hw[partition] = {}
         if event_ms > hw.get(source, -1):
             hw[source] = event_ms
         top = max(hw.values())
         low = top
-        for src in _SOURCES:
-            v = hw.get(src)
-            if (v is None or v < top) and not self.caught_up(partition, src):
-                if v is None:
-                    return self._advance(partition, None)  # wait for the other input
-                low = min(low, v)
-        return self._advance(partition, low - self.lateness)
+        caught_up = self.caught_up
+        if caught_up is not _always_caught_up:
+            for src in _SOURCES:
+                v = hw.get(src)
+                if (v is None or v < top) and not caught_up(partition, src):
+                    if v is None:
+                        self._advance_into(partition, None, out)  # wait for the other input
+                        return
+                    low = min(low, v)
+        self._advance_into(partition, low - self.lateness, out)
 
     def _advance(self, partition: int, to_ms: int | None) -> Outputs:
         out = Outputs()
+        self._advance_into(partition, to_ms, out)
+        return out
+
+    def _advance_into(self, partition: int, to_ms: int | None, out: Outputs) -> None:
         wm = self._wm.get(partition)
         if to_ms is not None and (wm is None or to_ms > wm):
             self._wm[partition] = wm = to_ms
-            key = str(partition)
+            key = _partition_key(partition)
             if to_ms - self.watermarks.get(key, 0) >= _WM_PERSIST_STEP_MS:
                 self.watermarks[key] = to_ms
         if wm is None:
-            return out
+            return
         # timers armed behind the watermark (their order arrived late) fire now: the
         # outcome depends on event time, not arrival order
-        to_ms = wm
         heap = self._timers.get(partition)
-        while heap and heap[0][0] <= to_ms:
+        while heap and heap[0][0] <= wm:
             due, kind, txn_id = heapq.heappop(heap)
             state = self.orders.get(txn_id)
             if state is None:
@@ -373,7 +400,6 @@ class Reconciler:
                 self._fire_orphan(state, due, out)
             elif kind == _QUERY and state.query_due_ms == due:
                 self._fire_query(state, due, partition, out)
-        return out
 
     def _fire_orphan(self, state: OrderState, due: int, out: Outputs) -> None:
         state.orphan_due_ms = None
