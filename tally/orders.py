@@ -219,7 +219,7 @@ def apply_transaction(state: OrderState, txn: Transaction, policy: ChannelPolicy
         state.terminal_id = txn.terminal_id
     if state.created_at_ms is None or txn.occurred_at_ms < state.created_at_ms:
         state.created_at_ms = txn.occurred_at_ms
-        state.business_date = policy.business_date(txn.occurred_at_ms).isoformat()
+        state.business_date = policy.business_date_iso(txn.occurred_at_ms)
     current = state.our_status
     if (
         current is None

@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import base64
 import json
+import struct
 import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
-
-from aiokafka.partitioner import murmur2
 
 from tally.breaks import Break, ChannelTxnClaim
 from tally.clearing import BalanceBook, Posting
@@ -37,6 +36,36 @@ from tally.realtime import ChannelTxnIndex, Outputs, Reconciler, ReversalLink, S
 
 TRANSACTIONS = "payments.transactions"
 CALLBACKS = "payments.callbacks"
+
+
+_M = 0x5BD1E995
+_MASK = 0xFFFFFFFF
+_iter_words = struct.Struct("<I").iter_unpack
+
+
+def murmur2(data: bytes) -> int:
+    """Kafka's murmur2 (org.apache.kafka.common.utils.Utils.murmur2), as aiokafka's
+    `aiokafka.partitioner.murmur2` computes it, reading the input a word at a time."""
+    length = len(data)
+    h = 0x9747B28C ^ length
+    n4 = length & ~3
+    for (k,) in _iter_words(data[:n4]):
+        k = (k * _M) & _MASK
+        k ^= k >> 24
+        k = (k * _M) & _MASK
+        h = ((h * _M) & _MASK) ^ k
+    extra = length & 3
+    if extra >= 3:
+        h ^= data[n4 + 2] << 16
+    if extra >= 2:
+        h ^= data[n4 + 1] << 8
+    if extra >= 1:
+        h ^= data[n4]
+        h = (h * _M) & _MASK
+    h ^= h >> 13
+    h = (h * _M) & _MASK
+    h ^= h >> 15
+    return h
 
 
 def partition_for(key: str | bytes, partitions: int) -> int:

@@ -67,6 +67,11 @@ class ChannelPolicy(BaseModel):
         (midnight cutoff: the following midnight)."""
         return cutoff_ms(business, self.timezone, self.cutoff)
 
+    def business_date_iso(self, at_ms: int) -> str:
+        """`business_date(at_ms).isoformat()`, remembered per minute (see
+        `_business_minutes`)."""
+        return business_date_iso(at_ms, self.timezone, self.cutoff)
+
     def cutoff_ms_iso(self, business: str) -> int:
         """`cutoff_ms` of a business date given in ISO form ("2026-03-02"), remembered."""
         return _cutoff_ms_iso(business, self.timezone, self.cutoff)
@@ -91,6 +96,33 @@ def cutoff_ms(business: date, zone: str, cutoff: time) -> int:
     else:
         end = datetime.combine(business, cutoff, tzinfo=_zone(zone))
     return int(end.timestamp() * 1000)
+
+
+# The business date of an instant, remembered per UTC minute when it is the same over
+# the whole minute: with one UTC offset over the minute (a zone changes its offset at
+# most once in months), the business date never decreases with time, so the same date
+# at the minute's first and last millisecond is the date of all of it.
+_business_minutes: dict[tuple[str, time, int], str] = {}
+
+
+def business_date_iso(at_ms: int, zone: str, cutoff: time) -> str:
+    k = (zone, cutoff, at_ms // 60_000)
+    d = _business_minutes.get(k)
+    if d is None:
+        d = business_date(at_ms, zone, cutoff).isoformat()
+        first = k[2] * 60_000
+        last = first + 59_999
+        tz = _zone(zone)
+        if (
+            business_date(first, zone, cutoff).isoformat() == d
+            and business_date(last, zone, cutoff).isoformat() == d
+            and datetime.fromtimestamp(first / 1000, tz=tz).utcoffset()
+            == datetime.fromtimestamp(last / 1000, tz=tz).utcoffset()
+        ):
+            if len(_business_minutes) >= 65536:
+                _business_minutes.clear()
+            _business_minutes[k] = d
+    return d
 
 
 @lru_cache(maxsize=4096)

@@ -151,6 +151,23 @@ class Outputs:
     claims: list[SuccessClaim] = field(default_factory=list)
     duplicate: bool = False  # the message had been applied already
 
+    def __init__(
+        self,
+        breaks: list[Break] | None = None,
+        postings: list[Posting] | None = None,
+        queries: list[StatusQuery] | None = None,
+        links: list[ReversalLink] | None = None,
+        claims: list[SuccessClaim] | None = None,
+        duplicate: bool = False,
+    ) -> None:
+        # written out: one per message, the dataclass default factories cost more
+        self.breaks = [] if breaks is None else breaks
+        self.postings = [] if postings is None else postings
+        self.queries = [] if queries is None else queries
+        self.links = [] if links is None else links
+        self.claims = [] if claims is None else claims
+        self.duplicate = duplicate
+
     def extend(self, other: Outputs) -> None:
         self.breaks += other.breaks
         self.postings += other.postings
