@@ -42,7 +42,9 @@ import msgspec
 
 from tally.events import iso_ms
 from tally.money import format_minor
-from tally.orders import OrderState, OrderView, Standing
+from tally.orders import STANDING_VALUE, OrderState, OrderView, Standing
+
+_NONE = Standing.NONE
 
 BUCKETS = ("provisional", "confirmed")
 COMPONENTS = ("gross", "refund", "fee", "coupon")
@@ -61,12 +63,12 @@ def split_leg(key: str) -> Leg:
 
 def position(state: OrderState, v: OrderView) -> dict[str, int]:
     """The legs an order contributes now, keyed by `leg_key`."""
-    if v.standing is Standing.NONE or state.type is None:
+    if v.standing is _NONE or state.type is None:
         return {}
     legs: dict[str, int] = {}
     if state.type == "payment":
         k_ch, k_coupon, k_m_gross, k_m_fee, k_fees = _payment_legs(
-            state.channel_id, state.merchant_id, v.standing.value
+            state.channel_id, state.merchant_id, STANDING_VALUE[v.standing]
         )
         a, c, f = state.amount, state.coupon_amount, v.fee
         # five different legs: no two of them add up
@@ -80,7 +82,7 @@ def position(state: OrderState, v: OrderView) -> dict[str, int]:
             legs[k_m_fee] = f
             legs[k_fees] = -f
     elif state.type == "refund":
-        k_ch, k_m = _refund_legs(state.channel_id, state.merchant_id, v.standing.value)
+        k_ch, k_m = _refund_legs(state.channel_id, state.merchant_id, STANDING_VALUE[v.standing])
         if state.amount:
             legs[k_ch] = -state.amount
             legs[k_m] = state.amount
@@ -231,7 +233,7 @@ def _account_split(key: str) -> tuple[str, str]:
 
 def repost(state: OrderState, v: OrderView, event_time_ms: int) -> Posting | None:
     """Move the order's posted position to what its state now calls for."""
-    if not state.posted and (v.standing is Standing.NONE or state.type is None):
+    if not state.posted and (v.standing is _NONE or state.type is None):
         return None  # nothing posted, nothing to post
     target = position(state, v)
     if target == state.posted:
@@ -249,7 +251,7 @@ def repost(state: OrderState, v: OrderView, event_time_ms: int) -> Posting | Non
         merchant_id=state.merchant_id,
         channel_id=state.channel_id,
         currency=state.currency,
-        reason=v.standing.value,
+        reason=STANDING_VALUE[v.standing],
         legs=delta,
         event_time_ms=event_time_ms,
         business_date=state.business_date,

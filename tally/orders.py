@@ -41,6 +41,13 @@ class Standing(StrEnum):
     CONFIRMED = "confirmed"  # the channel confirmed success
 
 
+# enum members and values as plain module names: attribute access on an enum class
+# and `.value` are slow on the hot path
+_NONE, _PROVISIONAL, _CONFIRMED = Standing.NONE, Standing.PROVISIONAL, Standing.CONFIRMED
+_OPTIMISTIC = Mode.OPTIMISTIC
+STANDING_VALUE: dict[Standing, str] = {s: s.value for s in Standing}
+
+
 class Evidence(msgspec.Struct, gc=False):
     """One witness statement from the channel.
 
@@ -337,17 +344,17 @@ def _compute_view(state: OrderState, policy: ChannelPolicy) -> OrderView:
 
     ours = state.our_status
     if state.type is None or reversed_:
-        standing = Standing.NONE
+        standing = _NONE
     elif confirmed:
-        standing = Standing.CONFIRMED
+        standing = _CONFIRMED
     elif channel_success:
-        standing = Standing.PROVISIONAL  # success not yet confirmed (S3)
+        standing = _PROVISIONAL  # success not yet confirmed (S3)
     elif final is not None:
-        standing = Standing.NONE  # the channel said failed
-    elif ours == "success" or (ours == "pending" and policy.mode is Mode.OPTIMISTIC):
-        standing = Standing.PROVISIONAL
+        standing = _NONE  # the channel said failed
+    elif ours == "success" or (ours == "pending" and policy.mode is _OPTIMISTIC):
+        standing = _PROVISIONAL
     else:
-        standing = Standing.NONE
+        standing = _NONE
 
     ours_over = final is None and (ours == "failed" or ours == "closed")
     resolved = (

@@ -74,7 +74,13 @@ class ChannelPolicy(BaseModel):
 
     def cutoff_ms_iso(self, business: str) -> int:
         """`cutoff_ms` of a business date given in ISO form ("2026-03-02"), remembered."""
-        return _cutoff_ms_iso(business, self.timezone, self.cutoff)
+        k = (business, self.timezone, self.cutoff)
+        ms = _cutoffs.get(k)
+        if ms is None:
+            if len(_cutoffs) >= 4096:
+                _cutoffs.clear()
+            ms = _cutoffs[k] = cutoff_ms(date.fromisoformat(business), self.timezone, self.cutoff)
+        return ms
 
 
 @lru_cache(maxsize=64)
@@ -125,9 +131,7 @@ def business_date_iso(at_ms: int, zone: str, cutoff: time) -> str:
     return d
 
 
-@lru_cache(maxsize=4096)
-def _cutoff_ms_iso(business: str, zone: str, cutoff: time) -> int:
-    return cutoff_ms(date.fromisoformat(business), zone, cutoff)
+_cutoffs: dict[tuple[str, str, time], int] = {}
 
 
 class Policies:

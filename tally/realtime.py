@@ -184,6 +184,7 @@ _QUERY = 0
 _ORPHAN = 1
 _WM_PERSIST_STEP_MS = 1000
 _SOURCES = ("transactions", "callbacks")
+_PROVISIONAL = Standing.PROVISIONAL
 _partition_keys: dict[int, str] = {}
 
 
@@ -244,10 +245,13 @@ class Reconciler:
         if cb.event_id in state.seen:
             return Outputs(duplicate=True)
         state.seen.add(cb.event_id)
-        first_success = cb.status == "success" and not any(
-            ev.status == "success" and ev.channel_txn_id == cb.channel_txn_id
-            for ev in state.evidence
-        )
+        first_success = cb.status == "success"
+        if first_success:
+            ctid = cb.channel_txn_id
+            for ev in state.evidence:
+                if ev.status == "success" and ev.channel_txn_id == ctid:
+                    first_success = False
+                    break
         apply_callback(state, cb)
         out = Outputs()
         if first_success:  # claim a channel transaction id once per order
@@ -318,7 +322,7 @@ class Reconciler:
             if (
                 policy.query_before_final_success
                 and state.queries_sent == 0
-                and v.standing is Standing.PROVISIONAL
+                and v.standing is _PROVISIONAL
                 and any(ev.status == "success" and ev.source == "sync" for ev in state.evidence)
             ):
                 self._query(state, event_time_ms, "verify_success", out)
