@@ -364,12 +364,22 @@ class BalanceBook:
         if p.posting_id in self.applied:
             return False
         self.applied.add(p.posting_id)
-        for account, legs in p.legs_by_account():
-            k = balance_key(account, p.currency)
-            b = self.balances.get(k)
+        # `Balance.apply` of each account's legs (`Posting.legs_by_account`), in one pass:
+        # a balance counts one posting however many of its legs the posting moves
+        cur = p.currency
+        balances = self.balances
+        touched: set[str] = set()
+        for leg, v in p.legs.items():
+            account, bc = _account_split(leg)
+            k = f"{account}|{cur}"  # balance_key
+            b = balances.get(k)
             if b is None:
-                b = self.balances[k] = Balance(account, p.currency)
-            b.apply(legs)
+                b = balances[k] = Balance(account, cur)
+            amounts = b.amounts
+            amounts[bc] = amounts.get(bc, 0) + v
+            if k not in touched:
+                touched.add(k)
+                b.postings += 1
         return True
 
     def apply_all(self, postings: Iterable[Posting]) -> None:

@@ -173,7 +173,11 @@ class LocalPipeline:
 
     def feed(self, topic: str, key: str | bytes | None, value: bytes) -> Outputs:
         kb = key.encode() if isinstance(key, str) else key
-        partition = self._partition(kb) if kb is not None else 0
+        if kb is None:
+            partition = 0
+        else:
+            known = self._partition.known.get(kb)
+            partition = self._partition(kb) if known is None else known
         tp = (topic, partition)
         offset = self._offsets.get(tp, 0)
         self._offsets[tp] = offset + 1
@@ -218,7 +222,8 @@ class LocalPipeline:
             self._route(self.reconciler.on_tick(p, advance_ms))
 
     def _route(self, out: Outputs) -> None:
-        self._collect(out)
+        if out.breaks or out.postings or out.queries:
+            self._collect(out)
         if not out.links and not out.claims:
             return
         pending: deque[ReversalLink] = deque(out.links)

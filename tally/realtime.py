@@ -404,7 +404,7 @@ class Reconciler:
         wm = self._wm.get(partition)
         if to_ms is not None and (wm is None or to_ms > wm):
             self._wm[partition] = wm = to_ms
-            key = _partition_key(partition)
+            key = _partition_keys.get(partition) or _partition_key(partition)
             if to_ms - self.watermarks.get(key, 0) >= _WM_PERSIST_STEP_MS:
                 self.watermarks[key] = to_ms
         if wm is None:
