@@ -382,28 +382,65 @@ def _topic_name(tally: Tally, key: str) -> str:
     return t.get_topic_name() if t is not None else key
 
 
-async def _produced_bytes(tally: Tally) -> tuple[dict[str, int], str]:
-    """Bytes produced by topic: the worker's own count if it keeps one, else the
-    output topics read back (key + value of every record)."""
+def _changelog_topics(tally: Tally) -> list[str]:
+    with contextlib.suppress(Exception):
+        return [t.changelog_topic.get_topic_name() for t in tally.app.tables.values()]
+    return []
+
+
+async def _value_bytes(bootstrap: str, topic: str) -> int:
+    return sum(len(r.value or b"") for r in await read_to_end(bootstrap, topic))
+
+
+async def produced_figures(tally: Tally, n: int) -> dict[str, Any]:
+    """What the worker wrote to the broker per input event: its output and internal
+    topics (`stats.produced`) and its tables' changelogs (counted on the broker: the
+    worker may or may not count its changelog writes in `stats.produced`), in
+    messages and value bytes (`stats.produced_bytes` if the worker keeps it, else the
+    topics read back)."""
+    bootstrap = tally.settings.bootstrap_servers()
+    changelogs = _changelog_topics(tally)
+    names = {k: _topic_name(tally, k) for k in tally.stats.produced}
+
+    def is_changelog(key: str) -> bool:
+        return names.get(key, key) in changelogs or names.get(key, key).endswith("-changelog")
+
+    outputs = {k: v for k, v in tally.stats.produced.items() if not is_changelog(k)}
+    ends = await log_ends(bootstrap, changelogs) if changelogs else {}
+    changelog_msgs = sum(ends.values())
     counted = getattr(tally.stats, "produced_bytes", None)
     if counted is not None:
-        return dict(counted), "tally.stats.produced_bytes"
-    out: dict[str, int] = {}
-    bootstrap = tally.settings.bootstrap_servers()
-    for key in tally.stats.produced:
-        records = await read_to_end(bootstrap, _topic_name(tally, key))
-        out[key] = sum(len(r.key or b"") + len(r.value or b"") for r in records)
-    return out, "output topics read back (key + value)"
+        by_topic = {names.get(k, k): v for k, v in counted.items()}
+        source = "tally.stats.produced_bytes"
+        if not any(is_changelog(k) for k in counted):
+            for t in changelogs:
+                by_topic[t] = await _value_bytes(bootstrap, t)
+            source += " + changelog topics read back"
+    else:
+        by_topic = {names.get(k, k): await _value_bytes(bootstrap, names[k]) for k in outputs}
+        for t in changelogs:
+            by_topic[t] = await _value_bytes(bootstrap, t)
+        source = "topics read back"
+    output_bytes = sum(v for t, v in by_topic.items() if not is_changelog(t))
+    total_bytes = sum(by_topic.values())
 
+    def per(x: float, digits: int = 3) -> float | None:
+        return round(x / n, digits) if n else None
 
-async def _changelog_messages(tally: Tally) -> int:
-    names: list[str] = []
-    with contextlib.suppress(Exception):
-        names = [t.changelog_topic.get_topic_name() for t in tally.app.tables.values()]
-    if not names:
-        return 0
-    ends = await log_ends(tally.settings.bootstrap_servers(), names)
-    return sum(ends.values())
+    return {
+        "produced_messages_per_event": per(sum(outputs.values()) + changelog_msgs),
+        "produced_bytes_per_event": per(total_bytes, 1),
+        "output_messages_per_event": per(sum(outputs.values())),
+        "output_bytes_per_event": per(output_bytes, 1),
+        "changelog_messages_per_event": per(changelog_msgs),
+        "changelog_bytes_per_event": per(total_bytes - output_bytes, 1),
+        "produced_bytes_source": f"message values; {source}",
+        "produced_by_topic": dict(sorted((names.get(k, k), v) for k, v in outputs.items())),
+        "changelog_messages_by_topic": {
+            t: sum(v for tp, v in ends.items() if tp.topic == t) for t in changelogs
+        },
+        "produced_bytes_by_topic": dict(sorted(by_topic.items())),
+    }
 
 
 async def bench_tally(s: Settings, envelopes: list[Envelope]) -> dict[str, Any]:
@@ -427,21 +464,14 @@ async def bench_tally(s: Settings, envelopes: list[Envelope]) -> dict[str, Any]:
     stats = tally.stats
     n = count()
     window = meter.window()
-    produced = dict(stats.produced)
-    produced_bytes, bytes_source = await _produced_bytes(tally)
-    changelog = await _changelog_messages(tally)
+    produced = await produced_figures(tally, n)
     first = meter.first[0] if meter.first else t_start
     return {
         "events": n,
         **window,
         "drained_seconds": round(stats.last_activity - first, 3),
         "startup_seconds": round(first - t_start, 3),
-        "produced_messages_per_event": round(sum(produced.values()) / n, 3) if n else None,
-        "produced_bytes_per_event": round(sum(produced_bytes.values()) / n, 1) if n else None,
-        "produced_bytes_source": bytes_source,
-        "produced_by_topic": dict(sorted(produced.items())),
-        "produced_bytes_by_topic": dict(sorted(produced_bytes.items())),
-        "changelog_messages_per_event": round(changelog / n, 3) if n else None,
+        **produced,
         "internal_messages_consumed": sum(stats.consumed.values()) - n,
         "breaks": sum(stats.breaks.values()),
         "dead_letters": sum(stats.dead_letters.values()),
@@ -838,8 +868,10 @@ def render(r: dict[str, Any]) -> str:
         f"  tally / bare      {f(th['tally_vs_bare'], 'x')} events/s, "
         f"{f(th['cpu_tally_vs_bare'], 'x')} CPU per event",
         f"  tally produced per input event: {f(t['produced_messages_per_event'])} messages, "
-        f"{f(t['produced_bytes_per_event'])} bytes ({t['produced_bytes_source']}); "
-        f"+ {f(t['changelog_messages_per_event'])} changelog messages",
+        f"{f(t['produced_bytes_per_event'])} bytes: outputs and internal topics "
+        f"{f(t['output_messages_per_event'])} messages, {f(t['output_bytes_per_event'])} "
+        f"bytes; table changelogs {f(t['changelog_messages_per_event'])} messages, "
+        f"{f(t['changelog_bytes_per_event'])} bytes ({t['produced_bytes_source']})",
         f"  tally: {t['events']:,} events consumed, start-up {t['startup_seconds']} s "
         f"(excluded), {t['breaks']:,} breaks, {t['dead_letters']:,} dead letters",
     ]

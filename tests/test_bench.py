@@ -51,12 +51,16 @@ def test_bench_stream_json_has_every_figure(
         assert _positive(run["events_per_second"])
         assert _positive(run["cpu_us_per_event"])
     assert _positive(th["tally_vs_bare"]) and _positive(th["cpu_tally_vs_bare"])
-    assert _positive(tally["produced_messages_per_event"])
-    assert _positive(tally["produced_bytes_per_event"])
+    for what in ("produced", "output", "changelog"):
+        assert _positive(tally[f"{what}_messages_per_event"])
+        assert _positive(tally[f"{what}_bytes_per_event"])
+    assert tally["produced_messages_per_event"] == pytest.approx(
+        tally["output_messages_per_event"] + tally["changelog_messages_per_event"], abs=0.002
+    )
     assert tally["produced_bytes_source"]
-    assert sum(tally["produced_by_topic"].values()) > fed  # breaks, postings, snapshots, ...
+    assert sum(tally["produced_by_topic"].values()) > fed  # snapshots, postings, breaks, ...
+    assert sum(tally["changelog_messages_by_topic"].values()) > 0
     assert sum(tally["produced_bytes_by_topic"].values()) > 0
-    assert tally["changelog_messages_per_event"] > 0
     assert tally["breaks"] > 0 and tally["dead_letters"] > 0  # the simulation has both
     assert tally["startup_seconds"] >= 0 and _positive(tally["drained_seconds"])
 
