@@ -599,12 +599,6 @@ def _fast_amount(value: str, currency: str) -> int | None:
     return minor
 
 
-def _key_ok(key: bytes | str | None, txn_id: str) -> bool:
-    if isinstance(key, bytes):
-        return key == txn_id.encode()
-    return key == txn_id
-
-
 def _fast_transaction(
     raw: bytes | str, key: bytes | str | None, check_key: bool
 ) -> Transaction | None:
@@ -615,7 +609,7 @@ def _fast_transaction(
     txn_id = w.txn_id
     if (
         not _four_idents_ok(f"{w.event_id} {txn_id} {w.merchant_id} {w.channel_id}")
-        or (check_key and not _key_ok(key, txn_id))
+        or (check_key and (key != txn_id.encode() if isinstance(key, bytes) else key != txn_id))
         or w.type not in TXN_TYPES
         or w.status not in TXN_STATUSES
     ):
@@ -666,7 +660,7 @@ def _fast_callback(raw: bytes | str, key: bytes | str | None, check_key: bool) -
     txn_id = w.txn_id
     if (
         not _four_idents_ok(f"{w.event_id} {txn_id} {w.channel_id} {w.channel_txn_id}")
-        or (check_key and not _key_ok(key, txn_id))
+        or (check_key and (key != txn_id.encode() if isinstance(key, bytes) else key != txn_id))
         or w.source not in CALLBACK_SOURCES
         or w.status not in CALLBACK_STATUSES
     ):

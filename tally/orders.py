@@ -361,4 +361,9 @@ def _compute_view(state: OrderState, policy: ChannelPolicy) -> OrderView:
         confirmed or failed or reversed_ or (final is not None and not channel_success) or ours_over
     )
     succeeded = confirmed or channel_success or (final is None and ours == "success")
-    return _order_view(standing, resolved, reversed_, succeeded, failed or ours_over, fee)
+    failed = failed or ours_over
+    k = (standing, resolved, reversed_, succeeded, failed, fee)  # as `_order_view`
+    v = _views.get(k)
+    if v is None:
+        v = _order_view(standing, resolved, reversed_, succeeded, failed, fee)
+    return v

@@ -393,7 +393,13 @@ class Reconciler:
                         self._advance_into(partition, None, out)  # wait for the other input
                         return
                     low = min(low, v)
-        self._advance_into(partition, low - self.lateness, out)
+        to_ms = low - self.lateness
+        wm = self._wm.get(partition)
+        if wm is not None and to_ms <= wm:
+            heap = self._timers.get(partition)
+            if not heap or heap[0][0] > wm:
+                return  # the watermark stays, no timer is due
+        self._advance_into(partition, to_ms, out)
 
     def _advance(self, partition: int, to_ms: int | None) -> Outputs:
         out = Outputs()
