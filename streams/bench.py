@@ -359,8 +359,13 @@ async def bench_bare_faust(s: Settings, envelopes: list[Envelope]) -> dict[str, 
     meter = Meter(lambda: counted[0])
     meter.start()
     worker, task = await _start_worker(app, s.log_level)
+
+    def running() -> None:
+        if task.done():
+            raise RuntimeError(f"the bare Faust worker stopped: {task!r}")
+
     try:
-        await meter.wait_for(len(envelopes))
+        await meter.wait_for(len(envelopes), check=running)
         await asyncio.sleep(0.2)
     finally:
         await meter.stop()
