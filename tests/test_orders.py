@@ -389,3 +389,61 @@ def test_view_does_not_depend_on_evidence_arrival_order() -> None:
             view(state_of(*perm, policy=policy), policy) for perm in itertools.permutations(events)
         }
         assert len(views) == 1
+
+
+# ------------------------------------------------------------ view, remembered
+
+
+def test_view_follows_every_change_of_its_inputs() -> None:
+    """`view` remembers its answer on the state: any change of what it depends on
+    (evidence appended, our status, our record, the reversal, the policy) is seen."""
+
+    def fresh(st: OrderState, policy: ChannelPolicy) -> OrderView:
+        return view(OrderState.from_json(st.to_json()), policy)  # nothing remembered
+
+    st = OrderState("T1")
+    steps = [
+        lambda: apply_transaction(st, txn("pending", 0), PESSIMISTIC),
+        lambda: apply_callback(st, cb("sync", "success", 1, fee=60)),
+        lambda: apply_callback(st, cb("notify", "success", 2, fee=70)),
+        lambda: apply_transaction(st, txn("success", 3), PESSIMISTIC),
+        lambda: apply_reversal_link(st, "R1", "pending", s(4)),
+        lambda: apply_reversal_link(st, "R1", "success", s(5)),
+        lambda: apply_callback(st, cb("query", "failed", 6)),
+    ]
+    for step in steps:
+        for policy in ALL_POLICIES:
+            assert view(st, policy) == fresh(st, policy)
+        step()
+        for policy in reversed(ALL_POLICIES):
+            assert view(st, policy) == fresh(st, policy)
+            assert view(st, policy) is view(st, policy)
+
+
+@pytest.mark.parametrize(
+    "zone",
+    ["Asia/Shanghai", "America/New_York", "Europe/London", "Australia/Lord_Howe", "Asia/Kathmandu"],
+)
+@pytest.mark.parametrize("cutoff", [time(0, 0), time(23, 0), time(1, 30), time(0, 0, 30)])
+def test_business_date_iso_is_business_date(zone: str, cutoff: time) -> None:
+    """The business date remembered per minute is the one computed for the instant,
+    also around daylight-saving changes and cutoffs that fall in them."""
+    from tally.policy import business_date, business_date_iso
+
+    starts = [
+        parse_timestamp(t, "t")
+        for t in (
+            "2026-03-08T04:00:00Z",  # New York springs forward
+            "2026-11-01T03:00:00Z",  # and falls back
+            "2026-03-29T00:00:00Z",  # London
+            "2026-04-04T13:00:00Z",  # Lord Howe, half an hour
+            "2026-03-02T14:00:00Z",
+        )
+    ]
+    for t0 in starts:
+        for at in range(t0, t0 + 4 * 3_600_000, 59_993):
+            for ms in (at, at - at % 60_000, at - at % 60_000 + 59_999):
+                assert (
+                    business_date_iso(ms, zone, cutoff)
+                    == business_date(ms, zone, cutoff).isoformat()
+                )
