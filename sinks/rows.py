@@ -343,7 +343,7 @@ DEAD_LETTERS = Table(
 
 
 def _watermark(key: Any, value: Any, _p: int) -> list[Row]:
-    if value is None:
+    if value is None or not str(key).isdigit():  # "sent|<p>": a checkpoint marker
         return []
     return [(int(key), int(value))]
 

@@ -1,11 +1,12 @@
 """Faust agents: thin shells around the domain core, working a batch at a time.
 
-- `reconcile_{transactions,callbacks,links,ticks}`: one agent per input topic (all
-  co-partitioned, keyed by txn_id) feeding one shared `Reconciler`. They take their
-  input in batches and work one batch at a time between them (one lock): a batch is
-  parsed and run through the pure core message by message, in order, then its
-  results are made durable by `streams.checkpoint.Checkpoint.commit` (outputs, then
-  state, then input offsets: the numbered steps are written out there).
+- `reconcile`: one agent over the four co-partitioned input topics (transactions,
+  callbacks, links, ticks; keyed by txn_id) feeding the `Reconciler`. It takes its
+  input in batches that mix the topics and partitions: a batch is parsed and run
+  through the pure core message by message, in order, then its results are made
+  durable by `streams.checkpoint.Checkpoint.commit` (outputs, then state, then input
+  offsets: the numbered steps are written out there). One agent, one batch at a
+  time: the state a commit writes is exactly its batch's.
 - postings are applied to the `balances` table shard of the message's partition.
 - `claims`: success claims keyed by channel transaction id into `ChannelTxnIndex`,
   a batch at a time with its own checkpoint.
@@ -24,10 +25,9 @@ dead-letter topic with its reason and counted.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -65,11 +65,12 @@ def register_agents(t: Tally) -> None:
     )
     writers = (orders, balances, watermarks)
     ck = t.checkpoint
-    names = {k: topic.get_topic_name() for k, topic in topics.items()}
+    names = {k: topic.get_topic_name() for k, topic in topics.items() if k != "reconcile"}
     batch_max, batch_within = s.batch_max_events, s.batch_max_ms / 1000
-    lock = asyncio.Lock()  # the four reconcile agents share the state: one batch at a time
+    kinds = {names[k]: k for k in _KINDS}  # topic name -> transactions | callbacks | ...
     started = time.time()
     pending_latency: list[int] = []  # ingest times of the breaks of the batch being made
+    facts: dict[str, list[list[Any]]] = {}  # the batch's facts by the order they belong to
 
     def output(
         kind: str, partition: int, key: str | None, value: dict[str, Any], into: Any = ck
@@ -91,18 +92,27 @@ def register_agents(t: Tally) -> None:
         stats.dead_letters[exc.code] += 1
         metrics.dead_letter(exc.code)
 
+    def fact(txn_id: str, kind: str, partition: int, key: str, value: dict[str, Any]) -> None:
+        """An output that is a fact of order `txn_id`: sent, and kept in the order's
+        outbox until the batch is committed (streams.checkpoint)."""
+        output(kind, partition, key, value)
+        found = facts.get(txn_id)
+        if found is None:
+            found = facts[txn_id] = []
+        found.append([kind, partition, key, value])
+
     def emit(out: Outputs, partition: int, ingested_ms: int, now_ms: int) -> None:
         """A message's facts, each one message, to its key's partition."""
         for b in out.breaks:
             b.detected_at_ms = now_ms
             b.trigger_ingested_at_ms = ingested_ms
-            output("breaks", partition, b.txn_id, b.to_json())
+            fact(b.txn_id, "breaks", partition, b.txn_id, b.to_json())
             stats.breaks[b.kind] += 1
             metrics.break_sent(b, now_ms, ingested_ms)
             if ingested_ms:
                 pending_latency.append(ingested_ms)
         for posting in out.postings:
-            output("postings", partition, posting.txn_id, posting.to_json())
+            fact(posting.txn_id, "postings", partition, posting.txn_id, posting.to_json())
             metrics.posting_sent(posting, now_ms, ingested_ms)
             for account, legs in posting.legs_by_account():
                 key = f"{balance_key(account, posting.currency)}|{partition}"
@@ -110,32 +120,65 @@ def register_agents(t: Tally) -> None:
                 bal.apply(legs)
                 balances[key] = bal
         for q in out.queries:
-            output("status-queries", partition, q.txn_id, q.to_json())
+            fact(q.txn_id, "status-queries", partition, q.txn_id, q.to_json())
             metrics.status_query(q.channel_id)
         for link in out.links:
-            output(
-                "links",
-                partition_for(link.original_txn_id, n),
-                link.original_txn_id,
-                link.to_json(),
+            original = link.original_txn_id
+            fact(
+                link.reversal_txn_id, "links", partition_for(original, n), original, link.to_json()
             )
         for c in out.claims:
-            output("success-claims", partition_for(c.key, n), c.key, c.to_json())
+            fact(c.txn_id, "success-claims", partition_for(c.key, n), c.key, c.to_json())
 
-    def snapshots() -> None:
-        """One snapshot per order and per balance shard the batch changed."""
+    def snapshot_order(state: Any, partition: int) -> None:
+        channel = state.channel_id or (state.evidence[0].channel_id if state.evidence else "")
+        policy = rec.policies[channel]
+        v = view(state, policy)
+        metrics.order_changed(state, v, policy)
+        at = max([state.our_status_at_ms] + [e.occurred_at_ms for e in state.evidence])
+        output("order-states", partition, state.txn_id, order_snapshot(state, v, at))
+
+    def snapshot_balance(key: str, partition: int) -> None:
+        bal = balances.data[key]
+        metrics.balance_changed(key, bal)
+        output("balances", partition, key, balance_snapshot(key, bal, partition))
+
+    def snapshots(seq: int) -> list[Any]:
+        """One snapshot per order and per balance shard the batch changed; each
+        changed order's outbox is the batch's facts of it. Returns the orders."""
+        changed = []
         for txn_id, partition in orders.dirty.items():
             state = orders.data[txn_id]
-            channel = state.channel_id or (state.evidence[0].channel_id if state.evidence else "")
-            policy = rec.policies[channel]
-            v = view(state, policy)
-            metrics.order_changed(state, v, policy)
-            at = max([state.our_status_at_ms] + [e.occurred_at_ms for e in state.evidence])
-            output("order-states", partition, txn_id, order_snapshot(state, v, at))
+            state.outbox = facts.pop(txn_id, [])
+            state.outbox_seq = seq
+            changed.append(state)
+            snapshot_order(state, partition)
+        assert not facts, f"facts of orders the batch did not change: {sorted(facts)[:5]}"
         for key, partition in balances.dirty.items():
-            bal = balances.data[key]
-            metrics.balance_changed(key, bal)
-            output("balances", partition, key, balance_snapshot(key, bal, partition))
+            snapshot_balance(key, partition)
+        return changed
+
+    def sent(states: list[Any], seq: int) -> Callable[[], None]:
+        """After the batch's outputs are acknowledged its orders' outboxes are kept
+        only in the changelog (a recovering worker reads the markers to skip them)."""
+
+        def done() -> None:
+            for state in states:
+                if state.outbox_seq == seq:
+                    state.outbox = []
+
+        return done
+
+    def markers(partitions: set[int]) -> Callable[[int, Any], None]:
+        def write(completed_seq: int, state: Any) -> None:
+            """Every batch up to `completed_seq` is acknowledged, outputs included:
+            say so in the state of each partition this batch writes (`sent|<p>`)."""
+            for partition in sorted(partitions):
+                key = f"sent|{partition}"
+                watermarks.data[key] = completed_seq
+                state.add(watermarks.changelog_topic, partition, dumps(key), dumps(completed_seq))
+
+        return write
 
     checked: set[int] = set()  # partitions whose balances were checked since assignment
 
@@ -177,12 +220,39 @@ def register_agents(t: Tally) -> None:
                 figures,
             )
 
-    def handle(kind: str, msg: Any, now_ms: int) -> None:
-        """One message of `kind` (transactions | callbacks | links | ticks) into the
-        Reconciler."""
+    def recover(partition: int) -> None:
+        """Before a partition's first message after it is assigned (its tables just
+        recovered): send again what its recovered state may hold unsent — the outbox
+        and snapshot of every order changed by a batch later than the partition's
+        `sent|<p>` marker, and a snapshot of every balance shard — and correct the
+        balance shards from the orders' positions."""
+        sent_seq = watermarks.data.get(f"sent|{partition}", 0)
+        ck.seen(sent_seq)
+        resent = 0
+        for txn_id, state in orders.data.items():
+            if state.outbox_seq <= sent_seq or partition_for(txn_id, n) != partition:
+                if state.outbox:
+                    state.outbox = []  # sent: kept in the changelog only
+                continue
+            ck.seen(state.outbox_seq)
+            for kind, p, key, value in state.outbox:
+                output(kind, p, key, value)
+            snapshot_order(state, partition)
+            resent += 1
+        heal_balances(partition)
+        suffix = f"|{partition}"
+        for key in [k for k in balances.data if k.endswith(suffix)]:
+            snapshot_balance(key, partition)
+        stats.outboxes_resent += resent
+        if resent:
+            log.info("partition %d: sent again the outputs of %d orders", partition, resent)
+
+    def handle(msg: Any, now_ms: int) -> None:
+        """One message of any input topic into the Reconciler."""
+        kind = kinds[msg.topic]
         p = msg.partition
         if p not in checked:
-            heal_balances(p)
+            recover(p)
             checked.add(p)
         stats.seen(msg.topic, p, msg.offset, activity=kind != "ticks")
         for w in writers:
@@ -216,34 +286,42 @@ def register_agents(t: Tally) -> None:
         if out:
             emit(out, p, int(msg.timestamp * 1000), now_ms)
 
-    async def reconcile_batch(kind: str, events: Sequence[Any]) -> None:
-        """Steps: process every message in order, snapshot what changed, commit."""
-        async with lock:
-            now_ms = int(time.time() * 1000)
-            for event in events:
-                handle(kind, event.message, now_ms)
-            snapshots()
-            await ck.commit()
-            record_latency()
+    async def reconcile_batch(events: Sequence[Any]) -> None:
+        """Process every message in order, snapshot what changed, commit."""
+        t0 = time.perf_counter()
+        now_ms = int(time.time() * 1000)
+        partitions = set()
+        for event in events:
+            handle(event.message, now_ms)
+            partitions.add(event.message.partition)
+        seq = ck.begin()
+        changed = snapshots(seq)
+        t1 = time.perf_counter()
+        latency, outboxes = record_latency(pending_latency[:]), sent(changed, seq)
+        pending_latency.clear()
 
-    def record_latency() -> None:
+        def done() -> None:
+            latency()
+            outboxes()
+
+        await ck.commit(done, markers(partitions))
+        stats.batch(len(events), t1 - t0, time.perf_counter() - t1)
+
+    def record_latency(ingested: list[int]) -> Callable[[], None]:
         """Event-to-break latency: broker timestamp of the revealing message to the
-        break being acknowledged by the broker (the end of commit step 1)."""
-        if pending_latency:
+        break's batch being committed (outputs and state acknowledged)."""
+
+        def done() -> None:
             done_ms = time.time() * 1000
             room = _LATENCY_SAMPLES - len(stats.latencies_ms)
-            stats.latencies_ms.extend(done_ms - ms for ms in pending_latency[:room])
-            pending_latency.clear()
+            stats.latencies_ms.extend(done_ms - ms for ms in ingested[:room])
 
-    def reconcile_agent(kind: str) -> Any:
-        async def reconcile(stream: Any) -> None:  # a faust.Stream: take_events
-            async for events in stream.take_events(batch_max, batch_within):
-                await reconcile_batch(kind, events)
+        return done
 
-        reconcile.__name__ = reconcile.__qualname__ = f"reconcile_{kind}"
-        return app.agent(topics[kind], name=f"tally.reconcile.{kind}")(reconcile)
-
-    reconcilers = {k: reconcile_agent(k) for k in _KINDS}
+    @app.agent(topics["reconcile"], name="tally.reconcile")
+    async def reconcile(stream: Any) -> None:  # a faust.Stream: take_events
+        async for events in stream.take_events(batch_max, batch_within):
+            await reconcile_batch(events)
 
     claims_ck = t.claims_checkpoint
     claims_table = t.writers["channel-txn-claims"]
@@ -294,7 +372,7 @@ def register_agents(t: Tally) -> None:
                 stats.partition_ticked[p] = now
 
     t.agents.update(
-        {f"reconcile_{k}": a for k, a in reconcilers.items()},
+        reconcile=reconcile,
         claims=claims,
         idle_ticks=idle_ticks,
     )

@@ -34,7 +34,7 @@ import faust
 from faust.types import TP
 
 from streams import codecs
-from streams.checkpoint import Checkpoint, TableWriter
+from streams.checkpoint import Checkpoint, TableWriter, gate_offset_commits
 from tally.clearing import Balance
 from tally.config import Settings
 from tally.orders import OrderState
@@ -53,11 +53,23 @@ class WorkerStats:
     breaks: Counter[str] = field(default_factory=Counter)  # by kind
     duplicates: int = 0
     balances_healed: int = 0  # shards corrected from the orders after a recovery
+    outboxes_resent: int = 0  # orders whose outputs were sent again after a recovery
     last_activity: float = field(default_factory=time.monotonic)
     positions: dict[tuple[str, int], int] = field(default_factory=dict)  # next offset by TP
     partition_activity: dict[int, float] = field(default_factory=dict)  # wall, by partition
     partition_ticked: dict[int, float] = field(default_factory=dict)
     latencies_ms: list[float] = field(default_factory=list)  # ingest -> break, sampled
+
+    batches: int = 0  # reconcile batches committed
+    batch_events: int = 0  # input messages in them
+    batch_seconds: float = 0.0  # processing them (parse, core, snapshots)
+    commit_seconds: float = 0.0  # waiting for their outputs and state to be acknowledged
+
+    def batch(self, events: int, processing: float, committing: float) -> None:
+        self.batches += 1
+        self.batch_events += events
+        self.batch_seconds += processing
+        self.commit_seconds += committing
 
     def seen(self, topic: str, partition: int, offset: int, activity: bool = True) -> None:
         self.consumed[topic] += 1
@@ -149,6 +161,7 @@ def create_app(settings: Settings | None = None) -> Tally:
 
     app.tally_fetch_max_wait_ms = settings.consumer_fetch_max_wait_ms  # type: ignore[attr-defined]
     use_fetch_max_wait()
+    gate_offset_commits()
 
     def topic(name: str, internal: bool = False) -> faust.TopicT:
         return app.topic(
@@ -175,6 +188,14 @@ def create_app(settings: Settings | None = None) -> Tally:
         "order-states": topic(settings.topic_order_states),
         "balances": topic(settings.topic_balances),
     }
+    # the reconcile agent reads the four co-partitioned inputs as one stream
+    topics["reconcile"] = app.topic(
+        *(topics[k].get_topic_name() for k in ("transactions", "callbacks", "links", "ticks")),
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+    )
     tables: dict[str, Any] = {}
     for name, codec in (
         ("orders", codecs.ORDER),
@@ -258,11 +279,18 @@ def create_app(settings: Settings | None = None) -> Tally:
             [writers["orders"], writers["balances"], writers["watermarks"]],
             stats.produced,
             stats.produced_bytes,
+            state_first=True,
         ),
         claims_checkpoint=Checkpoint(
-            producer, [writers["channel-txn-claims"]], stats.produced, stats.produced_bytes
+            producer,
+            [writers["channel-txn-claims"]],
+            stats.produced,
+            stats.produced_bytes,
+            state_first=False,
         ),
     )
+
+    app.tally_checkpoints = (tally.checkpoint, tally.claims_checkpoint)  # type: ignore[attr-defined]
 
     from streams.agents import register_agents
     from streams.metrics import WorkerMetrics

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator, MutableMapping
 from typing import Any
@@ -159,7 +160,17 @@ class TableWriter(MutableMapping[Any, Any]):
 
 
 class Checkpoint:
-    """Makes one batch durable: `commit` is the only place results leave a worker."""
+    """Makes batches durable, in order: `commit` is the only place results leave a
+    worker.
+
+    Two orders, chosen by the agent (module docstring):
+    - `state_first` (the reconcile agent): state with its outbox, then outputs;
+    - outputs first (the claims agent, whose replay is deterministic).
+
+    Commits are pipelined: the agent goes on with its next batch while the broker
+    acknowledges this one, but a commit starts writing only when every earlier one
+    is complete, and Faust commits no input offset before every commit begun so far
+    is complete (`settled`, called by the gate `gate_offset_commits` installs)."""
 
     def __init__(
         self,
@@ -167,37 +178,89 @@ class Checkpoint:
         tables: list[TableWriter],
         produced: Counter[str],
         produced_bytes: Counter[str],
+        *,
+        state_first: bool,
+        max_in_flight: int = 2,
     ) -> None:
         self._producer = producer  # the worker's aiokafka producer, once Faust started it
         self.tables = tables
+        self.state_first = state_first
         self.outbox = Outbox()
         self.produced = produced
         self.produced_bytes = produced_bytes
-        self.commits = 0
+        self.max_in_flight = max_in_flight
+        self.commits = 0  # completed
+        self.seq = 0  # the latest batch's sequence number: grows, also across workers
+        self._last: asyncio.Task[None] | None = None
+        self._last_seq: int | None = None
+        self._in_flight: list[asyncio.Task[None]] = []
 
-    async def commit(self) -> None:
-        """Steps 1 and 2 of the module docstring; step 3 is the caller returning the
-        batch to `take_events`. Finished even if the caller is cancelled meanwhile."""
+    def begin(self) -> int:
+        """A sequence number for the batch being made: larger than any before it
+        (wall-clock nanoseconds, or one more than the largest seen)."""
+        self.seq = max(time.time_ns(), self.seq + 1)
+        return self.seq
+
+    def seen(self, seq: int) -> None:
+        """A sequence number found in recovered state: later batches must be larger."""
+        self.seq = max(self.seq, seq)
+
+    async def commit(
+        self,
+        done: Callable[[], None] | None = None,
+        markers: Callable[[int, Outbox], None] | None = None,
+    ) -> None:
+        """Begin committing the batch made so far (its outbox and its tables' changed
+        keys, encoded now) in a task of its own, which no cancellation of the caller
+        stops. Returns once at most `max_in_flight` commits are unfinished
+        (back-pressure). `done` is called when this commit is complete; `markers`
+        (state first only) may add state records once every earlier commit is
+        complete, given the sequence number of the last of them. Step 3 is the
+        caller returning the batch to `take_events`: Faust commits its offsets only
+        after `settled`."""
         outputs, self.outbox = self.outbox, Outbox()
         state = Outbox()
         for table in self.tables:
             table.changelog(state)
-        task = asyncio.ensure_future(self._commit(outputs, state))
-        while True:
-            try:
-                await asyncio.shield(task)
-                return
-            except asyncio.CancelledError:
-                if task.done():
-                    raise
-                await asyncio.wait([task])  # finish it, then let the cancellation through
-                task.result()
-                raise
+        task = asyncio.ensure_future(
+            self._commit(outputs, state, self._last, self._last_seq, markers)
+        )
+        if done is not None:
+            task.add_done_callback(lambda t: None if t.cancelled() else done())
+        self._last, self._last_seq = task, self.seq
+        self._in_flight.append(task)
+        while len(self._in_flight) > self.max_in_flight:
+            await asyncio.shield(self._in_flight[0])
 
-    async def _commit(self, outputs: Outbox, state: Outbox) -> None:
-        await self.produce(outputs)  # 1. outputs, acknowledged by the broker
-        await self.produce(state)  # 2. state changelog, acknowledged by the broker
-        self.commits += 1
+    async def _commit(
+        self,
+        outputs: Outbox,
+        state: Outbox,
+        previous: asyncio.Task[None] | None,
+        previous_seq: int | None,
+        markers: Callable[[int, Outbox], None] | None,
+    ) -> None:
+        try:
+            if self.state_first:
+                if previous is not None:
+                    await previous  # every earlier batch: state and outputs acknowledged
+                    if markers is not None and previous_seq is not None:
+                        markers(previous_seq, state)
+                await self.produce(state)  # 1. state with its outbox, acknowledged
+                await self.produce(outputs)  # 2. outputs, acknowledged
+            else:
+                await self.produce(outputs)  # 1. outputs, acknowledged
+                if previous is not None:
+                    await previous
+                await self.produce(state)  # 2. state changelog, acknowledged
+            self.commits += 1
+        finally:
+            self._in_flight.remove(asyncio.current_task())  # type: ignore[arg-type]
+
+    async def settled(self) -> None:
+        """Until every commit begun so far is complete."""
+        while self._in_flight:
+            await asyncio.shield(self._in_flight[-1])
 
     async def produce(self, outbox: Outbox) -> None:
         """Every record of `outbox`, acknowledged; retried until it is."""
@@ -254,6 +317,30 @@ class Checkpoint:
                 self.produced[tp[0]] += n
                 self.produced_bytes[tp[0]] += size
         return failed
+
+
+_GATE_INSTALLED = False
+
+
+def gate_offset_commits() -> None:
+    """Step 3's gate: Faust commits the offsets of acknowledged events only after
+    every checkpoint of its app (`app.tally_checkpoints`) has settled. Faust already
+    flushes its producer right before committing; a pipelined checkpoint may not yet
+    have handed its state to the producer then. Idempotent, for every app."""
+    global _GATE_INSTALLED
+    if _GATE_INSTALLED:
+        return
+    from faust.transport.drivers.aiokafka import Consumer
+
+    commit = Consumer._commit
+
+    async def _commit(self: Any, offsets: Any) -> bool:
+        for checkpoint in getattr(self.app, "tally_checkpoints", ()):
+            await checkpoint.settled()
+        return bool(await commit(self, offsets))
+
+    Consumer._commit = _commit  # type: ignore[method-assign]
+    _GATE_INSTALLED = True
 
 
 def dumps(value: Any) -> bytes:

@@ -142,6 +142,13 @@ class OrderState:
     query_due_ms: int | None = None  # next status query / timeout check (event time)
     orphan_due_ms: int | None = None  # orphan_callback deadline (event time)
     last_link_status: str | None = None  # what we last told our original (reversals)
+    # --- the stream's transactional outbox (streams.checkpoint; the pure core never
+    # reads it): the facts the order's last committed change produced (breaks,
+    # postings, status queries, links, claims as [topic kind, partition, key, JSON]),
+    # stored with the state so that a worker that recovers the state can send them
+    # again when it cannot know they reached the broker; `outbox_seq` names that change
+    outbox: list[list[Any]] = field(default_factory=list)
+    outbox_seq: int = 0
     # `view()`'s last answer, the policy and what else it was computed from (a tuple
     # of strings and ints: not tracked by the garbage collector); not part of the state
     _view: OrderView | None = field(default=None, repr=False, compare=False)
@@ -169,7 +176,7 @@ class OrderState:
 
     # ------------------------------------------------------------- persistence
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, with_outbox: bool = True) -> dict[str, Any]:
         return {
             "txn_id": self.txn_id,
             "type": self.type,
@@ -196,6 +203,7 @@ class OrderState:
             "query_due_ms": self.query_due_ms,
             "orphan_due_ms": self.orphan_due_ms,
             "last_link_status": self.last_link_status,
+            **({"outbox": self.outbox, "outbox_seq": self.outbox_seq} if with_outbox else {}),
         }
 
     @classmethod

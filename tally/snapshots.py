@@ -81,7 +81,7 @@ def order_snapshot(state: OrderState, v: OrderView, event_time_ms: int) -> dict[
         "updated_at": _iso_ms(event_time_ms),
         "queries_sent": state.queries_sent,
         "breaks": sorted(state.raised),
-        "state": state.to_json(),  # the full state (evidence included), for restoring a worker
+        "state": state.to_json(with_outbox=False),  # the full state, for restoring a worker
     }
 
 

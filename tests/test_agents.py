@@ -51,12 +51,18 @@ def in_memory(settings: Settings) -> Tally:
     return t
 
 
-async def put(tally: Tally, agent: Any, value: bytes, key: bytes) -> None:
-    """Put a message into an agent's stream and wait until its batch is committed, as
-    a broker delivers a message after the ones produced before it."""
+async def put(
+    tally: Tally, agent: Any, topic: str, value: bytes, key: bytes, partition: int = 0
+) -> None:
+    """Put a message of `topic` (transactions, callbacks, ...) into an agent's stream
+    and wait until its batch is committed, as a broker delivers a message after the
+    ones produced before it."""
     consumed = sum(tally.stats.consumed.values())
     commits = tally.checkpoint.commits + tally.claims_checkpoint.commits
-    await agent.put(value, key=key)
+    message = agent.to_message(key, value, partition=partition, offset=agent.sent_offset)
+    message.topic = tally.topics[topic].get_topic_name()
+    await agent.stream().channel.put(await agent.stream().channel.decode(message))
+    agent.sent_offset += 1
     async with asyncio.timeout(10):
         while (
             sum(tally.stats.consumed.values()) == consumed
@@ -104,15 +110,27 @@ def cb(eid: str, txn_id: str, status: str, at: str, **kw: Any) -> bytes:
 
 
 async def test_transactions_and_callbacks_merge_into_one_order(tally: Tally) -> None:
-    txns = tally.agents["reconcile_transactions"]
-    cbs = tally.agents["reconcile_callbacks"]
-    async with txns.test_context() as t_agent, cbs.test_context() as c_agent:
+    async with tally.agents["reconcile"].test_context() as agent:
         await put(
-            tally, t_agent, txn("e1", "o1", "pending", "2026-11-24T10:00:00+08:00"), key=b"o1"
+            tally,
+            agent,
+            "transactions",
+            txn("e1", "o1", "pending", "2026-11-24T10:00:00+08:00"),
+            key=b"o1",
         )
-        await put(tally, c_agent, cb("e2", "o1", "success", "2026-11-24T10:00:02+08:00"), key=b"o1")
         await put(
-            tally, t_agent, txn("e3", "o1", "success", "2026-11-24T10:00:02+08:00"), key=b"o1"
+            tally,
+            agent,
+            "callbacks",
+            cb("e2", "o1", "success", "2026-11-24T10:00:02+08:00"),
+            key=b"o1",
+        )
+        await put(
+            tally,
+            agent,
+            "transactions",
+            txn("e3", "o1", "success", "2026-11-24T10:00:02+08:00"),
+            key=b"o1",
         )
     state = tally.orders["o1"]
     assert state.our_status == "success"
@@ -123,41 +141,66 @@ async def test_transactions_and_callbacks_merge_into_one_order(tally: Tally) -> 
 
 
 async def test_amount_mismatch_raised_once_and_redelivery_ignored(tally: Tally) -> None:
-    txns = tally.agents["reconcile_transactions"]
-    cbs = tally.agents["reconcile_callbacks"]
-    async with txns.test_context() as t_agent, cbs.test_context() as c_agent:
+    async with tally.agents["reconcile"].test_context() as agent:
         await put(
-            tally, t_agent, txn("e1", "o2", "pending", "2026-11-24T10:00:00+08:00"), key=b"o2"
+            tally,
+            agent,
+            "transactions",
+            txn("e1", "o2", "pending", "2026-11-24T10:00:00+08:00"),
+            key=b"o2",
         )
         bad = cb("e2", "o2", "success", "2026-11-24T10:00:02+08:00", amount="99.00")
-        await put(tally, c_agent, bad, key=b"o2")
-        await put(tally, c_agent, bad, key=b"o2")  # the same event delivered twice
+        await put(tally, agent, "callbacks", bad, key=b"o2")
+        await put(tally, agent, "callbacks", bad, key=b"o2")  # the same event delivered twice
     assert tally.stats.breaks == {"amount_mismatch": 1}
     assert tally.stats.duplicates == 1
     assert len(tally.orders["o2"].evidence) == 1
 
 
 async def test_malformed_message_is_dead_lettered_and_agent_keeps_going(tally: Tally) -> None:
-    cbs = tally.agents["reconcile_callbacks"]
-    async with cbs.test_context() as agent:
-        await put(tally, agent, b"{not json", key=b"x")
+    async with tally.agents["reconcile"].test_context() as agent:
+        await put(tally, agent, "callbacks", b"{not json", key=b"x")
         await put(
-            tally, agent, cb("e1", "o3", "success", "2026-11-24T10:00:00+08:00"), key=b"WRONG"
+            tally,
+            agent,
+            "callbacks",
+            cb("e1", "o3", "success", "2026-11-24T10:00:00+08:00"),
+            key=b"WRONG",
         )
-        await put(tally, agent, cb("e2", "o3", "success", "2026-11-24T10:00:00+08:00"), key=b"o3")
+        await put(
+            tally,
+            agent,
+            "callbacks",
+            cb("e2", "o3", "success", "2026-11-24T10:00:00+08:00"),
+            key=b"o3",
+        )
     assert tally.stats.dead_letters == {"bad_json": 1, "key_mismatch": 1}
     assert "o3" in tally.orders  # the good message after the bad ones was processed
 
 
 async def test_postings_update_the_partition_balance_shards(tally: Tally) -> None:
-    txns = tally.agents["reconcile_transactions"]
-    cbs = tally.agents["reconcile_callbacks"]
-    async with txns.test_context() as t_agent, cbs.test_context() as c_agent:
+    async with tally.agents["reconcile"].test_context() as agent:
         await put(
-            tally, t_agent, txn("e1", "o4", "success", "2026-11-24T10:00:00+08:00"), key=b"o4"
+            tally,
+            agent,
+            "transactions",
+            txn("e1", "o4", "success", "2026-11-24T10:00:00+08:00"),
+            key=b"o4",
         )
-        await put(tally, c_agent, cb("e2", "o4", "success", "2026-11-24T10:00:01+08:00"), key=b"o4")
-        await put(tally, c_agent, cb("e2", "o4", "success", "2026-11-24T10:00:01+08:00"), key=b"o4")
+        await put(
+            tally,
+            agent,
+            "callbacks",
+            cb("e2", "o4", "success", "2026-11-24T10:00:01+08:00"),
+            key=b"o4",
+        )
+        await put(
+            tally,
+            agent,
+            "callbacks",
+            cb("e2", "o4", "success", "2026-11-24T10:00:01+08:00"),
+            key=b"o4",
+        )
     merchant = account_balances(tally.balances.items())["merchant:m1|CNY"]
     assert merchant.amounts == {
         "confirmed|gross": -10000,
@@ -185,10 +228,12 @@ async def test_claims_agent_flags_one_channel_txn_on_two_orders(tally: Tally) ->
         ).encode()
 
     async with claims.test_context() as agent:
-        await put(tally, agent, claim("a"), key=b"wechat/W1")
-        await put(tally, agent, claim("a"), key=b"wechat/W1")  # same order again: fine
+        await put(tally, agent, "success-claims", claim("a"), key=b"wechat/W1")
+        await put(
+            tally, agent, "success-claims", claim("a"), key=b"wechat/W1"
+        )  # same order again: fine
         assert not tally.stats.breaks
-        await put(tally, agent, claim("b"), key=b"wechat/W1")
+        await put(tally, agent, "success-claims", claim("b"), key=b"wechat/W1")
     assert tally.stats.breaks == {"duplicate_success": 1}
 
 
@@ -202,13 +247,21 @@ async def test_a_balance_that_missed_its_orders_posting_is_corrected_after_recov
 
     # one partition: test_context puts every message on partition 0, whatever its key
     tally = in_memory(Settings(_env_file=None, web_port=0, partitions=1))  # type: ignore[call-arg]
-    txns = tally.agents["reconcile_transactions"]
-    cbs = tally.agents["reconcile_callbacks"]
-    async with txns.test_context() as t_agent, cbs.test_context() as c_agent:
+    async with tally.agents["reconcile"].test_context() as agent:
         await put(
-            tally, t_agent, txn("e1", "o1", "pending", "2026-11-24T10:00:00+08:00"), key=b"o1"
+            tally,
+            agent,
+            "transactions",
+            txn("e1", "o1", "pending", "2026-11-24T10:00:00+08:00"),
+            key=b"o1",
         )
-        await put(tally, c_agent, cb("e2", "o1", "success", "2026-11-24T10:00:02+08:00"), key=b"o1")
+        await put(
+            tally,
+            agent,
+            "callbacks",
+            cb("e2", "o1", "success", "2026-11-24T10:00:02+08:00"),
+            key=b"o1",
+        )
         right = {k: b.figures() for k, b in tally.balances.items()}
         assert right and tally.stats.balances_healed == 0
         # the crash, as the recovered store holds it: every shard lost the last posting
@@ -219,7 +272,13 @@ async def test_a_balance_that_missed_its_orders_posting_is_corrected_after_recov
         store["merchant:m9|CNY|0"] = Balance("merchant:m9", "CNY", {"confirmed|gross": 5}, 7)
         await tally.app.on_partitions_assigned.send(set())  # recovery done, say
         # the replayed message: a duplicate for the order, it posts nothing itself
-        await put(tally, c_agent, cb("e2", "o1", "success", "2026-11-24T10:00:02+08:00"), key=b"o1")
+        await put(
+            tally,
+            agent,
+            "callbacks",
+            cb("e2", "o1", "success", "2026-11-24T10:00:02+08:00"),
+            key=b"o1",
+        )
     assert tally.stats.duplicates == 1
     assert {k: b.figures() for k, b in tally.balances.items() if b.figures()} == right
     assert tally.stats.balances_healed == len(right) + 1
