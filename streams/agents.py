@@ -305,7 +305,7 @@ def register_agents(t: Tally) -> None:
             outboxes()
 
         await ck.commit(done, markers(partitions))
-        stats.batch(len(events), t1 - t0, time.perf_counter() - t1)
+        stats.batch(len(events), len(partitions), t1 - t0, time.perf_counter() - t1)
 
     def record_latency(ingested: list[int]) -> Callable[[], None]:
         """Event-to-break latency: broker timestamp of the revealing message to the

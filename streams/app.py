@@ -62,11 +62,13 @@ class WorkerStats:
 
     batches: int = 0  # reconcile batches committed
     batch_events: int = 0  # input messages in them
+    batches_spanning: int = 0  # ... of them with messages of more than one partition
     batch_seconds: float = 0.0  # processing them (parse, core, snapshots)
     commit_seconds: float = 0.0  # waiting for their outputs and state to be acknowledged
 
-    def batch(self, events: int, processing: float, committing: float) -> None:
+    def batch(self, events: int, partitions: int, processing: float, committing: float) -> None:
         self.batches += 1
+        self.batches_spanning += partitions > 1
         self.batch_events += events
         self.batch_seconds += processing
         self.commit_seconds += committing

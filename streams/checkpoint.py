@@ -4,40 +4,52 @@ The reconcile and claims agents take their input in batches (`take_events`, boun
 by `TALLY_BATCH_MAX_EVENTS` and `TALLY_BATCH_MAX_MS`). While a batch is processed,
 nothing leaves the process: its outputs are collected in an `Outbox` and the table
 keys it changes are remembered by `TableWriter`s. Then `Checkpoint.commit` makes the
-batch durable, in this order and nowhere else:
+batch durable. For the reconcile agent, in this order and nowhere else:
 
-  1. **Outputs.** Every output message of the batch (breaks, postings, status
-     queries, dead letters, reversal links, success claims, one order-state
-     snapshot per changed order, one balance snapshot per changed shard) is
-     produced in bulk, one record batch per topic-partition, and the broker has
-     acknowledged all of them.
-  2. **State.** One changelog record per changed table key (its value at the end of
-     the batch) is produced to the key's partition of the table's changelog topic,
-     and the broker has acknowledged all of them.
-  3. **Input offsets.** Only then does the agent hand the batch back to Faust's
-     `take_events`, which acknowledges the batch's events; Faust's commit loop
-     commits acknowledged offsets only.
+  0. **Wait** until every earlier batch is complete (commits are pipelined: the
+     agent processes the next batch meanwhile, but they are written one after the
+     other). Mark the partitions this batch writes with the sequence number of the
+     last complete batch (`sent|<partition>` in the watermarks table).
+  1. **State.** One changelog record per changed table key, its value at the end of
+     the batch, to the key's partition of the table's changelog topic; a changed
+     order's record carries the *facts* the batch produced for it (breaks,
+     postings, status queries, reversal links, success claims: `OrderState.outbox`,
+     with the batch's sequence number). Acknowledged by the broker.
+  2. **Outputs.** Every output message of the batch (its facts, one order-state
+     snapshot per changed order, one balance snapshot per changed shard, dead
+     letters) produced in bulk, one record batch per topic-partition. Acknowledged.
+  3. **Input offsets.** The agent has already handed the batch back to Faust's
+     `take_events`, which acknowledged its events; Faust commits acknowledged
+     offsets only after every commit begun so far is complete (`settled`: the gate
+     on Faust's consumer that `gate_offset_commits` installs).
 
-A worker killed at any moment (`kill -9`) therefore comes back with input offsets
-no further than its durable state, and durable state no further than its outputs:
+A worker killed at any moment (`kill -9`) comes back with input offsets no further
+than its durable state, and with every fact of its durable state either sent or
+still in the state's outboxes:
 
-- killed before 1 completes: nothing of the batch is durable, or some outputs are;
-  the batch is re-read against the old state and sends the same outputs again
-  (every output has a deterministic id; the ClickHouse sink keeps one row per id);
-- killed between 1 and 2, or during 2: the outputs are durable, the state is old or
-  partly new (each key's record is whole); re-processing the batch sends the same
-  outputs again for the keys whose state is old and none for the keys whose state
-  is new (the events are duplicates there, and their outputs were sent in 1). A
-  balance shard written while its orders were not (or the reverse) is corrected
-  from the orders' positions after the partition is assigned again
-  (`streams.agents`, `heal_balances`);
-- killed during 3: the offsets not yet committed are re-read; their events are
-  duplicates for the state, which already holds them.
+- killed before 1 completes: the batch's state is old (or, key by key, new: each
+  record is whole); nothing of the batch was sent. The batch is re-read: orders
+  whose state is old produce their facts again; orders whose state is new skip the
+  events as duplicates — their facts are in their outbox (next point).
+- killed between 1 and 3: the state is new, its outputs may be missing. When a
+  worker is assigned the partition it sends again the outbox and the snapshot of
+  every order whose `outbox_seq` is later than the partition's `sent|<p>` marker,
+  and a snapshot of every balance shard (`streams.agents`, `recover`). Every fact
+  has a deterministic id (`break_id`, `posting_id`, `query_id`, ...): the ClickHouse
+  sink keeps one row per id. A balance shard whose record got through while its
+  orders' did not (or the reverse) is corrected from the orders' positions.
 
-A commit that has begun is finished even if the agent is cancelled (shutdown,
-rebalance): cancelling between 2 and 3 would let Faust acknowledge events whose
-state never reached the changelog. A produce that fails is retried until it is
-acknowledged; no input is acknowledged meanwhile.
+Why state first: re-reading a batch against old state interleaves the two input
+topics differently from the first time (they are read independently), so the same
+order can take different steps — different postings under the same posting ids. A
+fact that was sent must therefore be one the durable state knows it produced.
+
+The claims agent reads one topic; re-reading a batch gives the same facts in the
+same order, so it commits its outputs first, then its state (`state_first=False`).
+
+A commit that has begun is finished whatever happens to the agent (shutdown,
+rebalance: it runs in a task of its own). A produce that fails is retried until it
+is acknowledged; no input offset is committed meanwhile.
 """
 
 from __future__ import annotations
