@@ -230,7 +230,9 @@ def register_agents(t: Tally) -> None:
         ck.seen(sent_seq)
         resent = 0
         for txn_id, state in orders.data.items():
-            if state.outbox_seq <= sent_seq or partition_for(txn_id, n) != partition:
+            if partition_for(txn_id, n) != partition:
+                continue
+            if state.outbox_seq <= sent_seq:
                 if state.outbox:
                     state.outbox = []  # sent: kept in the changelog only
                 continue

@@ -158,7 +158,9 @@ async def run_with_kills(
     The delay (from the worker's first commit) is drawn from uniform(0.05, 0.9) x
     min(max_delay, estimated seconds of input left / kills left), the estimate from
     the rate this worker commits at, so that every kill lands before the input runs
-    out however fast the worker is."""
+    out however fast the worker is; a worker that turns out faster than that estimate
+    is killed as soon as the input left would last its remaining kills a second each at
+    the rate it has shown since."""
     out = CrashRun()
     t0 = time.monotonic()
     deadline = t0 + timeout
@@ -181,6 +183,11 @@ async def run_with_kills(
                 if pos != last_pos:
                     last_pos, last_move = pos, time.monotonic()
                 _check_alive(w)
+                # a worker faster than its first commits said: kill before the input
+                # left for this and the remaining kills would run out within a second
+                now_rate = (pos - p2) / max(time.monotonic() - t2, 1e-3)
+                if end - pos <= now_rate * (kills - n + 1):
+                    break
             kill_pos = await prog.position()
             if kill_pos != last_pos:
                 last_pos, last_move = kill_pos, time.monotonic()
