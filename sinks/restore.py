@@ -33,7 +33,6 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
-from faust.serializers import codecs as faust_codecs
 
 from sinks.backend import Backend, ClickHouseUnavailable, connect
 from sinks.runner import changelog_topic
@@ -56,6 +55,7 @@ _TABLES = {
     "watermarks": "json",
     "channel-txn-claims": codecs.CLAIM,
 }
+_KEYS = {"orders": codecs.TEXT, "balances": codecs.TEXT}  # the others: JSON keys
 _PAGE = 20_000
 TOPIC_CONFIGS = {"cleanup.policy": "compact"}  # as Faust declares changelogs
 
@@ -206,14 +206,12 @@ async def _migrate(db: Backend, wait_seconds: float) -> None:
             delay = min(delay * 2, 5.0)
 
 
-def _key(k: str) -> bytes:
-    out: bytes = faust_codecs.dumps("json", k)
-    return out
+def _key(table: str, k: str) -> bytes:
+    return codecs.key_encoder(_KEYS.get(table, "json"))(k)
 
 
-def _value(codec: str, v: Any) -> bytes:
-    out: bytes = faust_codecs.dumps(codec, v)
-    return out
+def _value(table: str, k: str, v: Any, partition: int) -> bytes:
+    return codecs.encoder(_TABLES[table])(k, v, partition)
 
 
 def _pages(db: Backend, sql: str, key: str) -> Iterator[dict[str, Any]]:
@@ -231,7 +229,7 @@ Message = tuple[str, bytes, bytes, int]  # table, key, value, partition
 
 
 def _collect(db: Backend, s: Settings, report: RestoreReport) -> list[Message]:
-    codecs.register()
+    codecs.register(s.policies())
     n = s.partitions
     out: list[Message] = []
     for r in _pages(
@@ -241,14 +239,8 @@ def _collect(db: Backend, s: Settings, report: RestoreReport) -> list[Message]:
         "txn_id",
     ):
         state = OrderState.from_json(json.loads(r["state"]))
-        out.append(
-            (
-                "orders",
-                _key(state.txn_id),
-                _value(codecs.ORDER, state),
-                partition_for(r["txn_id"], n),
-            )
-        )
+        p = partition_for(r["txn_id"], n)
+        out.append(("orders", _key("orders", state.txn_id), _value("orders", "", state, p), p))
         report.orders += 1
         report.open_orders += 0 if r["resolved"] else 1
     for r in db.query(
@@ -263,13 +255,14 @@ def _collect(db: Backend, s: Settings, report: RestoreReport) -> list[Message]:
         amounts = {k: int(v) for k, v in json.loads(r["amounts_minor"]).items()}
         bal = Balance(r["account"], r["currency"], amounts, int(r["version"]))
         key = f"{r['account']}|{r['currency']}|{shard}"
-        out.append(("balances", _key(key), _value(codecs.BALANCE, bal), shard))
+        out.append(("balances", _key("balances", key), _value("balances", key, bal, shard), shard))
         report.balances += 1
     for r in db.query("SELECT partition, watermark_ms FROM {db}.watermarks FINAL"):
         p = int(r["partition"])
         if p >= n:
             continue
-        out.append(("watermarks", _key(str(p)), _value("json", int(r["watermark_ms"])), p))
+        wm = int(r["watermark_ms"])
+        out.append(("watermarks", _key("watermarks", str(p)), _value("watermarks", "", wm, p), p))
         report.watermarks += 1
     for r in db.query(
         "SELECT claim_key, txn_id, merchant_id, occurred_at_ms, shard "
@@ -281,7 +274,9 @@ def _collect(db: Backend, s: Settings, report: RestoreReport) -> list[Message]:
                 f"ClickHouse holds claims of partition {p}, but TALLY_PARTITIONS is {n}"
             )
         claim = ChannelTxnClaim(r["txn_id"], r["merchant_id"], int(r["occurred_at_ms"]))
-        out.append(("channel-txn-claims", _key(r["claim_key"]), _value(codecs.CLAIM, claim), p))
+        key = r["claim_key"]
+        value = _value("channel-txn-claims", key, claim, p)
+        out.append(("channel-txn-claims", _key("channel-txn-claims", key), value, p))
         report.claims += 1
     return out
 

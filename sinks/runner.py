@@ -55,8 +55,10 @@ def sink_group(settings: Settings) -> str:
 
 
 def changelog_topic(settings: Settings, table: str) -> str:
-    """The Faust changelog topic of a table of `streams.app` (Faust's naming)."""
-    return f"{settings.app_id}-{table}-changelog"
+    """The changelog topic of a table of `streams.app` (`streams.app.changelog_topic`)."""
+    from streams.app import changelog_topic as topic
+
+    return topic(settings, table)
 
 
 def sink_tables(settings: Settings) -> dict[str, R.Table]:

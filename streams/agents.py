@@ -13,11 +13,12 @@
 - `idle_ticks` (timer): keeps an idle partition's event-time watermark moving with
   the wall clock, through the log, so replays stay deterministic.
 
-Within a batch, results are coalesced: one order-state snapshot per changed order,
-one balance snapshot per changed shard, one changelog record per changed table key.
-Breaks, postings, status queries, links, claims and dead letters are facts and stay
-one message each. Every message goes to the partition its key belongs to, whichever
-partition the batch's other messages came from.
+Within a batch, results are coalesced: one changelog record per changed table key —
+and the `orders` and `balances` tables' changelogs are the `payments.order-states`
+and `payments.balances` topics (`streams.codecs`), so that record is also the
+snapshot the sink stores. Breaks, postings, status queries, links, claims and dead
+letters are facts and stay one message each. Every message goes to the partition its
+key belongs to, whichever partition the batch's other messages came from.
 
 A message that cannot be processed never stops an agent: it is sent to the
 dead-letter topic with its reason and counted.
@@ -43,7 +44,6 @@ from tally.events import (
 from tally.orders import view
 from tally.pipeline import partition_for
 from tally.realtime import Outputs, ReversalLink, SuccessClaim
-from tally.snapshots import balance_snapshot, order_snapshot
 
 if TYPE_CHECKING:
     from streams.app import Tally
@@ -130,33 +130,23 @@ def register_agents(t: Tally) -> None:
         for c in out.claims:
             fact(c.txn_id, "success-claims", partition_for(c.key, n), c.key, c.to_json())
 
-    def snapshot_order(state: Any, partition: int) -> None:
-        channel = state.channel_id or (state.evidence[0].channel_id if state.evidence else "")
-        policy = rec.policies[channel]
-        v = view(state, policy)
-        metrics.order_changed(state, v, policy)
-        at = max([state.our_status_at_ms] + [e.occurred_at_ms for e in state.evidence])
-        output("order-states", partition, state.txn_id, order_snapshot(state, v, at))
-
-    def snapshot_balance(key: str, partition: int) -> None:
-        bal = balances.data[key]
-        metrics.balance_changed(key, bal)
-        output("balances", partition, key, balance_snapshot(key, bal, partition))
-
-    def snapshots(seq: int) -> list[Any]:
-        """One snapshot per order and per balance shard the batch changed; each
-        changed order's outbox is the batch's facts of it. Returns the orders."""
-        changed = []
-        for txn_id, partition in orders.dirty.items():
+    def changed(seq: int) -> list[Any]:
+        """The orders the batch changed, each with its outbox: the batch's facts of it.
+        (Their changelog records, written by the commit, are the order-state and
+        balance snapshots: `payments.order-states`, `payments.balances`.)"""
+        states = []
+        for txn_id in orders.dirty:
             state = orders.data[txn_id]
             state.outbox = facts.pop(txn_id, [])
             state.outbox_seq = seq
-            changed.append(state)
-            snapshot_order(state, partition)
+            states.append(state)
+            channel = state.channel_id or (state.evidence[0].channel_id if state.evidence else "")
+            policy = rec.policies[channel]
+            metrics.order_changed(state, view(state, policy), policy)
         assert not facts, f"facts of orders the batch did not change: {sorted(facts)[:5]}"
-        for key, partition in balances.dirty.items():
-            snapshot_balance(key, partition)
-        return changed
+        for key in balances.dirty:
+            metrics.balance_changed(key, balances.data[key])
+        return states
 
     def sent(states: list[Any], seq: int) -> Callable[[], None]:
         """After the batch's outputs are acknowledged its orders' outboxes are kept
@@ -173,8 +163,12 @@ def register_agents(t: Tally) -> None:
         def write(completed_seq: int, state: Any) -> None:
             """Every batch up to `completed_seq` is acknowledged, outputs included:
             say so in the state of each partition this batch writes (`sent|<p>`)."""
+            if not len(state):
+                return  # the batch writes no state (duplicates only): nothing to mark
             for partition in sorted(partitions):
                 key = f"sent|{partition}"
+                if watermarks.data.get(key) == completed_seq:
+                    continue
                 watermarks.data[key] = completed_seq
                 state.add(watermarks.changelog_topic, partition, dumps(key), dumps(completed_seq))
 
@@ -223,9 +217,8 @@ def register_agents(t: Tally) -> None:
     def recover(partition: int) -> None:
         """Before a partition's first message after it is assigned (its tables just
         recovered): send again what its recovered state may hold unsent — the outbox
-        and snapshot of every order changed by a batch later than the partition's
-        `sent|<p>` marker, and a snapshot of every balance shard — and correct the
-        balance shards from the orders' positions."""
+        of every order changed by a batch later than the partition's `sent|<p>`
+        marker — and correct the balance shards from the orders' positions."""
         sent_seq = watermarks.data.get(f"sent|{partition}", 0)
         ck.seen(sent_seq)
         resent = 0
@@ -239,12 +232,8 @@ def register_agents(t: Tally) -> None:
             ck.seen(state.outbox_seq)
             for kind, p, key, value in state.outbox:
                 output(kind, p, key, value)
-            snapshot_order(state, partition)
             resent += 1
         heal_balances(partition)
-        suffix = f"|{partition}"
-        for key in [k for k in balances.data if k.endswith(suffix)]:
-            snapshot_balance(key, partition)
         stats.outboxes_resent += resent
         if resent:
             log.info("partition %d: sent again the outputs of %d orders", partition, resent)
@@ -297,9 +286,9 @@ def register_agents(t: Tally) -> None:
             handle(event.message, now_ms)
             partitions.add(event.message.partition)
         seq = ck.begin()
-        changed = snapshots(seq)
+        states = changed(seq)
         t1 = time.perf_counter()
-        latency, outboxes = record_latency(pending_latency[:]), sent(changed, seq)
+        latency, outboxes = record_latency(pending_latency[:]), sent(states, seq)
         pending_latency.clear()
 
         def done() -> None:

@@ -130,9 +130,29 @@ class Tally:
         return f"{self.settings.app_id}-{name}"
 
 
+# the tables: name, key and value codecs (streams.codecs)
+TABLES = (
+    ("orders", codecs.TEXT, codecs.ORDER),
+    ("watermarks", "json", "json"),
+    ("balances", codecs.TEXT, codecs.BALANCE),
+    ("channel-txn-claims", "json", codecs.CLAIM),
+)
+
+
+def changelog_topic(settings: Settings, table: str) -> str:
+    """A table's changelog topic: `payments.order-states` for the orders and
+    `payments.balances` for the balance shards (their records are the snapshots the
+    sink stores), Faust's `<app>-<table>-changelog` for the others."""
+    if table == "orders":
+        return settings.topic_order_states
+    if table == "balances":
+        return settings.topic_balances
+    return f"{settings.app_id}-{table}-changelog"
+
+
 def create_app(settings: Settings | None = None) -> Tally:
     settings = settings or Settings()
-    codecs.register()
+    codecs.register(settings.policies())
     n = settings.partitions
     app = faust.App(
         settings.app_id,
@@ -187,8 +207,6 @@ def create_app(settings: Settings | None = None) -> Tally:
         "postings": topic(settings.topic_postings),
         "status-queries": topic(settings.topic_status_queries),
         "dead-letter": topic(settings.topic_dead_letter),
-        "order-states": topic(settings.topic_order_states),
-        "balances": topic(settings.topic_balances),
     }
     # the reconcile agent reads the four co-partitioned inputs as one stream
     topics["reconcile"] = app.topic(
@@ -199,24 +217,23 @@ def create_app(settings: Settings | None = None) -> Tally:
         value_serializer="raw",
     )
     tables: dict[str, Any] = {}
-    for name, codec in (
-        ("orders", codecs.ORDER),
-        ("watermarks", "json"),
-        ("balances", codecs.BALANCE),
-        ("channel-txn-claims", codecs.CLAIM),
-    ):
+    for name, key_codec, codec in TABLES:
         table: Any = app.Table(
             name,
             partitions=n,
-            schema=faust.Schema(key_serializer="json", value_serializer=codec),
+            schema=faust.Schema(key_serializer=key_codec, value_serializer=codec),
         )
-        # Faust writes and reads a table's changelog with the table's own
-        # key/value serializers (derived from key_type/value_type, "json" here),
-        # not the schema's: without this, values went out as Faust JSON and a
-        # recovered table held dicts instead of OrderState / Balance objects.
-        table.key_serializer = "json"
+        # Faust reads a table's changelog with the table's own key/value serializers
+        # (derived from key_type/value_type), not the schema's: set them, or a
+        # recovered table holds dicts instead of OrderState / Balance objects.
+        table.key_serializer = key_codec
         table.value_serializer = codec
+        topic_name = changelog_topic(settings, name)
+        table._changelog_topic_name = lambda topic_name=topic_name: topic_name
+        registered = app.tables._changelogs  # type: ignore[attr-defined]
+        registered.pop(table.changelog_topic.get_topic_name(), None)
         table.changelog_topic = table._new_changelog_topic()
+        registered[topic_name] = table  # recovery and the assignor find the table by it
         tables[name] = table
     orders = tables["orders"]
     stats = WorkerStats()
@@ -242,14 +259,8 @@ def create_app(settings: Settings | None = None) -> Tally:
         return bool(pos >= hw)
 
     writers = {
-        name: TableWriter(table, codecs.encoder(codec))
-        for name, codec in (
-            ("orders", codecs.ORDER),
-            ("watermarks", "json"),
-            ("balances", codecs.BALANCE),
-            ("channel-txn-claims", codecs.CLAIM),
-        )
-        for table in [tables[name]]
+        name: TableWriter(tables[name], codecs.key_encoder(key_codec), codecs.encoder(codec))
+        for name, key_codec, codec in TABLES
     }
 
     def producer() -> Any:

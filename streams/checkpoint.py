@@ -11,13 +11,14 @@ batch durable. For the reconcile agent, in this order and nowhere else:
      other). Mark the partitions this batch writes with the sequence number of the
      last complete batch (`sent|<partition>` in the watermarks table).
   1. **State.** One changelog record per changed table key, its value at the end of
-     the batch, to the key's partition of the table's changelog topic; a changed
-     order's record carries the *facts* the batch produced for it (breaks,
-     postings, status queries, reversal links, success claims: `OrderState.outbox`,
-     with the batch's sequence number). Acknowledged by the broker.
-  2. **Outputs.** Every output message of the batch (its facts, one order-state
-     snapshot per changed order, one balance snapshot per changed shard, dead
-     letters) produced in bulk, one record batch per topic-partition. Acknowledged.
+     the batch, to the key's partition of the table's changelog topic (for orders
+     and balance shards these are `payments.order-states` and `payments.balances`:
+     the snapshots the sink stores); a changed order's record carries the *facts*
+     the batch produced for it (breaks, postings, status queries, reversal links,
+     success claims: `OrderState.outbox`, with the batch's sequence number).
+     Acknowledged by the broker.
+  2. **Outputs.** Every fact of the batch, and its dead letters, produced in bulk,
+     one record batch per topic-partition. Acknowledged.
   3. **Input offsets.** The agent has already handed the batch back to Faust's
      `take_events`, which acknowledged its events; Faust commits acknowledged
      offsets only after every commit begun so far is complete (`settled`: the gate
@@ -32,9 +33,9 @@ still in the state's outboxes:
   whose state is old produce their facts again; orders whose state is new skip the
   events as duplicates — their facts are in their outbox (next point).
 - killed between 1 and 3: the state is new, its outputs may be missing. When a
-  worker is assigned the partition it sends again the outbox and the snapshot of
-  every order whose `outbox_seq` is later than the partition's `sent|<p>` marker,
-  and a snapshot of every balance shard (`streams.agents`, `recover`). Every fact
+  worker is assigned the partition it sends again the outbox of every order whose
+  `outbox_seq` is later than the partition's `sent|<p>` marker (`streams.agents`,
+  `recover`). Every fact
   has a deterministic id (`break_id`, `posting_id`, `query_id`, ...): the ClickHouse
   sink keeps one row per id. A balance shard whose record got through while its
   orders' did not (or the reverse) is corrected from the orders' positions.
@@ -105,9 +106,15 @@ class TableWriter(MutableMapping[Any, Any]):
     batch that spans partitions.
     """
 
-    def __init__(self, table: Any, encode: Callable[[Any], bytes]) -> None:
+    def __init__(
+        self,
+        table: Any,
+        encode_key: Callable[[Any], bytes],
+        encode: Callable[[Any, Any, int], bytes],
+    ) -> None:
         self.table = table
-        self.encode = encode
+        self.encode_key = encode_key
+        self.encode = encode  # (key, value, partition) -> the record's value
         self.partition = 0
         self.dirty: dict[Any, int] = {}
         self._store: Any = None
@@ -158,13 +165,14 @@ class TableWriter(MutableMapping[Any, Any]):
         topic = self.changelog_topic
         data = self.data
         key_partition = self._key_partition
+        encode, encode_key = self.encode, self.encode_key
         for key, partition in self.dirty.items():
             value = data.get(key)
             outbox.add(
                 topic,
                 partition,
-                orjson.dumps(key),
-                None if value is None else self.encode(value),  # type: ignore[arg-type]
+                encode_key(key),
+                None if value is None else encode(key, value, partition),  # type: ignore[arg-type]
             )
             if key_partition is not None:  # Faust drops a revoked partition's keys by it
                 key_partition[key] = partition

@@ -53,10 +53,14 @@ class Settings(BaseSettings):
         "payments.dead-letter", description="output: messages not processed, with the reason"
     )
     topic_order_states: str = Field(
-        "payments.order-states", description="output: each order's state after every change"
+        "payments.order-states",
+        description="output: each order's state after every batch that changed it (the "
+        "orders table's changelog; compact it on Kafka)",
     )
     topic_balances: str = Field(
-        "payments.balances", description="output: balance shard snapshots after every change"
+        "payments.balances",
+        description="output: balance shard snapshots after every batch that changed them (the "
+        "balances table's changelog; compact it on Kafka)",
     )
 
     # --------------------------------------------------------------- behaviour

@@ -40,7 +40,7 @@ async def test_every_result_is_stored_exactly_once(
     broker, storage, backend_kind, caplog: pytest.LogCaptureFixture
 ) -> None:
     s = stream_settings(
-        broker, idle_tick_seconds=3600, sink_batch_size=40, sink_batch_seconds=0.2, **storage
+        broker, idle_tick_seconds=3600, sink_batch_size=10, sink_batch_seconds=0.2, **storage
     )
     tally = create_app(s)
     worker = WorkerRunner(tally)
@@ -62,7 +62,7 @@ async def test_every_result_is_stored_exactly_once(
         await worker.stop()
     assert sink.stats.bad == {s.topic_breaks: 1}
     assert f"sink skipped {s.topic_breaks}" in caplog.text
-    assert sink.stats.max_buffered <= 40 and sink.stats.batches >= 3
+    assert sink.stats.max_buffered <= 10 and sink.stats.batches >= 3
 
     expected = await expected_results(s)
     assert len(expected["breaks"]) >= 6 and expected["queries"] and expected["dead_letters"]
