@@ -300,6 +300,14 @@ class Balance:
         `net` is what we owe it; a channel's `net` is what it collected for us."""
         sign = -1 if self.kind in ("merchant", "fees") else 1
         cur = self.currency
+        by_bucket = {"provisional": 0, "confirmed": 0}
+        by_component = {"gross": 0, "refund": 0, "fee": 0, "coupon": 0}
+        net = 0
+        for k, v in self.amounts.items():  # one pass: the same sums as total()
+            b, c = k.split("|")
+            by_bucket[b] = by_bucket.get(b, 0) + v
+            by_component[c] = by_component.get(c, 0) + v
+            net += v
 
         def fmt(x: int) -> str:
             return format_minor(sign * x, cur)
@@ -307,13 +315,13 @@ class Balance:
         return {
             "account": self.account,
             "currency": cur,
-            "provisional": fmt(self.total("provisional")),
-            "confirmed": fmt(self.total("confirmed")),
-            "gross": fmt(self.total(component="gross")),
-            "refunds": fmt(self.total(component="refund")),
-            "fees": fmt(self.total(component="fee")),
-            "coupon_funding": fmt(self.total(component="coupon")),
-            "net": fmt(self.total()),
+            "provisional": fmt(by_bucket["provisional"]),
+            "confirmed": fmt(by_bucket["confirmed"]),
+            "gross": fmt(by_component["gross"]),
+            "refunds": fmt(by_component["refund"]),
+            "fees": fmt(by_component["fee"]),
+            "coupon_funding": fmt(by_component["coupon"]),
+            "net": fmt(net),
             "postings": self.postings,
         }
 
