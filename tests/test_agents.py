@@ -109,28 +109,25 @@ def cb(eid: str, txn_id: str, status: str, at: str, **kw: Any) -> bytes:
     ).encode()
 
 
+T0 = "2026-11-24T10:00:00+08:00"
+T1 = "2026-11-24T10:00:01+08:00"
+T2 = "2026-11-24T10:00:02+08:00"
+
+
+async def feed(tally: Tally, agent: Any, *messages: tuple[str, bytes, str]) -> None:
+    """(topic kind, value, key) messages, one after the other (`put`)."""
+    for topic, value, key in messages:
+        await put(tally, agent, topic, value, key=key.encode())
+
+
 async def test_transactions_and_callbacks_merge_into_one_order(tally: Tally) -> None:
     async with tally.agents["reconcile"].test_context() as agent:
-        await put(
+        await feed(
             tally,
             agent,
-            "transactions",
-            txn("e1", "o1", "pending", "2026-11-24T10:00:00+08:00"),
-            key=b"o1",
-        )
-        await put(
-            tally,
-            agent,
-            "callbacks",
-            cb("e2", "o1", "success", "2026-11-24T10:00:02+08:00"),
-            key=b"o1",
-        )
-        await put(
-            tally,
-            agent,
-            "transactions",
-            txn("e3", "o1", "success", "2026-11-24T10:00:02+08:00"),
-            key=b"o1",
+            ("transactions", txn("e1", "o1", "pending", T0), "o1"),
+            ("callbacks", cb("e2", "o1", "success", T2), "o1"),
+            ("transactions", txn("e3", "o1", "success", T2), "o1"),
         )
     state = tally.orders["o1"]
     assert state.our_status == "success"
@@ -141,17 +138,15 @@ async def test_transactions_and_callbacks_merge_into_one_order(tally: Tally) -> 
 
 
 async def test_amount_mismatch_raised_once_and_redelivery_ignored(tally: Tally) -> None:
+    bad = cb("e2", "o2", "success", T2, amount="99.00")
     async with tally.agents["reconcile"].test_context() as agent:
-        await put(
+        await feed(
             tally,
             agent,
-            "transactions",
-            txn("e1", "o2", "pending", "2026-11-24T10:00:00+08:00"),
-            key=b"o2",
+            ("transactions", txn("e1", "o2", "pending", T0), "o2"),
+            ("callbacks", bad, "o2"),
+            ("callbacks", bad, "o2"),  # the same event delivered twice
         )
-        bad = cb("e2", "o2", "success", "2026-11-24T10:00:02+08:00", amount="99.00")
-        await put(tally, agent, "callbacks", bad, key=b"o2")
-        await put(tally, agent, "callbacks", bad, key=b"o2")  # the same event delivered twice
     assert tally.stats.breaks == {"amount_mismatch": 1}
     assert tally.stats.duplicates == 1
     assert len(tally.orders["o2"].evidence) == 1
@@ -159,47 +154,27 @@ async def test_amount_mismatch_raised_once_and_redelivery_ignored(tally: Tally) 
 
 async def test_malformed_message_is_dead_lettered_and_agent_keeps_going(tally: Tally) -> None:
     async with tally.agents["reconcile"].test_context() as agent:
-        await put(tally, agent, "callbacks", b"{not json", key=b"x")
-        await put(
+        await feed(
             tally,
             agent,
-            "callbacks",
-            cb("e1", "o3", "success", "2026-11-24T10:00:00+08:00"),
-            key=b"WRONG",
-        )
-        await put(
-            tally,
-            agent,
-            "callbacks",
-            cb("e2", "o3", "success", "2026-11-24T10:00:00+08:00"),
-            key=b"o3",
+            ("callbacks", b"{not json", "x"),
+            ("callbacks", cb("e1", "o3", "success", T0), "WRONG"),
+            ("callbacks", cb("e2", "o3", "success", T0), "o3"),
         )
     assert tally.stats.dead_letters == {"bad_json": 1, "key_mismatch": 1}
     assert "o3" in tally.orders  # the good message after the bad ones was processed
+    letters = tally.extra.on(tally.settings.topic_dead_letter)  # type: ignore[attr-defined]
+    assert sorted(d["code"] for d in letters) == ["bad_json", "key_mismatch"]
 
 
 async def test_postings_update_the_partition_balance_shards(tally: Tally) -> None:
     async with tally.agents["reconcile"].test_context() as agent:
-        await put(
+        await feed(
             tally,
             agent,
-            "transactions",
-            txn("e1", "o4", "success", "2026-11-24T10:00:00+08:00"),
-            key=b"o4",
-        )
-        await put(
-            tally,
-            agent,
-            "callbacks",
-            cb("e2", "o4", "success", "2026-11-24T10:00:01+08:00"),
-            key=b"o4",
-        )
-        await put(
-            tally,
-            agent,
-            "callbacks",
-            cb("e2", "o4", "success", "2026-11-24T10:00:01+08:00"),
-            key=b"o4",
+            ("transactions", txn("e1", "o4", "success", T0), "o4"),
+            ("callbacks", cb("e2", "o4", "success", T1), "o4"),
+            ("callbacks", cb("e2", "o4", "success", T1), "o4"),
         )
     merchant = account_balances(tally.balances.items())["merchant:m1|CNY"]
     assert merchant.amounts == {
@@ -212,8 +187,6 @@ async def test_postings_update_the_partition_balance_shards(tally: Tally) -> Non
 
 
 async def test_claims_agent_flags_one_channel_txn_on_two_orders(tally: Tally) -> None:
-    claims = tally.agents["claims"]
-
     def claim(txn_id: str) -> bytes:
         return json.dumps(
             {
@@ -227,13 +200,11 @@ async def test_claims_agent_flags_one_channel_txn_on_two_orders(tally: Tally) ->
             }
         ).encode()
 
-    async with claims.test_context() as agent:
-        await put(tally, agent, "success-claims", claim("a"), key=b"wechat/W1")
-        await put(
-            tally, agent, "success-claims", claim("a"), key=b"wechat/W1"
-        )  # same order again: fine
+    async with tally.agents["claims"].test_context() as agent:
+        await feed(tally, agent, ("success-claims", claim("a"), "wechat/W1"))
+        await feed(tally, agent, ("success-claims", claim("a"), "wechat/W1"))  # same order
         assert not tally.stats.breaks
-        await put(tally, agent, "success-claims", claim("b"), key=b"wechat/W1")
+        await feed(tally, agent, ("success-claims", claim("b"), "wechat/W1"))
     assert tally.stats.breaks == {"duplicate_success": 1}
 
 
@@ -248,19 +219,11 @@ async def test_a_balance_that_missed_its_orders_posting_is_corrected_after_recov
     # one partition: test_context puts every message on partition 0, whatever its key
     tally = in_memory(Settings(_env_file=None, web_port=0, partitions=1))  # type: ignore[call-arg]
     async with tally.agents["reconcile"].test_context() as agent:
-        await put(
+        await feed(
             tally,
             agent,
-            "transactions",
-            txn("e1", "o1", "pending", "2026-11-24T10:00:00+08:00"),
-            key=b"o1",
-        )
-        await put(
-            tally,
-            agent,
-            "callbacks",
-            cb("e2", "o1", "success", "2026-11-24T10:00:02+08:00"),
-            key=b"o1",
+            ("transactions", txn("e1", "o1", "pending", T0), "o1"),
+            ("callbacks", cb("e2", "o1", "success", T2), "o1"),
         )
         right = {k: b.figures() for k, b in tally.balances.items()}
         assert right and tally.stats.balances_healed == 0
@@ -272,13 +235,7 @@ async def test_a_balance_that_missed_its_orders_posting_is_corrected_after_recov
         store["merchant:m9|CNY|0"] = Balance("merchant:m9", "CNY", {"confirmed|gross": 5}, 7)
         await tally.app.on_partitions_assigned.send(set())  # recovery done, say
         # the replayed message: a duplicate for the order, it posts nothing itself
-        await put(
-            tally,
-            agent,
-            "callbacks",
-            cb("e2", "o1", "success", "2026-11-24T10:00:02+08:00"),
-            key=b"o1",
-        )
+        await feed(tally, agent, ("callbacks", cb("e2", "o1", "success", T2), "o1"))
     assert tally.stats.duplicates == 1
     assert {k: b.figures() for k, b in tally.balances.items() if b.figures()} == right
     assert tally.stats.balances_healed == len(right) + 1
@@ -286,3 +243,75 @@ async def test_a_balance_that_missed_its_orders_posting_is_corrected_after_recov
     assert want == {k.rsplit("|", 1)[0]: v for k, v in right.items()}
     # a shard's version moves on when it is corrected: stored rows are replaced
     assert all(b.postings > 1 for b in tally.balances.values() if b.figures())
+
+
+async def test_facts_of_a_committed_state_whose_outputs_were_lost_are_sent_again() -> None:
+    """A worker killed after a batch's state (order records with their outbox) was
+    acknowledged and before its outputs were: the worker that recovers the state sends
+    the outbox again, with the same ids, before the partition's first message."""
+    from streams.codecs import OrderCodec
+
+    tally = in_memory(Settings(_env_file=None, web_port=0, partitions=1))  # type: ignore[call-arg]
+    s, producer = tally.settings, tally.extra  # type: ignore[attr-defined]
+    async with tally.agents["reconcile"].test_context() as agent:
+        await feed(
+            tally,
+            agent,
+            ("transactions", txn("e1", "o1", "success", T0, amount="100.00"), "o1"),
+            ("callbacks", cb("e2", "o1", "success", T1, amount="90.00"), "o1"),
+        )
+        sent = {p["posting_id"] for p in producer.on(s.topic_postings)}
+        sent_breaks = {b["break_id"] for b in producer.on(s.topic_breaks)}
+        assert sent and sent_breaks  # a posting and an amount_mismatch
+        # the crash: the store holds the order as its last record says (with the outbox
+        # of the batch that made it); the partition's marker is older than that batch
+        records = [
+            v for t, _p, k, v in producer.records if t == s.topic_order_states and k == b"o1"
+        ]
+        recovered = OrderCodec()._loads(records[-1])
+        assert recovered.outbox and recovered.outbox_seq
+        tally.orders.data["o1"] = recovered
+        tally.watermarks.data["sent|0"] = recovered.outbox_seq - 1
+        producer.records.clear()
+        await tally.app.on_partitions_assigned.send(set())  # recovery done, say
+        await feed(tally, agent, ("callbacks", cb("e2", "o1", "success", T1), "o1"))
+    assert tally.stats.outboxes_resent == 1
+    # the last batch's facts (the second posting, the break), with the ids they had
+    outbox = {
+        (kind, v.get("posting_id") or v.get("break_id")) for kind, _p, _k, v in recovered.outbox
+    }
+    assert outbox == {
+        ("postings", "o1:2"),
+        ("breaks", next(iter(sent_breaks))),
+        ("success-claims", None),  # the claim of its channel transaction id
+    }
+    assert {p["posting_id"] for p in producer.on(s.topic_postings)} == {"o1:2"} < sent
+    assert {b["break_id"] for b in producer.on(s.topic_breaks)} == sent_breaks
+
+
+async def test_outputs_and_records_of_a_batch_go_to_their_keys_partitions() -> None:
+    """In memory, 4 partitions: messages of several partitions in one agent; each
+    output and each table record lands on the partition its key belongs to."""
+    from tally.pipeline import partition_for
+
+    tally = in_memory(Settings(_env_file=None, web_port=0, partitions=4))  # type: ignore[call-arg]
+    s, producer = tally.settings, tally.extra  # type: ignore[attr-defined]
+    keys = [f"o{i}" for i in range(12)]
+    async with tally.agents["reconcile"].test_context() as agent:
+        for i, k in enumerate(keys):
+            p = partition_for(k, 4)
+            await put(tally, agent, "transactions", txn(f"t{i}", k, "success", T0), k.encode(), p)
+            await put(tally, agent, "callbacks", cb(f"c{i}", k, "success", T1), k.encode(), p)
+    assert len({partition_for(k, 4) for k in keys}) > 1
+    by_txn = {s.topic_order_states, s.topic_postings, s.topic_breaks}
+    checked = 0
+    for topic, partition, key, _value in producer.records:
+        assert key is not None
+        if topic in by_txn:
+            assert partition == partition_for(key, 4), (topic, key)
+        elif topic == s.topic_balances:
+            assert key.decode().endswith(f"|{partition}"), (topic, key)
+        else:
+            continue
+        checked += 1
+    assert checked >= 2 * len(keys)
