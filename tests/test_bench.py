@@ -58,7 +58,8 @@ def test_bench_stream_json_has_every_figure(
         tally["output_messages_per_event"] + tally["changelog_messages_per_event"], abs=0.002
     )
     assert tally["produced_bytes_source"]
-    assert sum(tally["produced_by_topic"].values()) > fed  # snapshots, postings, breaks, ...
+    # postings, breaks, claims, ... (order-states and balances are table changelogs)
+    assert sum(tally["produced_by_topic"].values()) > 0.1 * fed
     assert sum(tally["changelog_messages_by_topic"].values()) > 0
     assert sum(tally["produced_bytes_by_topic"].values()) > 0
     assert tally["breaks"] > 0 and tally["dead_letters"] > 0  # the simulation has both
