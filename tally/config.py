@@ -82,7 +82,7 @@ class Settings(BaseSettings):
         2000, gt=0, description="a worker takes at most this many input messages per batch"
     )
     batch_max_ms: float = Field(
-        10.0,
+        20.0,
         gt=0,
         description="... and waits at most this long (milliseconds) for a batch to fill",
     )
