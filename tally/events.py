@@ -599,17 +599,29 @@ def _fast_amount(value: str, currency: str) -> int | None:
     return minor
 
 
+def _decode(decoder: Any, raw: bytes | str) -> Any:
+    """A message decoded into its Struct, or None when msgspec refuses it (the slow
+    validators then say why)."""
+    try:
+        return decoder.decode(raw)
+    except (msgspec.DecodeError, TypeError):
+        return None
+
+
+def _key_is(key: bytes | str | None, txn_id: str) -> bool:
+    return key == txn_id.encode() if isinstance(key, bytes) else key == txn_id
+
+
 def _fast_transaction(
     raw: bytes | str, key: bytes | str | None, check_key: bool
 ) -> Transaction | None:
-    try:
-        w = _txn_decoder.decode(raw)
-    except (msgspec.DecodeError, TypeError):
+    w = _decode(_txn_decoder, raw)
+    if w is None:
         return None
     txn_id = w.txn_id
     if (
         not _four_idents_ok(f"{w.event_id} {txn_id} {w.merchant_id} {w.channel_id}")
-        or (check_key and (key != txn_id.encode() if isinstance(key, bytes) else key != txn_id))
+        or (check_key and not _key_is(key, txn_id))
         or w.type not in TXN_TYPES
         or w.status not in TXN_STATUSES
     ):
@@ -653,14 +665,13 @@ def _fast_transaction(
 
 
 def _fast_callback(raw: bytes | str, key: bytes | str | None, check_key: bool) -> Callback | None:
-    try:
-        w = _callback_decoder.decode(raw)
-    except (msgspec.DecodeError, TypeError):
+    w = _decode(_callback_decoder, raw)
+    if w is None:
         return None
     txn_id = w.txn_id
     if (
         not _four_idents_ok(f"{w.event_id} {txn_id} {w.channel_id} {w.channel_txn_id}")
-        or (check_key and (key != txn_id.encode() if isinstance(key, bytes) else key != txn_id))
+        or (check_key and not _key_is(key, txn_id))
         or w.source not in CALLBACK_SOURCES
         or w.status not in CALLBACK_STATUSES
     ):
