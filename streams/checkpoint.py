@@ -35,10 +35,10 @@ still in the state's outboxes:
 - killed between 1 and 3: the state is new, its outputs may be missing. When a
   worker is assigned the partition it sends again the outbox of every order whose
   `outbox_seq` is later than the partition's `sent|<p>` marker (`streams.agents`,
-  `recover`). Every fact
-  has a deterministic id (`break_id`, `posting_id`, `query_id`, ...): the ClickHouse
-  sink keeps one row per id. A balance shard whose record got through while its
-  orders' did not (or the reverse) is corrected from the orders' positions.
+  `recover`). Every fact has a deterministic id (`break_id`, `posting_id`,
+  `query_id`, ...): the ClickHouse sink keeps one row per id. A balance shard whose
+  record got through while its orders' did not (or the reverse) is corrected from
+  the orders' positions.
 
 Why state first: re-reading a batch against old state interleaves the two input
 topics differently from the first time (they are read independently), so the same
