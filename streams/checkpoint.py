@@ -278,8 +278,11 @@ class Checkpoint:
             self._in_flight.remove(asyncio.current_task())  # type: ignore[arg-type]
 
     async def settled(self) -> None:
-        """Until every commit begun so far is complete."""
-        while self._in_flight:
+        """Until every commit begun so far is complete: the latest of them, which
+        completes only after every earlier one. Commits begun meanwhile are not
+        waited for (under steady load there always is one: waiting for all of them
+        could keep Faust from ever committing)."""
+        if self._in_flight:
             await asyncio.shield(self._in_flight[-1])
 
     async def produce(self, outbox: Outbox) -> None:
