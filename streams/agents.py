@@ -181,7 +181,7 @@ def register_agents(t: Tally) -> None:
 
     app.on_partitions_assigned.connect(_assigned)
 
-    def heal_balances(partition: int) -> None:
+    def heal_balances(partition: int, states: list[Any]) -> None:
         """Make the partition's balance shards agree with its orders' positions.
 
         A batch changes orders and the balance shards of their postings; the
@@ -191,7 +191,6 @@ def register_agents(t: Tally) -> None:
         nothing), or the reverse. The orders are the truth
         (`balances_from_positions`): a shard that differs is corrected, counted as
         one more posting (its version moves on), logged and published."""
-        states = [st for k, st in orders.data.items() if partition_for(k, n) == partition]
         want = balances_from_positions(states)
         suffix = f"|{partition}"
         have = {k[: -len(suffix)]: bal for k, bal in balances.data.items() if k.endswith(suffix)}
@@ -222,9 +221,8 @@ def register_agents(t: Tally) -> None:
         sent_seq = watermarks.data.get(f"sent|{partition}", 0)
         ck.seen(sent_seq)
         resent = 0
-        for txn_id, state in orders.data.items():
-            if partition_for(txn_id, n) != partition:
-                continue
+        states = [st for k, st in orders.data.items() if partition_for(k, n) == partition]
+        for state in states:
             if state.outbox_seq <= sent_seq:
                 if state.outbox:
                     state.outbox = []  # sent: kept in the changelog only
@@ -233,7 +231,7 @@ def register_agents(t: Tally) -> None:
             for kind, p, key, value in state.outbox:
                 output(kind, p, key, value)
             resent += 1
-        heal_balances(partition)
+        heal_balances(partition, states)
         stats.outboxes_resent += resent
         if resent:
             log.info("partition %d: sent again the outputs of %d orders", partition, resent)

@@ -77,18 +77,13 @@ class Outbox:
 
     def __init__(self) -> None:
         self.records: dict[tuple[str, int], list[Record]] = {}
-        self.messages = 0
-        self.bytes = 0
 
-    def add(self, topic: str, partition: int, key: bytes | None, value: bytes) -> None:
+    def add(self, topic: str, partition: int, key: bytes | None, value: bytes | None) -> None:
         tp = (topic, partition)
         records = self.records.get(tp)
         if records is None:
             records = self.records[tp] = []
         records.append((key, value))
-
-    def clear(self) -> None:
-        self.records.clear()
 
     def __len__(self) -> int:
         return sum(len(r) for r in self.records.values())
@@ -172,7 +167,7 @@ class TableWriter(MutableMapping[Any, Any]):
                 topic,
                 partition,
                 encode_key(key),
-                None if value is None else encode(key, value, partition),  # type: ignore[arg-type]
+                None if value is None else encode(key, value, partition),
             )
             if key_partition is not None:  # Faust drops a revoked partition's keys by it
                 key_partition[key] = partition
