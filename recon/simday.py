@@ -571,12 +571,14 @@ def simulate_day(
     policies: Policies | None = None,
     anomalies: StatementAnomalies | None = None,
     partitions: int = 4,
+    sim: Simulation | None = None,
 ) -> SimDay:
     """Simulate, run the stream in memory, write truthful statements, inject anomalies,
-    record the oracle (see the module docstring)."""
+    record the oracle (see the module docstring). `sim`: the traffic of `config`
+    already generated (`generate(config, policies)`), so as not to generate it twice."""
     policies = policies or Policies()
     anomalies = anomalies or StatementAnomalies(seed=config.seed)
-    sim = generate(config, policies)
+    sim = generate(config, policies) if sim is None else sim
     pipe = LocalPipeline(
         policies=policies, partitions=partitions, allowed_lateness_ms=config.allowed_lateness_ms
     )
@@ -604,8 +606,16 @@ def simulate_day(
     }
     days = sorted(statements)
 
+    cutoffs: dict[tuple[str, date], tuple[int, int]] = {}
+
+    def bounds(ch: str, d: date) -> tuple[int, int]:
+        b = cutoffs.get((ch, d))
+        if b is None:
+            b = cutoffs[(ch, d)] = _cutoffs(policies, ch, d)
+        return b
+
     def far(ch: str, d: date, *times: int) -> bool:
-        start, end = _cutoffs(policies, ch, d)
+        start, end = bounds(ch, d)
         w = policies[ch].carry_window_seconds * 1000
         return all(abs(t - start) > w and abs(t - end) > w for t in times)
 
@@ -711,13 +721,18 @@ def simulate_day(
     rng.shuffle(failed)
     lines_total = sum(len(v) for v in statements.values())
     n_extra = max(1, round(anomalies.extra * lines_total)) if anomalies.extra > 0 else 0
+    # the times of a statement's lines far from the cutoffs (extra lines go among them);
+    # kept as lines are added, in the order of the lines
+    far_times: dict[tuple[str, date], list[int]] = {}
     for j in range(n_extra):
         ch, d = days[j % len(days)]
         lines = statements[(ch, d)]
-        pol = policies[ch]
-        w = pol.carry_window_seconds * 1000
-        start, end = _cutoffs(policies, ch, d)
-        times = [ln.occurred_at_ms for ln in lines if far(ch, d, ln.occurred_at_ms)]
+        start, end = bounds(ch, d)
+        times = far_times.get((ch, d))
+        if times is None:
+            times = far_times[(ch, d)] = [
+                ln.occurred_at_ms for ln in lines if far(ch, d, ln.occurred_at_ms)
+            ]
         own = [
             s
             for s in failed
@@ -767,6 +782,7 @@ def simulate_day(
         if not far(ch, d, ln.occurred_at_ms) or not (start <= ln.occurred_at_ms < end):
             continue
         lines.append(ln)
+        times.append(ln.occurred_at_ms)
         k = (ch, d.isoformat(), ln.key)
         injected[k], intended[k] = "extra_line", "long"
 
