@@ -25,22 +25,45 @@ One channel C and business date D at a time:
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, timedelta
 from decimal import Decimal
 from typing import Any
+
+from recon.matching import (
+    Decisions,
+    Group,
+    Link,
+    Rules,
+    excess_detail,
+    find_links,
+    line_key,
+    refund_excess,
+)
 
 CLASSES = (
     "matched",
     "status_mismatch",
     "amount_mismatch",
     "fee_mismatch",
+    "refund_excess",
     "long",
     "short",
+    "proposed",
     "carried",
 )
 # classes that are breaks (a suspense entry each)
-BREAK_CLASSES = frozenset({"status_mismatch", "amount_mismatch", "fee_mismatch", "long", "short"})
+BREAK_CLASSES = frozenset(
+    {
+        "status_mismatch",
+        "amount_mismatch",
+        "fee_mismatch",
+        "refund_excess",
+        "long",
+        "short",
+        "proposed",
+    }
+)
 KINDS = ("payment", "refund")
 SUCCESS = "success"
 
@@ -61,6 +84,7 @@ class LedgerOrder:
     created_at_ms: int | None = None
     channel_txn_id: str = ""
     merchant_id: str = ""
+    original_txn_id: str = ""  # a refund's payment
 
     def is_item_of(self, day: date) -> bool:
         return (
@@ -96,6 +120,7 @@ class StatementLine:
     txn_id: str = ""
     channel_txn_id: str = ""
     occurred_at_ms: int = 0
+    raw: str = ""  # the line's text as the file has it (free-text references)
 
     @property
     def plain(self) -> bool:
@@ -144,6 +169,11 @@ class Result:
     statement_status: str
     statement_line: int  # 0: none
     detail: str
+    # matched within tolerance: statement - ours (amount), |statement| - |ours| (fee)
+    amount_difference: Decimal = Decimal(0)
+    fee_difference: Decimal = Decimal(0)
+    match_method: str = ""  # id | reference | combined | scored | accepted | ''
+    score: int = 0  # scored / proposed: the (best) candidate's score
 
     @classmethod
     def from_row(cls, r: Mapping[str, Any]) -> Result:
@@ -164,6 +194,10 @@ class Result:
             statement_status=r["statement_status"],
             statement_line=int(r["statement_line"]),
             detail=r["detail"],
+            amount_difference=Decimal(r.get("amount_difference", 0)),
+            fee_difference=Decimal(r.get("fee_difference", 0)),
+            match_method=r.get("match_method", ""),
+            score=int(r.get("score", 0)),
         )
 
 
@@ -206,18 +240,55 @@ def _quoted_by(line: StatementLine, items: Iterable[LedgerOrder]) -> bool:
     return False
 
 
+def residue(
+    items: Mapping[str, LedgerOrder], statement: Sequence[StatementLine]
+) -> tuple[list[StatementLine], list[LedgerOrder], list[Group]]:
+    """What `recon.matching.find_links` looks at: the plain success lines no id
+    resolves, the items no line resolves to, the shared channel txn ids."""
+    by_ctid: dict[str, list[LedgerOrder]] = {}
+    for o in sorted(items.values(), key=lambda o: o.txn_id):
+        if o.channel_txn_id:
+            by_ctid.setdefault(o.channel_txn_id, []).append(o)
+    resolved: set[str] = set()
+    free_lines = []
+    carrying: dict[str, list[StatementLine]] = {}
+    quoted: set[str] = set()
+    for ln in statement:
+        if ln.txn_id:
+            quoted.add(ln.txn_id)
+        if ln.txn_id and ln.txn_id in items:
+            resolved.add(ln.txn_id)
+        elif ln.channel_txn_id and ln.channel_txn_id in by_ctid:
+            resolved.add(by_ctid[ln.channel_txn_id][0].txn_id)
+            carrying.setdefault(ln.channel_txn_id, []).append(ln)
+        elif ln.plain:
+            free_lines.append(ln)
+    free_items = [o for k, o in sorted(items.items()) if k not in resolved]
+    groups = [
+        Group(c, tuple(ms), tuple(carrying.get(c, ())), any(m.txn_id in quoted for m in ms))
+        for c, ms in sorted(by_ctid.items())
+        if len(ms) > 1
+    ]
+    return free_lines, free_items, groups
+
+
 def classify(
     d: Day,
     orders: Iterable[LedgerOrder],
     statement: Sequence[StatementLine],
     prev_statement: Sequence[StatementLine] | None = None,
     next_statement: Sequence[StatementLine] | None = None,
+    rules: Rules | None = None,
+    decisions: Decisions | None = None,
 ) -> list[Result]:
     """Classify every item of (C, D), sorted by item key.
 
     `orders`: the channel's orders (any date and status; the items of D and of its
-    neighbours are picked here, the others explain a `long`). `prev_statement` /
-    `next_statement`: the lines in force for D-1 / D+1, None when not loaded."""
+    neighbours are picked here, the others explain a `long` or are a refund's
+    payment). `prev_statement` / `next_statement`: the lines in force for D-1 / D+1,
+    None when not loaded. `rules`: the channel's matching rules (default: exact);
+    `decisions`: what people accepted or rejected of proposed lines."""
+    rules = rules or Rules()
     orders = list(orders)
     items = {o.txn_id: o for o in orders if o.is_item_of(d.day)}
     by_ctid: dict[str, str] = {}
@@ -227,17 +298,26 @@ def classify(
     known = {o.txn_id: o for o in orders}
     prev_items = [o for o in orders if o.is_item_of(d.prev)]
     next_items = [o for o in orders if o.is_item_of(d.next)]
+    links: dict[int, Link] = {}
+    if rules.searching:
+        links = find_links(*residue(items, statement), rules, decisions)
 
-    # group the lines by item
+    # group the lines by item, remembering how each line was resolved
     groups: dict[str, list[StatementLine]] = {}
+    how: dict[tuple[str, int], str] = {}
     for ln in statement:
-        if ln.txn_id and ln.txn_id in items:
-            key = ln.txn_id
+        link = links.get(ln.line_no)
+        if link is not None and link.members:
+            keys, method = list(link.members), link.method
+        elif ln.txn_id and ln.txn_id in items:
+            keys, method = [ln.txn_id], "id"
         elif ln.channel_txn_id and ln.channel_txn_id in by_ctid:
-            key = by_ctid[ln.channel_txn_id]
+            keys, method = [by_ctid[ln.channel_txn_id]], "reference"
         else:
-            key = ln.txn_id or ln.channel_txn_id or f"line:{ln.line_no}"
-        groups.setdefault(key, []).append(ln)
+            keys, method = [line_key(ln)], ""
+        for key in keys:
+            groups.setdefault(key, []).append(ln)
+            how[(key, ln.line_no)] = method
 
     out: list[Result] = []
     for key in sorted(set(items) | set(groups)):
@@ -246,18 +326,43 @@ def classify(
         first: StatementLine | None = lines[0] if lines else None
         n = len(lines)
         if item is not None and first is not None:
-            amt = item.comparable_amount
+            link = links.get(first.line_no)
+            method = how[(key, first.line_no)]
+            combined = link is not None and method == "combined"
+            lead = not combined or (link is not None and link.members[0] == key)
+            amt = link.group_amount if combined and link else item.comparable_amount
+            our_fee = link.group_fee if combined and link else (item.fee or Decimal(0))
+            adiff = fdiff = Decimal(0)
+            excess = refund_excess(item, known, d.day)
             if first.status != SUCCESS or first.kind != item.type:
                 cls = "status_mismatch"
                 detail = f"statement: {first.kind} {first.status}; ours: {item.type} success"
-            elif first.currency != item.currency or first.amount != amt:
+            elif first.currency != item.currency or not rules.amount_ok(amt, first.amount):
                 cls, detail = "amount_mismatch", "amount or currency differs"
-            elif first.fee is not None and abs(first.fee) != abs(item.fee or Decimal(0)):
+            elif excess is not None:
+                cls, detail = "refund_excess", excess_detail(item.original_txn_id)
+                adiff = first.amount - amt
+            elif first.fee is not None and not rules.fee_ok(our_fee, first.fee):
                 # refund lines state the fee given back as negative (WeChat, Alipay)
                 cls, detail = "fee_mismatch", "fee differs"
+                adiff = first.amount - amt
             else:
                 cls, detail = "matched", ""
-            out.append(_result(key, cls, detail + _lines_note(n), item, first))
+                adiff = first.amount - amt
+                if first.fee is not None:
+                    fdiff = abs(first.fee) - abs(our_fee)
+            if link is not None and method in ("combined", "accepted"):
+                detail = (detail + "; " if detail else "") + link.detail
+            r = _result(key, cls, detail + _lines_note(n), item, first)
+            out.append(
+                _with_match(
+                    r,
+                    adiff if lead else Decimal(0),
+                    fdiff if lead else Decimal(0),
+                    method,
+                    link.score if link is not None and method in ("scored", "accepted") else 0,
+                )
+            )
         elif item is not None:
             detail = ""
             if d.near_end(item.created_at_ms) and _found_in(item, next_statement):
@@ -272,10 +377,14 @@ def classify(
             assert first is not None
             if not first.plain:
                 continue  # no money moved (or it was reversed), for an order we do not count
+            link = links.get(first.line_no)
+            sc = 0
             if d.near_end(first.occurred_at_ms) and _quoted_by(first, next_items):
                 cls, detail = "carried", carried_statement_detail(d.next)
             elif d.near_start(first.occurred_at_ms) and _quoted_by(first, prev_items):
                 cls, detail = "carried", carried_statement_detail(d.prev)
+            elif link is not None and link.method == "proposed":
+                cls, detail, sc = "proposed", link.detail, link.score
             else:
                 cls, detail = "long", "no success on our side"
                 ours = known.get(key)
@@ -299,9 +408,14 @@ def classify(
                     statement_status=first.status,
                     statement_line=first.line_no,
                     detail=detail + _lines_note(n),
+                    score=sc,
                 )
             )
     return out
+
+
+def _with_match(r: Result, adiff: Decimal, fdiff: Decimal, method: str, sc: int) -> Result:
+    return replace(r, amount_difference=adiff, fee_difference=fdiff, match_method=method, score=sc)
 
 
 def _result(key: str, cls: str, detail: str, item: LedgerOrder, ln: StatementLine | None) -> Result:

@@ -29,7 +29,15 @@ from datetime import date, timedelta
 from decimal import Decimal
 from typing import Any
 
-from recon.classify import CLASSES, Day, carried_ledger_detail, carried_statement_detail
+from recon.classify import (
+    CLASSES,
+    Day,
+    LedgerOrder,
+    StatementLine,
+    carried_ledger_detail,
+    carried_statement_detail,
+)
+from recon.matching import Decision, Decisions, Group, Link, Rules, find_links
 from sinks.backend import Backend
 from tally.policy import ChannelPolicy
 
@@ -64,6 +72,10 @@ RESULT_COLUMNS = (
     "statement_status",
     "statement_line",
     "detail",
+    "amount_difference",
+    "fee_difference",
+    "match_method",
+    "score",
 )
 
 
@@ -84,7 +96,8 @@ def day_of(policy: ChannelPolicy, day: date) -> Day:
 
 _ORDERS = (
     "(SELECT txn_id, channel_txn_id, type, currency, amount, coupon_amount, fee, "
-    "merchant_id, created_at_ms, business_date, our_status, reversed, channel_id "
+    "merchant_id, created_at_ms, business_date, our_status, reversed, channel_id, "
+    "original_txn_id "
     "FROM {db}.order_states FINAL)"
 )
 _ZERO = "toDecimal64(0, 4)"
@@ -98,7 +111,8 @@ def _ledger(day_param: str) -> str:
         f"if(assumeNotNull(type) = 'payment', ifNull(amount, {_ZERO}) - "
         f"ifNull(coupon_amount, {_ZERO}), ifNull(amount, {_ZERO})) AS lamt, "
         f"toUInt8(isNotNull(fee)) AS lfee_known, ifNull(fee, {_ZERO}) AS lfee, "
-        "ifNull(merchant_id, '') AS lmerchant, ifNull(created_at_ms, 0) AS created "
+        "ifNull(merchant_id, '') AS lmerchant, ifNull(created_at_ms, 0) AS created, "
+        "ifNull(original_txn_id, '') AS lorig "
         f"FROM {_ORDERS} WHERE channel_id = %(c)s AND business_date = toDate(%({day_param})s) "
         "AND our_status = 'success' AND reversed = 0 AND type IN ('payment', 'refund')"
     )
@@ -107,7 +121,7 @@ def _ledger(day_param: str) -> str:
 def _lines(day_param: str, delivery_param: str) -> str:
     return (
         "SELECT line_no, txn_id, channel_txn_id, kind, status, currency, amount, fee, "
-        "occurred_at_ms FROM {db}.statement_lines FINAL WHERE channel_id = %(c)s "
+        "occurred_at_ms, raw FROM {db}.statement_lines FINAL WHERE channel_id = %(c)s "
         f"AND business_date = toDate(%({day_param})s) AND delivery = %({delivery_param})s"
     )
 
@@ -152,6 +166,7 @@ _UNION = (
     ("lfee", _ZERO),
     ("merchant", "''"),
     ("lcarry", "''"),
+    ("lexcess", "''"),
     ("qstatus", "''"),
     ("line_no", "toUInt32(0)"),
     ("sctid", "''"),
@@ -163,6 +178,13 @@ _UNION = (
     ("sfee", _ZERO),
     ("scarry", "''"),
     ("splain", "toUInt8(0)"),
+    ("smethod", "''"),
+    ("kmethod", "''"),
+    ("kscore", "toUInt8(0)"),
+    ("kdetail", "''"),
+    ("kgamt", _ZERO),
+    ("kgfee", _ZERO),
+    ("klead", "toUInt8(0)"),
 )
 
 
@@ -179,11 +201,73 @@ def _union_part(values: dict[str, str], source: str) -> str:
     return f"SELECT {', '.join(cols)} FROM {source}"
 
 
-def classify_sql(prev_loaded: bool, next_loaded: bool) -> str:
-    """INSERT ... SELECT of every item of (C, D) into recon_results."""
+def _abs(x: str) -> str:
+    return f"if({x} < 0, -{x}, {x})"  # abs() of a Decimal: not on 18.16
+
+
+def _resolved(links: bool) -> str:
+    """The day's lines, each with the item it resolves to by id (rk0: by txn_id, else
+    by channel txn id, '' when neither) and, with links, the link's fields and one row
+    per item it is linked to (rk)."""
+    ledger = _ledger("d")
+    base = (
+        "SELECT line_no, stxn, sctid, skind, sstatus, scur, samt, sfee_known, sfee, sat, sraw, "
+        "toUInt8(sstatus = 'success' AND skind IN ('payment', 'refund')) AS splain, "
+        f"if(stxn != '' AND stxn IN (SELECT txn_id FROM ({ledger})), stxn, via) AS rk0 "
+        "FROM (SELECT line_no, txn_id AS stxn, channel_txn_id AS sctid, kind AS skind, "
+        f"status AS sstatus, currency AS scur, amount AS samt, toUInt8(isNotNull(fee)) "
+        f"AS sfee_known, ifNull(fee, {_ZERO}) AS sfee, occurred_at_ms AS sat, raw AS sraw "
+        f"FROM ({_lines('d', 'n_d')})) AS sl "
+        "ANY LEFT JOIN (SELECT ctid AS sctid, min(txn_id) AS via "
+        f"FROM ({ledger}) WHERE ctid != '' GROUP BY ctid) AS cm USING sctid"
+    )
+    if not links:
+        return (
+            "SELECT *, rk0 AS rk, materialize(multiIf(rk0 != '' AND stxn = rk0, 'id', "
+            "rk0 != '', 'reference', '')) AS smethod, materialize('') AS kmethod, "
+            f"toUInt8(0) AS kscore, materialize('') AS kdetail, materialize({_ZERO}) AS kgamt, "
+            f"materialize({_ZERO}) AS kgfee, toUInt8(1) AS klead FROM ({base})"
+        )
+    linked = (
+        "SELECT toUInt32(%(k_no)s[i]) AS line_no, %(k_members)s[i] AS kmem, "
+        "%(k_method)s[i] AS kmethod, toUInt8(%(k_score)s[i]) AS kscore, "
+        "%(k_detail)s[i] AS kdetail, toDecimal64(%(k_gamt)s[i], 4) AS kgamt, "
+        "toDecimal64(%(k_gfee)s[i], 4) AS kgfee "
+        "FROM (SELECT arrayJoin(range(toUInt32(%(k_n)s))) + 1 AS i)"
+    )
+    joined = f"SELECT * FROM ({base}) AS rl ANY LEFT JOIN ({linked}) AS lk USING line_no"
+    return (
+        "SELECT *, multiIf(kmethod NOT IN ('', 'proposed'), kmethod, rk0 != '' AND stxn = rk0, "
+        "'id', rk0 != '', 'reference', '') AS smethod, "
+        "toUInt8(kmethod != 'combined' OR rk = splitByChar(',', kmem)[1]) AS klead "
+        "FROM (SELECT *, arrayJoin(if(kmethod NOT IN ('', 'proposed'), "
+        f"splitByChar(',', kmem), [rk0])) AS rk FROM ({joined}))"
+    )
+
+
+def _ledger_with_excess() -> str:
+    """Ledger items of D, each refund flagged (lexcess: its payment) when our refunds
+    of its payment up to D exceed the payment (`recon.matching.refund_excess`)."""
+    excess = (
+        "SELECT orig AS lorig, toUInt8(1) AS xflag FROM (SELECT if(type = 'refund', "
+        "ifNull(original_txn_id, ''), txn_id) AS orig, type AS t, "
+        f"ifNull(amount, {_ZERO}) AS a FROM {_ORDERS} WHERE channel_id = %(c)s AND "
+        "(type = 'payment' OR (type = 'refund' AND our_status = 'success' AND reversed = 0 "
+        "AND business_date <= toDate(%(d)s) AND ifNull(original_txn_id, '') != ''))) "
+        "GROUP BY orig HAVING max(t = 'payment') = 1 AND countIf(t = 'refund') > 0 "
+        "AND sumIf(a, t = 'refund') > maxIf(a, t = 'payment')"
+    )
+    return (
+        "SELECT *, if(lkind = 'refund' AND xflag = 1, lorig, '') AS lexcess "
+        f"FROM ({_ledger('d')}) AS lx ANY LEFT JOIN ({excess}) AS ex USING lorig"
+    )
+
+
+def classify_sql(prev_loaded: bool, next_loaded: bool, links: bool = False) -> str:
+    """INSERT ... SELECT of every item of (C, D) into recon_results. `links`: the
+    query takes the run's links (`recon.matching.find_links`) as array parameters."""
     ledger = _ledger("d")
     lines = _lines("d", "n_d")
-    zero = _ZERO
     lcarry = (
         f"multiIf({_near('created', 'end_ms')} AND {_ledger_found('dnext', next_loaded)}, "
         f"%(lc_next)s, {_near('created', 'start_ms')} AND "
@@ -197,17 +281,6 @@ def classify_sql(prev_loaded: bool, next_loaded: bool) -> str:
     # the line an item is compared with: the first that is not a plain success, else
     # the first (a payment and its revocation: the revocation)
     order = "toUInt64(line_no) + if(splain, 4294967296, 0)"
-    resolved = (
-        "SELECT line_no, stxn, sctid, skind, sstatus, scur, samt, sfee_known, sfee, sat, "
-        "toUInt8(sstatus = 'success' AND skind IN ('payment', 'refund')) AS splain, "
-        f"if(stxn != '' AND stxn IN (SELECT txn_id FROM ({ledger})), stxn, via) AS rk "
-        "FROM (SELECT line_no, txn_id AS stxn, channel_txn_id AS sctid, kind AS skind, "
-        f"status AS sstatus, currency AS scur, amount AS samt, toUInt8(isNotNull(fee)) "
-        f"AS sfee_known, ifNull(fee, {zero}) AS sfee, occurred_at_ms AS sat "
-        f"FROM ({lines})) AS sl "
-        "ANY LEFT JOIN (SELECT ctid AS sctid, min(txn_id) AS via "
-        f"FROM ({ledger}) WHERE ctid != '' GROUP BY ctid) AS cm USING sctid"
-    )
     ledger_rows = _union_part(
         {
             "side": "toUInt8(1)",
@@ -221,8 +294,9 @@ def classify_sql(prev_loaded: bool, next_loaded: bool) -> str:
             "lfee": "lfee",
             "merchant": "lmerchant",
             "lcarry": lcarry,
+            "lexcess": "lexcess",
         },
-        f"({ledger})",
+        f"({_ledger_with_excess()})",
     )
     line_rows = _union_part(
         {
@@ -240,8 +314,15 @@ def classify_sql(prev_loaded: bool, next_loaded: bool) -> str:
             "sfee": "sfee",
             "scarry": scarry,
             "splain": "splain",
+            "smethod": "smethod",
+            "kmethod": "kmethod",
+            "kscore": "kscore",
+            "kdetail": "kdetail",
+            "kgamt": "kgamt",
+            "kgfee": "kgfee",
+            "klead": "klead",
         },
-        f"({resolved})",
+        f"({_resolved(links)})",
     )
     quoted_rows = _union_part(
         {
@@ -261,7 +342,8 @@ def classify_sql(prev_loaded: bool, next_loaded: bool) -> str:
         "anyIf(lkind, side = 1) AS lkind, anyIf(lcur, side = 1) AS lcur, "
         "anyIf(lamt, side = 1) AS lamt, anyIf(lfee_known, side = 1) AS lfee_known, "
         "anyIf(lfee, side = 1) AS lfee, anyIf(merchant, side != 2) AS merchant, "
-        "anyIf(lcarry, side = 1) AS lcarry, anyIf(qstatus, side = 3) AS qstatus, "
+        "anyIf(lcarry, side = 1) AS lcarry, anyIf(lexcess, side = 1) AS lexcess, "
+        "anyIf(qstatus, side = 3) AS qstatus, "
         f"argMinIf(line_no, {order}, side = 2) AS line, "
         + "".join(
             f"argMinIf({c}, {order}, side = 2) AS {a}, "
@@ -276,25 +358,59 @@ def classify_sql(prev_loaded: bool, next_loaded: bool) -> str:
                 ("sfee", "sfee"),
                 ("scarry", "scarry"),
                 ("splain", "s_plain"),
+                ("smethod", "smethod"),
+                ("kmethod", "kmethod"),
+                ("kscore", "kscore"),
+                ("kdetail", "kdetail"),
+                ("kgamt", "kgamt"),
+                ("kgfee", "kgfee"),
+                ("klead", "klead"),
             )
         )
         + "countIf(side = 2) AS nlines "
         f"FROM ({ledger_rows} UNION ALL {line_rows} UNION ALL {quoted_rows}) GROUP BY key"
     )
+    # what the line is compared with: the item, or a combined group's sums
+    cmp = "if(smethod = 'combined', kgamt, lamt)"
+    cfee = f"if(smethod = 'combined', kgfee, {_abs('lfee')})"
+    dd = f"if(samt >= {cmp}, samt - {cmp}, {cmp} - samt)"
+    amount_ok = (
+        f"({dd} <= toDecimal64(%(atol)s, 4) OR toDecimal128({dd}, 4) * 10000 <= "
+        f"toDecimal128({_abs(cmp)}, 4) * %(abps)s)"
+    )
+    fd = f"{_abs('sfee')} - {cfee}"
+    fee_ok = f"({_abs(fd)} <= toDecimal64(%(ftol)s, 4))"
     cls = (
         "multiIf(has_l AND has_s, multiIf(sstatus != 'success' OR skind != lkind, "
-        "'status_mismatch', scur != lcur OR samt != lamt, 'amount_mismatch', "
-        "sfee_known AND if(sfee < 0, -sfee, sfee) != if(lfee < 0, -lfee, lfee), "
-        "'fee_mismatch', 'matched'), "
-        "has_l, if(lcarry != '', 'carried', 'short'), if(scarry != '', 'carried', 'long'))"
+        f"'status_mismatch', scur != lcur OR NOT {amount_ok}, 'amount_mismatch', "
+        "lexcess != '', 'refund_excess', "
+        f"sfee_known AND NOT {fee_ok}, 'fee_mismatch', 'matched'), "
+        "has_l, if(lcarry != '', 'carried', 'short'), scarry != '', 'carried', "
+        "kmethod = 'proposed', 'proposed', 'long')"
     )
-    detail = (
-        "concat(multiIf(cls = 'status_mismatch', concat('statement: ', skind, ' ', sstatus, "
+    base_detail = (
+        "multiIf(cls = 'status_mismatch', concat('statement: ', skind, ' ', sstatus, "
         "'; ours: ', lkind, ' success'), cls = 'amount_mismatch', 'amount or currency differs', "
+        "cls = 'refund_excess', concat('refunds of ', lexcess, ' exceed the payment'), "
         "cls = 'fee_mismatch', 'fee differs', cls = 'matched', '', cls = 'short', "
         "'not on the statement', cls = 'carried', if(has_l, lcarry, scarry), "
+        "cls = 'proposed', kdetail, "
         "concat('no success on our side', if(qstatus != '', concat(' (ours: ', qstatus, ')'), "
-        "''))), if(nlines > 1, concat(' (', toString(nlines), ' lines)'), ''))"
+        "'')))"
+    )
+    detail = (
+        f"concat({base_detail} AS bd, if(has_l AND has_s AND smethod IN ('combined', 'accepted'), "
+        "concat(if(bd != '', '; ', ''), kdetail), ''), "
+        "if(nlines > 1, concat(' (', toString(nlines), ' lines)'), ''))"
+    )
+    both = "has_l AND has_s AND klead"
+    adiff = (
+        f"if({both} AND cls IN ('matched', 'fee_mismatch', 'refund_excess'), samt - {cmp}, {_ZERO})"
+    )
+    fdiff = f"if({both} AND cls = 'matched' AND sfee_known, {fd}, {_ZERO})"
+    score = (
+        "multiIf(has_l AND has_s AND smethod IN ('scored', 'accepted'), kscore, "
+        "NOT has_l AND cls = 'proposed', kscore, toUInt8(0))"
     )
     cols = ", ".join(RESULT_COLUMNS)
     return (
@@ -306,7 +422,8 @@ def classify_sql(prev_loaded: bool, next_loaded: bool) -> str:
         "if(has_l AND lfee_known, toNullable(lfee), NULL), "
         "if(has_s AND sfee_known, toNullable(sfee), NULL), "
         "if(has_l, 'success', qstatus), sstatus, line, "
-        f"{detail} FROM ({grouped}) WHERE has_l OR s_plain"
+        f"{detail}, {adiff}, {fdiff}, if(has_l AND has_s, smethod, ''), {score} "
+        f"FROM ({grouped}) WHERE has_l OR s_plain"
     )
 
 
@@ -382,6 +499,9 @@ class RunOutcome:
     neighbours: dict[str, int | None] = field(default_factory=dict)
     suspense: dict[str, int] = field(default_factory=dict)
     posted_to: date | None = None
+    # currency -> (items, amount differences, fee differences) matched within tolerance
+    tolerated: dict[str, tuple[int, Decimal, Decimal]] = field(default_factory=dict)
+    dry_run: bool = False
 
     def counts(self) -> dict[str, int]:
         return {c: sum(n for n, _ in self.summary.get(c, {}).values()) for c in CLASSES}
@@ -405,6 +525,11 @@ class RunOutcome:
             "changes": [c.to_json() for c in self.changes],
             "suspense": self.suspense,
             "suspense_posted_to": self.posted_to.isoformat() if self.posted_to else None,
+            "tolerated": {
+                cur: {"items": n, "amount_difference": str(a), "fee_difference": str(f)}
+                for cur, (n, a, f) in sorted(self.tolerated.items())
+            },
+            "dry_run": self.dry_run,
             "seconds": round(self.seconds, 3),
         }
 
@@ -427,6 +552,120 @@ def latest_run(db: Backend, channel: str, day: date) -> str | None:
     return previous_run(db, channel, day)
 
 
+def _residue(
+    db: Backend, params: dict[str, Any], rules: Rules
+) -> tuple[list[StatementLine], list[LedgerOrder], list[Group]]:
+    """`recon.classify.residue` in ClickHouse: the lines no id resolves, the items no
+    line resolves to, the shared channel txn ids (small sets on a real day)."""
+    resolved = _resolved(False)
+    line_cols = "line_no, stxn, sctid, skind, sstatus, scur, samt, sfee_known, sfee, sat, sraw, rk0"
+    item_cols = "txn_id, ctid, lkind, lcur, lamt, lfee_known, lfee, lmerchant, created, lorig"
+
+    def as_line(r: dict[str, Any]) -> StatementLine:
+        return StatementLine(
+            line_no=int(r["line_no"]),
+            kind=r["skind"],
+            status=r["sstatus"],
+            currency=r["scur"],
+            amount=Decimal(r["samt"]),
+            fee=Decimal(r["sfee"]) if r["sfee_known"] else None,
+            txn_id=r["stxn"],
+            channel_txn_id=r["sctid"],
+            occurred_at_ms=int(r["sat"]),
+            raw=r["sraw"],
+        )
+
+    def as_item(r: dict[str, Any]) -> LedgerOrder:
+        # lamt is the comparable amount already: an item of the residue has no coupon
+        return LedgerOrder(
+            txn_id=r["txn_id"],
+            type=r["lkind"],
+            our_status="success",
+            reversed=False,
+            currency=r["lcur"],
+            amount=Decimal(r["lamt"]),
+            coupon_amount=None,
+            fee=Decimal(r["lfee"]) if r["lfee_known"] else None,
+            business_date=None,
+            created_at_ms=int(r["created"]),
+            channel_txn_id=r["ctid"],
+            merchant_id=r["lmerchant"],
+            original_txn_id=r["lorig"],
+        )
+
+    free_lines = [
+        as_line(r)
+        for r in db.query(
+            f"SELECT {line_cols} FROM ({resolved}) WHERE rk0 = '' AND splain ORDER BY line_no",
+            params,
+        )
+    ]
+    free_items = [
+        as_item(r)
+        for r in db.query(
+            f"SELECT {item_cols} FROM ({_ledger('d')}) WHERE txn_id NOT IN "
+            f"(SELECT rk0 FROM ({resolved}) WHERE rk0 != '') ORDER BY txn_id",
+            params,
+        )
+    ]
+    groups: list[Group] = []
+    if rules.combined:
+        shared = (
+            f"(SELECT ctid FROM ({_ledger('d')}) WHERE ctid != '' GROUP BY ctid HAVING count() > 1)"
+        )
+        members: dict[str, list[LedgerOrder]] = {}
+        for r in db.query(
+            f"SELECT {item_cols} FROM ({_ledger('d')}) WHERE ctid IN {shared} ORDER BY txn_id",
+            params,
+        ):
+            members.setdefault(r["ctid"], []).append(as_item(r))
+        carrying: dict[str, list[StatementLine]] = {}
+        for r in db.query(
+            f"SELECT {line_cols} FROM ({resolved}) WHERE rk0 != '' AND stxn != rk0 "
+            f"AND sctid IN {shared} ORDER BY line_no",
+            params,
+        ):
+            carrying.setdefault(r["sctid"], []).append(as_line(r))
+        quoted = {
+            r["txn_id"]
+            for r in db.query(
+                f"SELECT DISTINCT txn_id FROM ({_lines('d', 'n_d')}) WHERE txn_id IN "
+                f"(SELECT txn_id FROM ({_ledger('d')}) WHERE ctid IN {shared})",
+                params,
+            )
+        }
+        groups = [
+            Group(c, tuple(ms), tuple(carrying.get(c, ())), any(m.txn_id in quoted for m in ms))
+            for c, ms in sorted(members.items())
+        ]
+    return free_lines, free_items, groups
+
+
+def _link_params(links: dict[int, Link]) -> dict[str, Any]:
+    ls = [links[k] for k in sorted(links)]
+    return {
+        "k_n": len(ls),
+        "k_no": [x.line_no for x in ls],
+        "k_members": [",".join(x.members) for x in ls],
+        "k_method": [x.method for x in ls],
+        "k_score": [x.score for x in ls],
+        "k_detail": [x.detail for x in ls],
+        "k_gamt": [str(x.group_amount) for x in ls],
+        "k_gfee": [str(x.group_fee) for x in ls],
+    }
+
+
+def decisions_of(db: Backend, channel: str, day: date) -> Decisions:
+    """What people accepted or rejected of the day's proposed lines, in order."""
+    rows = db.query(
+        "SELECT item_key, action, txn_id FROM {db}.recon_decisions FINAL "
+        "WHERE channel_id = %(c)s AND business_date = toDate(%(d)s) "
+        "ORDER BY at_ms, decision_id",
+        {"c": channel, "d": day.isoformat()},
+    )
+    return Decisions.of(Decision(r["item_key"], r["action"], r["txn_id"]) for r in rows)
+
+
 def run(
     db: Backend,
     channel: str,
@@ -435,12 +674,18 @@ def run(
     *,
     now_ms: int | None = None,
     sync_suspense: bool = True,
+    dry_run: bool = False,
 ) -> RunOutcome:
     """Reconcile (channel, day) against the statement in force; store the run and its
-    results; report what changed since the previous run; update suspense."""
+    results; report what changed since the previous run; update suspense.
+
+    dry_run: classify and report the same way, then take the results back out: no
+    run is recorded and suspense is not touched (the results are written under a
+    `dry:` run id and removed; ClickHouse has no transaction to roll back)."""
     t0 = time.monotonic()
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     d = day_of(policy, day)
+    rules = Rules.of(policy)
     vers = deliveries(db, channel, [d.prev, day, d.next])
     if day not in vers:
         raise ReconError(
@@ -448,7 +693,7 @@ def run(
             "load it first (`tally statements load FILE --channel ...`)"
         )
     prev_run = previous_run(db, channel, day)
-    run_id = new_run_id(channel, day, now_ms)
+    run_id = ("dry:" if dry_run else "") + new_run_id(channel, day, now_ms)
     params: dict[str, Any] = {
         "run": run_id,
         "c": channel,
@@ -465,32 +710,48 @@ def run(
         "lc_prev": carried_ledger_detail(d.prev, d.prev in vers),
         "sc_next": carried_statement_detail(d.next),
         "sc_prev": carried_statement_detail(d.prev),
+        "atol": str(rules.amount_tol),
+        "abps": rules.amount_bps,
+        "ftol": str(rules.fee_tol),
     }
-    db.execute(classify_sql(d.prev in vers, d.next in vers), params)
+    links: dict[int, Link] = {}
+    if rules.searching:
+        links = find_links(*_residue(db, params, rules), rules, decisions_of(db, channel, day))
+        params.update(_link_params(links))
+    db.execute(classify_sql(d.prev in vers, d.next in vers, bool(links)), params)
     summary = run_summary(db, channel, day, run_id)
+    tolerated = tolerated_of(db, channel, day, run_id)
     n_ledger = db.query(f"SELECT count() AS n FROM ({_ledger('d')})", params)[0]["n"]
     n_lines = db.query(f"SELECT count() AS n FROM ({_lines('d', 'n_d')})", params)[0]["n"]
     counts = {c: sum(n for n, _ in summary.get(c, {}).values()) for c in CLASSES}
     finished = int(time.time() * 1000)
-    db.insert(
-        "recon_runs",
-        RUN_COLUMNS,
-        [
-            (
-                run_id,
-                channel,
-                day,
-                vers[day].delivery,
-                vers[day].checksum,
-                int(n_ledger),
-                int(n_lines),
-                json.dumps(counts, separators=(",", ":")),
-                now_ms,
-                max(finished, now_ms),
-            )
-        ],
-    )
-    changes = diff(db, channel, day, prev_run, run_id) if prev_run else []
+    if dry_run:
+        changes = diff(db, channel, day, prev_run, run_id) if prev_run else []
+        db.execute(
+            "ALTER TABLE {db}.recon_results DELETE WHERE channel_id = %(c)s "
+            "AND business_date = toDate(%(d)s) AND run_id = %(run)s",
+            params,
+        )
+    else:
+        db.insert(
+            "recon_runs",
+            RUN_COLUMNS,
+            [
+                (
+                    run_id,
+                    channel,
+                    day,
+                    vers[day].delivery,
+                    vers[day].checksum,
+                    int(n_ledger),
+                    int(n_lines),
+                    json.dumps(counts, separators=(",", ":")),
+                    now_ms,
+                    max(finished, now_ms),
+                )
+            ],
+        )
+        changes = diff(db, channel, day, prev_run, run_id) if prev_run else []
     out = RunOutcome(
         run_id=run_id,
         channel_id=channel,
@@ -507,8 +768,10 @@ def run(
             d.prev.isoformat(): vers[d.prev].delivery if d.prev in vers else None,
             d.next.isoformat(): vers[d.next].delivery if d.next in vers else None,
         },
+        tolerated=tolerated,
+        dry_run=dry_run,
     )
-    if sync_suspense:
+    if sync_suspense and not dry_run:
         from recon import suspense
 
         today = policy.business_date(now_ms)
@@ -522,6 +785,21 @@ def run(
         out.posted_to = post_to
     out.seconds = time.monotonic() - t0
     return out
+
+
+def tolerated_of(
+    db: Backend, channel: str, day: date, run_id: str
+) -> dict[str, tuple[int, Decimal, Decimal]]:
+    """currency -> (items matched with a difference, amount differences summed, fee
+    differences summed): tolerated money is still money."""
+    rows = db.query(
+        "SELECT currency, count() AS n, sum(amount_difference) AS a, "
+        "sum(fee_difference) AS f FROM {db}.recon_results FINAL WHERE channel_id = %(c)s "
+        "AND business_date = toDate(%(d)s) AND run_id = %(r)s "
+        "AND (amount_difference != 0 OR fee_difference != 0) GROUP BY currency ORDER BY currency",
+        {"c": channel, "d": day.isoformat(), "r": run_id},
+    )
+    return {r["currency"]: (int(r["n"]), Decimal(r["a"]), Decimal(r["f"])) for r in rows}
 
 
 def run_summary(

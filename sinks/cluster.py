@@ -31,6 +31,7 @@ _CREATE = re.compile(
     r"ENGINE = (?P<engine>\w+)\((?P<args>[^)]*)\)\s*ORDER BY (?P<order>.+?)\s*$",
     re.S,
 )
+_ALTER = re.compile(r"^\s*ALTER TABLE \{db\}\.(?P<table>\w+) (?P<rest>.+?)\s*$", re.S)
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -92,6 +93,14 @@ def cluster_migrations(cluster: str, database: str) -> tuple[Migration, ...]:
     for m in MIGRATIONS:
         stmts: list[str] = []
         for s in m.statements:
+            a = _ALTER.match(s)
+            if a is not None:  # the replicated table, then the Distributed one
+                on = f"ON CLUSTER {_quote(cluster)}"
+                stmts += [
+                    f"ALTER TABLE {{db}}.{a['table']}_local {on} {a['rest']}",
+                    f"ALTER TABLE {{db}}.{a['table']} {on} {a['rest']}",
+                ]
+                continue
             stmts += cluster_table(s, cluster, database).statements
         out.append(Migration(m.version, m.name, tuple(stmts)))
     return tuple(out)

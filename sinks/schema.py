@@ -20,6 +20,7 @@ Never edit an applied migration: add the next one.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 
 from sinks.backend import Backend
@@ -294,6 +295,37 @@ MIGRATIONS: tuple[Migration, ...] = (
             ) ENGINE = ReplacingMergeTree() ORDER BY (entry_id, at_ms, action_id)""",
         ),
     ),
+    Migration(
+        2,
+        "matching beyond exact ids: differences, method and score on recon_results; "
+        "decisions on proposed lines",
+        (
+            # ClickHouse 18.16 has no ADD COLUMN IF NOT EXISTS: migrate() skips an ADD
+            # COLUMN whose column is there (a half-applied migration re-run).
+            # amount_difference: statement - ours for an item matched within tolerance;
+            # fee_difference: |statement fee| - |our fee| likewise (0: none).
+            # match_method: id | reference | combined | scored | accepted | ''.
+            f"ALTER TABLE {{db}}.recon_results ADD COLUMN amount_difference {_MONEY} DEFAULT 0",
+            f"ALTER TABLE {{db}}.recon_results ADD COLUMN fee_difference {_MONEY} DEFAULT 0",
+            "ALTER TABLE {db}.recon_results ADD COLUMN match_method String DEFAULT ''",
+            "ALTER TABLE {db}.recon_results ADD COLUMN score UInt8 DEFAULT 0",
+            # Append-only: a person's accept / reject of a proposed line's candidate.
+            f"""CREATE TABLE IF NOT EXISTS {{db}}.recon_decisions (
+                decision_id String,
+                channel_id String,
+                business_date Date,
+                item_key String,
+                run_id String,
+                action String,
+                txn_id String,
+                reason String,
+                actor String,
+                at_ms Int64,
+                {_ms_time("at")}
+            ) ENGINE = ReplacingMergeTree()
+            ORDER BY (channel_id, business_date, item_key, at_ms, decision_id)""",
+        ),
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version
@@ -333,9 +365,27 @@ def migrate(db: Backend) -> tuple[int, int]:
             continue
         log.info("applying ClickHouse migration %d: %s", m.version, m.name)
         for stmt in m.statements:
+            if _column_exists(db, stmt):
+                continue
             db.execute(stmt)
         db.insert("schema_migrations", ["version", "name"], [(m.version, m.name)])
     return before, max(before, LATEST)
+
+
+_ADD_COLUMN = re.compile(r"^ALTER TABLE \{db\}\.(\w+) ADD COLUMN (\w+) ")
+
+
+def _column_exists(db: Backend, stmt: str) -> bool:
+    """Is `stmt` an ADD COLUMN of a column the table already has?"""
+    m = _ADD_COLUMN.match(stmt)
+    if m is None:
+        return False
+    rows = db.query(
+        "SELECT count() AS n FROM system.columns WHERE database = %(d)s "
+        "AND table = %(t)s AND name = %(c)s",
+        {"d": db.database, "t": m[1], "c": m[2]},
+    )
+    return bool(rows and int(rows[0]["n"]))
 
 
 # the tables the sink fills from the output topics
@@ -358,4 +408,5 @@ RECON_TABLES = (
     "recon_results",
     "suspense_entries",
     "suspense_actions",
+    "recon_decisions",
 )

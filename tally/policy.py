@@ -49,6 +49,41 @@ class ChannelPolicy(BaseModel):
     orphan_grace_seconds: int = Field(
         60, ge=0, description="S5: evidence for an unknown order waits this long for it"
     )
+    # End-of-day matching rules (docs/reconciliation.md, "Matching rules"). The
+    # defaults are exact matching: ids only, amounts and fees to the cent.
+    amount_tolerance_minor: int = Field(
+        0,
+        ge=0,
+        description="end of day: a statement amount this many minor units (hundredths) "
+        "off ours still matches, with the difference recorded",
+    )
+    amount_tolerance_bps: int = Field(
+        0,
+        ge=0,
+        description="end of day: ... or this many basis points of our amount, whichever is larger",
+    )
+    fee_tolerance_minor: int = Field(
+        0, ge=0, description="end of day: a stated fee this many minor units off ours matches"
+    )
+    match_window_seconds: int = Field(
+        0,
+        ge=0,
+        description="end of day: a line that quotes no usable id is matched by score with "
+        "our orders booked within this many seconds of it; 0: no scored matching",
+    )
+    match_threshold: int = Field(
+        90,
+        ge=0,
+        le=100,
+        description="end of day: a scored candidate at or above this score (0-100) "
+        "matches; below, the line is proposed for review",
+    )
+    combined_payments: bool = Field(
+        False,
+        description="end of day: one statement line whose channel txn id several of our "
+        "orders share, with the sum of their amounts, matches them as one group "
+        "(WeChat 合单支付, Alipay 合并支付)",
+    )
 
     @field_validator("timezone")
     @classmethod

@@ -25,10 +25,11 @@ def test_every_table_of_every_migration_gets_a_replicated_and_a_distributed_tabl
     assert [(m.version, m.name) for m in cm] == [(m.version, m.name) for m in MIGRATIONS]
     for plain, clustered in zip(MIGRATIONS, cm, strict=True):
         names = tables_of(plain.statements)
-        assert len(clustered.statements) == 2 * len(names)
+        assert len(clustered.statements) == 2 * len(plain.statements)
+        creates = [s for s in clustered.statements if s.startswith("CREATE")]
         for name, (local, dist) in zip(
             names,
-            zip(clustered.statements[::2], clustered.statements[1::2], strict=True),
+            zip(creates[::2], creates[1::2], strict=True),
             strict=True,
         ):
             assert f"{{db}}.{name}_local ON CLUSTER c1 (" in local
@@ -38,6 +39,20 @@ def test_every_table_of_every_migration_gets_a_replicated_and_a_distributed_tabl
             assert f"/{name}_local', '{{replica}}'" in local
             assert f"{{db}}.{name} ON CLUSTER c1 AS {{db}}.{name}_local" in dist
             assert f"ENGINE = Distributed(c1, tally, {name}_local, cityHash64(" in dist
+    for plain, clustered in zip(MIGRATIONS, cm, strict=True):
+        alters = [s for s in plain.statements if s.startswith("ALTER")]
+        for a, (local, dist) in zip(
+            alters,
+            zip(
+                [s for s in clustered.statements if s.startswith("ALTER")][::2],
+                [s for s in clustered.statements if s.startswith("ALTER")][1::2],
+                strict=True,
+            ),
+            strict=True,
+        ):
+            table, rest = a.split(" ", 3)[2].removeprefix("{db}."), a.split(" ", 3)[3]
+            assert local == f"ALTER TABLE {{db}}.{table}_local ON CLUSTER c1 {rest}"
+            assert dist == f"ALTER TABLE {{db}}.{table} ON CLUSTER c1 {rest}"
     generated = {t for m in MIGRATIONS for t in tables_of(m.statements)}
     assert generated == set(TABLES) | set(RECON_TABLES)
 
