@@ -12,6 +12,10 @@ from the database escaped. Sections:
    back by open suspense entries;
 4. statement arrival: per channel, the deliveries loaded for the date and when.
 
+It prints on A4 portrait (`@page`), no chart split across pages (`break-inside:
+avoid`; a chart is at most 640 px wide, within the page's 186 mm); the tests open
+it in headless Chromium (tests/test_report_browser.py).
+
 `build(db, day, now_ms)` reads everything (SQL), `render(data)` is pure.
 """
 
@@ -208,6 +212,12 @@ th{background:#f1f3f6}td.n{text-align:right;font-variant-numeric:tabular-nums}
 .muted{color:#66707f}.warn{color:#a33}svg{display:block;margin:.6em 0}
 svg text{font-size:12px;fill:#1d2330}svg .ct{font-weight:600;font-size:13px}
 svg .b{fill:#3b6fb6}
+@page{size:A4 portrait;margin:12mm}
+@media print{body{max-width:none;margin:0;padding:0;font-size:10pt}
+svg{break-inside:avoid;page-break-inside:avoid;max-width:100%;height:auto}
+h2,h3{break-after:avoid;page-break-after:avoid}
+table{font-size:7.5pt}th,td{padding:.1em .3em}
+tr{break-inside:avoid;page-break-inside:avoid}thead{display:table-header-group}}
 """
 
 

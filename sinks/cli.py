@@ -22,6 +22,7 @@ import sys
 from collections.abc import Iterator
 from datetime import date
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import click
@@ -44,6 +45,23 @@ def _settings() -> Settings:
         raise click.ClickException("invalid settings:\n" + "\n".join(lines)) from None
 
 
+def _demo_hint(s: Settings) -> str:
+    """Where `tally demo` left its data, when it did, as the command to read it."""
+    try:
+        doc = json.loads((Path(s.data_dir) / "demo" / "demo.json").read_text(encoding="utf-8"))
+        db = str(doc["database"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+    if db == s.clickhouse_database:
+        return ""
+    return f"; the demo's results are in database {db}: `tally --database {db} {_command()}`"
+
+
+def _command() -> str:
+    ctx = click.get_current_context(silent=True)
+    return ctx.command_path.partition(" ")[2] if ctx is not None else "breaks"
+
+
 @contextlib.contextmanager
 def _db(migrate_first: bool = False) -> Iterator[Backend]:
     s = _settings()
@@ -62,6 +80,7 @@ def _db(migrate_first: bool = False) -> Iterator[Backend]:
             if schema_version(db) == 0:
                 raise click.ClickException(
                     f"no tally schema in {db.describe()}: run `tally db migrate` (or `tally run`)"
+                    + _demo_hint(s)
                 )
         yield db
     except ClickHouseError as exc:
