@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from recon import run as R
 from recon.classify import LedgerOrder, Result, StatementLine, classify
+from recon.matching import Rules
 from recon.statements.load import LINE_COLUMNS, VERSION_COLUMNS
 from sinks.backend import Backend
 from sinks.schema import migrate
@@ -50,6 +51,7 @@ ORDER_COLUMNS = (
     "business_date",
     "created_at_ms",
     "updated_at_ms",
+    "original_txn_id",
 )
 
 
@@ -81,6 +83,7 @@ def insert_orders(
                 o.business_date,
                 o.created_at_ms,
                 version,
+                o.original_txn_id or None,
             )
             for o in orders
         ],
@@ -118,7 +121,7 @@ def insert_statement(
                 None,
                 "",
                 x.occurred_at_ms,
-                "",
+                x.raw,
             )
             for x in lines
         ],
@@ -308,6 +311,85 @@ def test_sql_agrees_with_the_pure_classifier(db: Backend, day: tuple[Any, ...]) 
     assert stored(db, channel, out.run_id) == want
     assert out.counts() == {c: sum(r.cls == c for r in want) for c in out.counts()}
     assert out.ledger_items == sum(o.is_item_of(DAY) for o in orders)
+
+
+# The same with matching rules on: tolerances, the time window (scored candidates,
+# references in free text), combined payments, refunds of a payment over days.
+
+_RULES = st.builds(
+    ChannelPolicy,
+    cutoff=st.just("23:00"),
+    carry_window_seconds=st.just(180),
+    amount_tolerance_minor=st.sampled_from([0, 1, 60]),
+    amount_tolerance_bps=st.sampled_from([0, 100]),
+    fee_tolerance_minor=st.sampled_from([0, 20]),
+    match_window_seconds=st.sampled_from([0, 600, 20_000]),
+    match_threshold=st.sampled_from([50, 70, 90]),
+    combined_payments=st.booleans(),
+)
+
+
+@st.composite
+def rich_days_st(draw: Any) -> tuple[Any, ...]:
+    orders = draw(orders_st())
+    # refunds of T0 (some of them over several days)
+    orders = [
+        o
+        if o.type != "refund" or not draw(st.booleans())
+        else LedgerOrder(
+            **{**o.__dict__, "original_txn_id": "T0", "amount": draw(_MONEY) + draw(_MONEY)}
+        )
+        for o in orders
+    ]
+    today = draw(lines_st(orders))
+    mangled = []
+    for ln in today:  # cut a reference, move it into the free text, or drop it
+        how = draw(st.sampled_from(["keep", "keep", "cut", "text", "drop"]))
+        if how == "keep" or not ln.txn_id:
+            mangled.append(ln)
+            continue
+        ref = {"cut": ln.txn_id[:1], "text": "", "drop": ""}[how]
+        raw = f":86:/EREF/{ln.txn_id} PAYMENT" if how == "text" else "NONREF"
+        mangled.append(
+            StatementLine(**{**ln.__dict__, "txn_id": ref, "channel_txn_id": "", "raw": raw})
+        )
+    shared = [o for o in orders if o.channel_txn_id == "X0" and o.is_item_of(DAY)]
+    if shared and draw(st.booleans()):  # one line over the orders sharing X0
+        total = sum((o.comparable_amount for o in shared), D(0))
+        mangled.append(
+            StatementLine(
+                line_no=len(mangled) + 1,
+                kind="payment",
+                status="success",
+                currency=shared[0].currency,
+                amount=total + draw(st.sampled_from([D(0), D(0), D("0.01")])),
+                fee=draw(st.sampled_from([None, D("0.5")])),
+                channel_txn_id="X0",
+                occurred_at_ms=draw(_TIMES),
+            )
+        )
+    return orders, mangled, draw(_RULES)
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(rich_days_st())
+def test_sql_agrees_with_the_pure_classifier_under_matching_rules(
+    db: Backend, day: tuple[Any, ...]
+) -> None:
+    orders, today, policy = day
+    channel = "q" + uuid.uuid4().hex[:8]
+    insert_orders(db, channel, orders)
+    insert_statement(db, channel, DAY, today)
+    out = R.run(db, channel, DAY, policy, sync_suspense=False)
+    want = classify(CTX, orders, today, rules=Rules.of(policy))
+    assert stored(db, channel, out.run_id) == want
+    again = R.run(db, channel, DAY, policy, sync_suspense=False)
+    assert stored(db, channel, again.run_id) == want
+    assert again.changes == []
 
 
 # ----------------------------------------------------------------- scenarios
