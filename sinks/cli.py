@@ -58,8 +58,13 @@ def _demo_hint(s: Settings) -> str:
 
 
 def _command() -> str:
+    """The running subcommand's path below `tally`, e.g. "breaks suspense"."""
+    names = []
     ctx = click.get_current_context(silent=True)
-    return ctx.command_path.partition(" ")[2] if ctx is not None else "breaks"
+    while ctx is not None and ctx.parent is not None:
+        names.append(ctx.info_name or "")
+        ctx = ctx.parent
+    return " ".join(reversed(names)) or "breaks"
 
 
 @contextlib.contextmanager

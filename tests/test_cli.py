@@ -160,28 +160,133 @@ def test_produce_names_the_bad_line(tmp_path: Path) -> None:
     assert "line 2" in r.stderr
 
 
-def test_demo_on_the_embedded_broker_finds_every_break_kind(tmp_path: Path) -> None:
+def _as_installed(tmp_path: Path) -> dict[str, str]:
+    """A shell environment as after `pip install -e .`: `python3` is this interpreter
+    and finds tally; no TALLY_* variable set."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    if not (bin_dir / "python3").exists():
+        (bin_dir / "python3").symlink_to(sys.executable)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TALLY_")}
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONPATH"] = str(ROOT)
+    return env
+
+
+def test_demo_runs_the_whole_day_and_its_next_commands_work_as_printed(tmp_path: Path) -> None:
+    """The README's first command, from a fresh directory: the stream and the next
+    morning, a story with what was found, and 4-6 commands that then work exactly as
+    printed, from the same directory, with nothing set. A second run starts clean."""
+    env = _as_installed(tmp_path)
+    ports = {"TALLY_EMBEDDED_BROKER_PORT": str(free_port()), "TALLY_WEB_PORT": "0"}
+    demo = "python3 -m tally demo --events 20000 --seed 2"
+    r = subprocess.run(
+        demo,
+        shell=True,
+        cwd=tmp_path,
+        env={**env, **ports},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    story = r.stdout
+    assert "backlog drain" in story and "tally demo --live" in story
+    assert story.count("precision 1.000, recall 1.000") == 2, story
+    for fmt in ("wechat", "alipay", "mt940", "camt053"):
+        assert f"  {fmt} " in story, fmt
+    assert "agrees with the stream's postings" in story and "DISAGREES" not in story
+    reports = sorted((tmp_path / "data" / "demo").glob("morning-report-*.html"))
+    assert len(reports) == 2 and all(str(p.relative_to(tmp_path)) in story for p in reports)
+    commands = [line[4:] for line in story.splitlines() if line.startswith("  $ ")]
+    assert 4 <= len(commands) <= 6, commands
+    for cmd in commands:
+        c = subprocess.run(
+            cmd, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+        )
+        assert c.returncode == 0, (cmd, c.stderr[-2000:])
+        assert c.stdout.strip(), cmd
+    # the obvious next step without the flag names the command that works
+    c = subprocess.run(
+        "python3 -m tally breaks",
+        shell=True,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert c.returncode != 0 and "tally --database tally_demo breaks" in c.stderr, c.stderr
+
+    # again, as JSON: a fresh start (every statement loaded anew, same findings)
     r = tally(
         "demo",
         "--events",
         "20000",
+        "--seed",
+        "2",
         "--json",
         cwd=tmp_path,
-        env={"TALLY_EMBEDDED_BROKER_PORT": str(free_port()), "TALLY_WEB_PORT": "0"},
+        env={**ports, "PYTHONPATH": str(ROOT)},
     )
     assert r.returncode == 0, r.stderr[-3000:]
     summary = json.loads(r.stdout)
     kinds = summary["breaks_by_kind"]
-    assert set(kinds) == {k.value for k in BreakKind}
-    assert all(v > 0 for v in kinds.values())
-    assert summary["injected"]["missed"] == 0 and summary["injected"]["unexpected"] == 0
-    assert summary["dead_letters"] == summary["injected"]["malformed"]
-    # every result is in the embedded ClickHouse, where the summary says
+    assert set(kinds) == {k.value for k in BreakKind} and all(v > 0 for v in kinds.values())
+    inj = summary["injected"]
+    assert inj["missed"] == 0 and inj["unexpected"] == 0
+    assert summary["dead_letters"] == inj["malformed"]
+    assert "backlog" in summary["latency_measures"]
+    eod = summary["end_of_day"]
+    assert eod["precision"] == 1.0 and eod["recall"] == 1.0
+    assert {s["status"] for s in eod["statements"]} == {"loaded"}
+    assert eod["settlement_agrees_with_postings"] and len(eod["written_off"]) == 3
     stored = summary["clickhouse"]
     assert str(tmp_path / "data" / "chdb") in stored["where"] and "tally_demo" in stored["where"]
-    assert stored["rows"]["breaks"] >= sum(kinds.values())
+    assert summary["next_commands"] and summary["timing"]["wall_seconds"] > 0
     r = tally(
-        "breaks", "--format", "json", cwd=tmp_path, env={"TALLY_CLICKHOUSE_DATABASE": "tally_demo"}
+        "--database",
+        "tally_demo",
+        "breaks",
+        "--format",
+        "json",
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(ROOT)},
     )
     assert r.returncode == 0, r.stderr
     assert len(json.loads(r.stdout)) == sum(kinds.values())
+
+
+def test_demo_never_writes_into_a_database_it_did_not_create(tmp_path: Path) -> None:
+    env = {"PYTHONPATH": str(ROOT)}
+    r = tally("--database", "mine", "db", "migrate", cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stderr
+    r = tally("demo", "--events", "1000", "--database", "mine", cwd=tmp_path, env=env)
+    assert r.returncode != 0
+    assert "was not created by `tally demo`" in r.stderr
+    r = tally("--database", "mine", "db", "status", cwd=tmp_path, env=env)
+    assert r.returncode == 0 and "tally_demo_marker" not in r.stdout, r.stderr
+
+
+def test_demo_live_reports_real_event_to_break_latency(tmp_path: Path) -> None:
+    r = tally(
+        "demo",
+        "--live",
+        "--rate",
+        "300",
+        "--seconds",
+        "8",
+        "--json",
+        cwd=tmp_path,
+        env={
+            "PYTHONPATH": str(ROOT),
+            "TALLY_EMBEDDED_BROKER_PORT": str(free_port()),
+            "TALLY_WEB_PORT": "0",
+        },
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    live = json.loads(r.stdout)
+    assert live["events"] > 0 and live["samples"] > 0
+    assert live["p50_ms"] is not None and live["p99_ms"] >= live["p50_ms"] > 0
+    assert "live event-to-break latency" in live["measures"]
+    assert not (tmp_path / "data" / "chdb").exists()  # --live stores nothing
