@@ -10,6 +10,7 @@ tally recon runs [--date D] [--channel C] [--format F]
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import date
 from typing import Any
 
@@ -41,6 +42,13 @@ def render_outcome(o: Any) -> list[str]:
         for cur, (n, amt) in sorted(by.items()):
             rows.append({"class": c, "items": n, "currency": cur, "amount": money(amt, cur)})
     out.append(_table(rows, ["class", "items", "currency", "amount"]))
+    for cur, (n, adiff, fdiff) in sorted(getattr(o, "tolerated", {}).items()):
+        out.append(
+            f"matched within tolerance ({cur}): {n:,} items, amount differences "
+            f"{money(adiff, cur)}, fee differences {money(fdiff, cur)}"
+        )
+    if getattr(o, "dry_run", False):
+        out.append("dry run: nothing stored, suspense untouched")
     if o.previous_run is None:
         out.append("first run of this day")
     elif not o.changes:
@@ -96,7 +104,10 @@ def recon_group() -> None:
 @click.option("--date", "day", required=True, callback=_check_date, help="business date")
 @click.option("--channel", help="one channel (default: every channel with data that day)")
 @click.option("--json", "as_json", is_flag=True, help="print the runs as JSON")
-def run_cmd(day: str, channel: str | None, as_json: bool) -> None:
+@click.option(
+    "--dry-run", is_flag=True, help="classify and report only: store no run, touch no suspense"
+)
+def run_cmd(day: str, channel: str | None, as_json: bool, dry_run: bool) -> None:
     """Compare a business day's ledger with the channels' statements in force, store
     the classified results, report changes since the previous run, update suspense."""
     from recon import run as R
@@ -111,7 +122,7 @@ def run_cmd(day: str, channel: str | None, as_json: bool) -> None:
             raise click.ClickException(f"nothing to reconcile on {day}: no statement, no ledger")
         for ch in channels:
             try:
-                outcomes.append(R.run(db, ch, d, s.policies()[ch]))
+                outcomes.append(R.run(db, ch, d, s.policies()[ch], dry_run=dry_run))
             except R.ReconError as exc:
                 if channel:
                     raise click.ClickException(str(exc)) from None
@@ -170,11 +181,82 @@ def results_cmd(day: str, channel: str, run_id: str | None, cls: str | None, fmt
             "statement_fee",
             "statement_status",
             "statement_line",
+            "match_method",
+            "score",
+            "amount_difference",
+            "fee_difference",
             "detail",
         ],
     )
     if fmt == "table":
         click.echo(f"({len(rows):,} items, run {rid})", err=True)
+
+
+def _decide(
+    action: str,
+    item: str,
+    candidate: str | None,
+    channel: str | None,
+    day: str | None,
+    by: str,
+    reason: str,
+) -> None:
+    from recon import run as R
+
+    with _db() as db:
+        found = R.proposed_items(db, item, channel, _day(day) if day else None)
+        if not found:
+            raise click.ClickException(
+                f"{item}: no proposed item of that name in the latest runs "
+                "(`tally recon results --class proposed` lists them)"
+            )
+        if len(found) > 1:
+            where = ", ".join(f"{p.channel_id} {p.business_date}" for p in found)
+            raise click.ClickException(f"{item} is proposed on {where}: name --channel and --date")
+        try:
+            chosen = R.decide(db, found[0], action, candidate, by, reason)
+        except R.ReconError as exc:
+            raise click.ClickException(str(exc)) from None
+    p = found[0]
+    click.echo(
+        f"{action}ed {item} -> {', '.join(chosen)} ({p.channel_id} {p.business_date}) by {by}; "
+        f"recorded, nothing overwritten; `tally recon run --date {p.business_date} "
+        f"--channel {p.channel_id}` applies it"
+    )
+
+
+_ITEM_OPTS = (
+    click.argument("item"),
+    click.option("--candidate", help="the order (txn id) among the proposed candidates"),
+    click.option("--channel", help="channel id, when the item is proposed on several"),
+    click.option("--date", "day", callback=_check_date, help="business date, likewise"),
+    click.option("--by", required=True, help="who decides"),
+    click.option("--reason", required=True, help="why"),
+)
+
+
+def _with_item_opts(f: Callable[..., None]) -> Callable[..., None]:
+    for deco in reversed(_ITEM_OPTS):
+        f = deco(f)
+    return f
+
+
+@recon_group.command("accept")
+@_with_item_opts
+def accept_cmd(
+    item: str, candidate: str | None, channel: str | None, day: str | None, by: str, reason: str
+) -> None:
+    """Accept a proposed line's candidate (append-only; the next run matches them)."""
+    _decide("accept", item, candidate, channel, day, by, reason)
+
+
+@recon_group.command("reject")
+@_with_item_opts
+def reject_cmd(
+    item: str, candidate: str | None, channel: str | None, day: str | None, by: str, reason: str
+) -> None:
+    """Reject a proposed line's candidate, or all of them (append-only)."""
+    _decide("reject", item, candidate, channel, day, by, reason)
 
 
 @recon_group.command("runs")

@@ -22,6 +22,7 @@ Every value in the union is non-Nullable (fees as flag + value), so neither
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -868,4 +869,123 @@ def results(
         f"SELECT {', '.join(RESULT_COLUMNS)} FROM {{db}}.recon_results FINAL "
         f"WHERE {where} ORDER BY item_key",
         params,
+    )
+
+
+# ------------------------------------------------------------------ decisions
+
+DECISION_COLUMNS = (
+    "decision_id",
+    "channel_id",
+    "business_date",
+    "item_key",
+    "run_id",
+    "action",
+    "txn_id",
+    "reason",
+    "actor",
+    "at_ms",
+)
+_CANDIDATE = re.compile(r"(\S+) \((\d+)\)")
+
+
+@dataclass(frozen=True)
+class Proposed:
+    channel_id: str
+    business_date: date
+    item_key: str
+    run_id: str
+    candidates: tuple[str, ...]  # best first
+
+
+def proposed_items(
+    db: Backend, item: str, channel: str | None = None, day: date | None = None
+) -> list[Proposed]:
+    """The proposed results named `item` in the latest run of each (channel, day)."""
+    where = "item_key = %(k)s"
+    params: dict[str, Any] = {"k": item}
+    if channel:
+        where += " AND channel_id = %(c)s"
+        params["c"] = channel
+    if day:
+        where += " AND business_date = toDate(%(d)s)"
+        params["d"] = day.isoformat()
+    rows = db.query(
+        "SELECT channel_id, business_date, run_id, class, detail FROM {db}.recon_results FINAL "
+        f"WHERE {where} AND run_id IN (SELECT argMax(run_id, started_at_ms) FROM "
+        "{db}.recon_runs FINAL GROUP BY channel_id, business_date) ORDER BY channel_id, "
+        "business_date",
+        params,
+    )
+    return [
+        Proposed(
+            r["channel_id"],
+            r["business_date"],
+            item,
+            r["run_id"],
+            tuple(m.group(1) for m in _CANDIDATE.finditer(r["detail"].removeprefix("proposed: "))),
+        )
+        for r in rows
+        if r["class"] == "proposed"
+    ]
+
+
+def decide(
+    db: Backend,
+    p: Proposed,
+    action: str,
+    candidate: str | None,
+    actor: str,
+    reason: str,
+    now_ms: int | None = None,
+) -> list[str]:
+    """Record a person's accept / reject of a proposed line (append-only); the next
+    run of the day applies it. Returns the candidates decided on."""
+    if action not in ("accept", "reject"):
+        raise ReconError(f"unknown decision {action!r}: accept or reject")
+    if not actor.strip() or not reason.strip():
+        raise ReconError("a decision needs --by and --reason")
+    if candidate is not None and candidate not in p.candidates:
+        raise ReconError(
+            f"{candidate} is not a candidate of {p.item_key} "
+            f"(candidates: {', '.join(p.candidates) or 'none'})"
+        )
+    if action == "accept":
+        if candidate is None and len(p.candidates) != 1:
+            raise ReconError(
+                f"{p.item_key} has {len(p.candidates)} candidates "
+                f"({', '.join(p.candidates)}): name one with --candidate"
+            )
+        chosen = [candidate or p.candidates[0]]
+    else:
+        chosen = [candidate] if candidate else list(p.candidates)
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    db.insert(
+        "recon_decisions",
+        DECISION_COLUMNS,
+        [
+            (
+                secrets.token_hex(8),
+                p.channel_id,
+                p.business_date,
+                p.item_key,
+                p.run_id,
+                action,
+                txn,
+                reason,
+                actor,
+                now_ms,
+            )
+            for txn in chosen
+        ],
+    )
+    return chosen
+
+
+def decision_history(db: Backend, channel: str, day: date) -> list[dict[str, Any]]:
+    return db.query(
+        "SELECT item_key, action, txn_id, reason, actor, at_ms, run_id "
+        "FROM {db}.recon_decisions FINAL WHERE channel_id = %(c)s AND business_date = "
+        "toDate(%(d)s) ORDER BY at_ms, decision_id",
+        {"c": channel, "d": day.isoformat()},
     )
