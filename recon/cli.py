@@ -164,7 +164,14 @@ def results_cmd(day: str, channel: str, run_id: str | None, cls: str | None, fmt
             raise click.ClickException(f"no run for {channel} on {day}: `tally recon run` first")
         rows = R.results(db, channel, d, rid, cls)
     for r in rows:
-        for k in ("ledger_amount", "statement_amount", "ledger_fee", "statement_fee"):
+        for k in (
+            "ledger_amount",
+            "statement_amount",
+            "ledger_fee",
+            "statement_fee",
+            "amount_difference",
+            "fee_difference",
+        ):
             r[k] = money(r[k], r["currency"])
         r["business_date"] = r["business_date"].isoformat()
     emit(
