@@ -54,6 +54,9 @@ class BenchResult:
     pandas_counts: dict[str, int] = field(default_factory=dict)
     expected: dict[str, int] = field(default_factory=dict)
     machine: str = ""
+    # the same day again with 1-cent amount and fee tolerances on (docs/reconciliation.md)
+    tolerance_seconds: float = 0.0
+    tolerance_counts: dict[str, int] = field(default_factory=dict)
 
     @property
     def agree(self) -> bool:
@@ -75,6 +78,11 @@ class BenchResult:
             "pandas_counts": self.pandas_counts,
             "expected": self.expected,
             "agree": self.agree,
+            "tolerance_seconds": round(self.tolerance_seconds, 3),
+            "tolerance_counts": self.tolerance_counts,
+            "tolerance_vs_exact": round(self.tolerance_seconds / self.sql_seconds, 2)
+            if self.sql_seconds
+            else None,
             "machine": self.machine,
         }
 
@@ -300,6 +308,8 @@ def bench(
         expected=expected_counts(n),
         machine=machine(),
     )
+    tolerant = policy.model_copy(update={"amount_tolerance_minor": 1, "fee_tolerance_minor": 1})
+    res.tolerance_seconds, res.tolerance_counts = run_sql(db, tolerant)
     if pandas:
         t1 = time.perf_counter()
         ledger, lines = export(db)

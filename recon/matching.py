@@ -12,6 +12,7 @@ usable id belong to which of our orders; the run passes its decisions to the SQL
 from __future__ import annotations
 
 import re
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -237,16 +238,27 @@ def find_links(
             continue
         pending.append((ln, toks))
 
+    # candidates by (currency, kind), in time order: a line looks at the window only
+    index: dict[tuple[str, str], tuple[list[int], list[LedgerOrder]]] = {}
+    for o in sorted(items.values(), key=lambda o: (o.created_at_ms or 0, o.txn_id)):
+        if o.created_at_ms is None:
+            continue
+        at, os_ = index.setdefault((o.currency, o.type), ([], []))
+        at.append(o.created_at_ms)
+        os_.append(o)
     scored: list[tuple[StatementLine, list[Candidate]]] = []
     for ln, toks in pending:
         key = line_key(ln)
         cands = []
-        for txn in sorted(items):
-            if (key, txn) in decisions.rejected:
+        at, os_ = index.get((ln.currency, ln.kind), ([], []))
+        lo = bisect_left(at, ln.occurred_at_ms - rules.window_ms)
+        hi = bisect_right(at, ln.occurred_at_ms + rules.window_ms)
+        for it in os_[lo:hi]:
+            if (key, it.txn_id) in decisions.rejected:
                 continue
-            s = score(ln, items[txn], rules, toks)
+            s = score(ln, it, rules, toks)
             if s is not None:
-                cands.append(Candidate(txn, s))
+                cands.append(Candidate(it.txn_id, s))
         if cands:
             cands.sort(key=lambda c: (-c.score, c.txn_id))
             scored.append((ln, cands))

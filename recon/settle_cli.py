@@ -163,6 +163,11 @@ def bench_recon_cmd(rows: int, database: str, no_pandas: bool, keep: bool, as_js
         click.echo(
             f"built {rows:,} ledger items and {rows:,} statement lines in {r.build_seconds:.2f}s"
         )
+        click.echo(
+            f"with 1-cent amount and fee tolerances: {r.tolerance_seconds:.2f}s "
+            f"({r.tolerance_seconds / r.sql_seconds:.2f}x exact-only), "
+            f"matched {r.tolerance_counts.get('matched', 0):,}"
+        )
         click.echo(f"tally recon run (ClickHouse SQL): {r.sql_seconds:.2f}s")
         if r.pandas_counts:
             click.echo(
