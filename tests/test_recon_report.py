@@ -136,6 +136,19 @@ def test_every_text_is_escaped_and_nothing_is_fetched() -> None:
 # ---------------------------------------------------------- on ClickHouse
 
 
+def day_config(**extra: Any) -> SimConfig:
+    """A small day across a midnight cutoff, many items near it (also the browser
+    test's, tests/test_report_browser.py)."""
+    return SimConfig(
+        events=4000,
+        seed=31,
+        start=datetime(2026, 3, 1, 23, 55, tzinfo=TZ),
+        orders_per_second=2.0,
+        rates={"late_callback": 0.5},
+        **extra,
+    )
+
+
 @pytest.fixture(scope="module")
 def reported(request: pytest.FixtureRequest) -> Any:
     """A simulated day stored in chDB, statements loaded, day 1 reconciled at T0 and day
@@ -143,14 +156,7 @@ def reported(request: pytest.FixtureRequest) -> Any:
     from recon.run import run
     from recon.statements.load import load_file
 
-    cfg = SimConfig(
-        events=4000,
-        seed=31,
-        start=datetime(2026, 3, 1, 23, 55, tzinfo=TZ),
-        orders_per_second=2.0,
-        rates={"late_callback": 0.5},
-    )
-    day = simulate_day(cfg, anomalies=StatementAnomalies(seed=3))
+    day = simulate_day(day_config(), anomalies=StatementAnomalies(seed=3))
     values = storage_values(request, "chdb")
     db = connect_to(values)
     day.store(db)

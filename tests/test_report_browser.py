@@ -35,8 +35,8 @@ import pytest
 from recon.demo import end_of_day
 from recon.simday import StatementAnomalies, simulate_day
 from tally.config import Settings
-from tally.simulate import SimConfig
 from tests.clickhouse import connect_to, drop_database, storage_values
+from tests.test_recon_report import day_config
 
 pytest_plugins = ("tests.clickhouse",)
 
@@ -124,15 +124,8 @@ def drawn_bars(html: str) -> int:
 def report(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Any]:
-    cfg = SimConfig(
-        events=4000,
-        seed=31,
-        start=datetime(2026, 3, 1, 23, 55, tzinfo=TZ),
-        orders_per_second=2.0,
-        rates={"late_callback": 0.5},
-        currencies={"CNY": 1},
-    )
-    day = simulate_day(cfg, anomalies=StatementAnomalies(seed=3))
+    # CNY only: Alipay's bill, MT940 and camt.053 hold one currency
+    day = simulate_day(day_config(currencies={"CNY": 1}), anomalies=StatementAnomalies(seed=3))
     values = storage_values(request, "chdb")
     db = connect_to(values)
     out = tmp_path_factory.mktemp("eod")
