@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from tally.breaks import BreakKind
 from tally.config import Settings
+from tally.examples import add_examples
 
 
 def _settings(**overrides: Any) -> Settings:
@@ -62,15 +63,7 @@ def broker_for(settings: Settings, quiet: bool = False) -> Iterator[Settings]:
         broker.stop()
 
 
-@click.group(
-    context_settings={"help_option_names": ["-h", "--help"]},
-    epilog="""\b
-Examples:
-  python3 -m tally demo                                  # a whole simulated day
-  python3 -m tally --database tally_demo breaks --kind short
-  tally run --until-idle 5                               # the workers, then a summary
-""",
-)
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--database",
     metavar="DB",
@@ -410,15 +403,7 @@ def simulate(
 DEMO_MARKER = "tally_demo_marker"  # a table in the demo's database: the demo created it
 
 
-@main.command(
-    epilog="""\b
-Examples:
-  python3 -m tally demo                 # the whole day, 100,000 events
-  python3 -m tally demo --events 20000  # a smaller day
-  python3 -m tally demo --live          # real event-to-break latency at a steady rate
-  python3 -m tally --database tally_demo breaks --kind short   # then look around
-"""
-)
+@main.command()
 @click.option(
     "--events", type=int, default=100_000, show_default=True, help="simulated input messages"
 )
@@ -922,6 +907,7 @@ def _register_commands() -> None:
 
 
 _register_commands()
+add_examples(main)  # every command's --help ends with examples (tally/examples.py)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -48,6 +48,46 @@ def test_help_everywhere() -> None:
         assert "Usage:" in r.stdout
 
 
+def test_every_command_has_parsing_examples_in_its_help(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every command's --help ends with examples, and each example parses: the
+    command exists, its options and values are accepted (nothing is run)."""
+    import shlex
+
+    import click
+    from click.testing import CliRunner
+
+    from tally.cli import main
+    from tally.examples import EXAMPLES, commands
+
+    monkeypatch.chdir(tmp_path)
+    for f in ("sim/events.jsonl", "data/demo/statements/wechat/wechat-2026-12-02.csv"):
+        (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / f).write_text("", encoding="utf-8")
+    tree = commands(main)
+    assert set(tree) == set(EXAMPLES), set(tree) ^ set(EXAMPLES)
+    runner = CliRunner()
+    for path in tree:
+        r = runner.invoke(main, [*path.split(), "--help"])
+        assert r.exit_code == 0 and "Examples:" in r.output, path
+    for path, examples in EXAMPLES.items():
+        for example in examples:
+            words = shlex.split(example, comments=True)
+            words = words[3:] if words[:3] == ["python3", "-m", "tally"] else words[1:]
+            plain = [w for w in words if w not in ("--database", "tally_demo")]
+            assert plain[: len(path.split())] == path.split(), (path, example)
+            ctx = main.make_context("tally", list(words))
+            cmd: click.Command = main
+            rest = [*ctx.protected_args, *ctx.args]
+            while isinstance(cmd, click.Group) and rest:
+                name, sub, rest = cmd.resolve_command(ctx, rest)
+                assert sub is not None and name is not None, example
+                cmd, ctx = sub, sub.make_context(name, rest, parent=ctx)
+                rest = [*ctx.protected_args, *ctx.args] if isinstance(sub, click.Group) else []
+            assert rest == [], example
+
+
 def test_config_prints_effective_settings_and_masks_secrets(tmp_path: Path) -> None:
     (tmp_path / ".env").write_text("TALLY_PARTITIONS=6\n", encoding="utf-8")
     r = tally(
