@@ -203,7 +203,7 @@ def _union_part(values: dict[str, str], source: str) -> str:
 
 
 def _abs(x: str) -> str:
-    return f"if({x} < 0, -{x}, {x})"  # abs() of a Decimal: not on 18.16
+    return f"if(({x}) < 0, -({x}), ({x}))"  # abs() of a Decimal: not on 18.16
 
 
 def _resolved(links: bool) -> str:

@@ -296,7 +296,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         ),
     ),
     Migration(
-        2,
+        3,
         "matching beyond exact ids: differences, method and score on recon_results; "
         "decisions on proposed lines",
         (

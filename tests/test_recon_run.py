@@ -255,7 +255,14 @@ def lines_st(orders: list[LedgerOrder]) -> Any:
                         amount=draw(st.sampled_from([base] * 3 + [base + D("0.01")])),
                         fee=draw(
                             st.sampled_from(
-                                [o.fee, o.fee, None, D("0.7"), None if o.fee is None else -o.fee]
+                                [
+                                    o.fee,
+                                    o.fee,
+                                    None,
+                                    D("0.7"),
+                                    D("0.1"),
+                                    None if o.fee is None else -o.fee,
+                                ]
                             )
                         ),
                         txn_id=draw(st.sampled_from([o.txn_id, o.txn_id, ""])),
