@@ -458,8 +458,8 @@ def demo(
 
     t0 = time.monotonic()
     out_dir = Path(s.data_dir) / "demo"
-    _claim_demo_database(s)
     _claim_demo_dir(out_dir)
+    _claim_demo_database(s)
     if not as_json:
         click.echo(f"simulating {events:,} events (seed {seed}) and their statements ...", err=True)
     # CNY orders: Alipay's bill, MT940 and camt.053 hold one currency (a currency
@@ -544,6 +544,9 @@ def _claim_demo_dir(out_dir: Path) -> None:
             )
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True)
+    # marks the directory as the demo's from the start (a run stopped half-way too);
+    # rewritten with the next commands at the end
+    (out_dir / "demo.json").write_text("{}\n", encoding="utf-8")
 
 
 def _claim_demo_database(s: Settings) -> None:

@@ -62,9 +62,19 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     ),
     "statements list": (f"tally statements list --channel wechat --date {D}",),
     "recon": (f"tally recon run --date {D}",),
-    "recon run": (f"tally recon run --date {D}", f"tally recon run --date {D} --channel alipay"),
+    "recon run": (
+        f"tally recon run --date {D}",
+        f"tally recon run --date {D} --channel alipay --dry-run",
+    ),
     "recon results": (f"tally recon results --date {D} --channel wechat --class short",),
     "recon runs": (f"tally recon runs --date {D}",),
+    "recon accept": (
+        "tally recon accept WX-4200001 --candidate s7-P00000586 --by alice "
+        '--reason "reference truncated by the bank"',
+    ),
+    "recon reject": (
+        'tally recon reject WX-4200001 --by alice --reason "not ours: another merchant"',
+    ),
     "recon report": (f"tally recon report --date {D} --out report.html",),
     "settle": (f"tally settle --date {D}", f"tally settle --date {D} --format csv"),
     "dashboards": ("tally dashboards build --check",),
