@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from recon.demo import scores
 from recon.simday import SimDay, StatementAnomalies, simulate_day
 from recon.statements import FORMATS
 from tally.config import Settings
@@ -112,17 +113,6 @@ def _found(db: Any, runs: dict[tuple[str, date], str]) -> set[tuple[str, str, st
     return out
 
 
-def _scores(
-    expected: set[tuple[str, str, str, str]], found: set[tuple[str, str, str, str]]
-) -> tuple[float, float]:
-    """Precision and recall over the breaks and carried items (everything but
-    matched): an injected anomaly found with its class is a true positive."""
-    e = {x for x in expected if x[3] != "matched"}
-    f = {x for x in found if x[3] != "matched"}
-    tp = len(e & f)
-    return (tp / len(f) if f else 1.0, tp / len(e) if e else 1.0)
-
-
 CASES = [(fmt, "chdb") for fmt in FORMATS] + [("csv", "server"), ("mt940", "server")]
 
 
@@ -145,7 +135,7 @@ def test_every_injected_anomaly_is_found_and_nothing_else(
     finally:
         db.close()
     expected = day.expected_set()
-    precision, recall = _scores(expected, found)
+    precision, recall = scores(expected, found)
     print(
         f"\n{fmt}: {len(expected):,} items, {sum(1 for x in expected if x[3] != 'matched'):,} "
         f"not matched; precision {precision:.3f}, recall {recall:.3f}"
