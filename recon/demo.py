@@ -36,8 +36,15 @@ from tally.config import Settings
 
 __all__ = ["CHANNEL_FORMATS", "WRITE_OFFS", "EndOfDay", "end_of_day", "scores"]
 
-# the format each simulated channel delivers its statement in (docs/statements.md)
-CHANNEL_FORMATS = {"wechat": "wechat", "alipay": "alipay", "unionpay": "mt940", "icbc": "camt053"}
+# the format each channel of the demo delivers its statement in (docs/statements.md):
+# the simulator's four channels and a second bank, so that every format is shown
+CHANNEL_FORMATS = {
+    "wechat": "wechat",
+    "alipay": "alipay",
+    "unionpay": "csv",
+    "icbc": "camt053",
+    "ccb": "mt940",
+}
 FALLBACK_FORMAT = "csv"
 
 # the business action the demo takes on the first open entry of a kind (S9, 19:02-19:12)

@@ -645,7 +645,12 @@ def simulate_day(
     # carried: lines of items near the cutoff between two simulated days move across it
     moved: list[tuple[Key, Line]] = []
     movable = []
+    # a channel txn id on two orders (e.g. a retried sale, S1) would pair the moved
+    # line with the other order on the neighbouring day: such items stay in place
+    ctids = Counter(it.channel_txn_id for it in ledger if it.channel_txn_id)
     for k in near_pairs:
+        if ctids[items[k].channel_txn_id] > 1:
+            continue
         ch, d, i = line_of[k]
         it, ln = items[k], statements[(ch, d)][i]
         w = policies[ch].carry_window_seconds * 1000

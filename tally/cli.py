@@ -453,6 +453,7 @@ def demo(
     if live:
         _demo_live(s, rate, seconds, seed, as_json)
         return
+    from recon.demo import CHANNEL_FORMATS
     from recon.simday import simulate_day
     from tally.simulate import SimConfig, generate
 
@@ -462,9 +463,15 @@ def demo(
     _claim_demo_database(s)
     if not as_json:
         click.echo(f"simulating {events:,} events (seed {seed}) and their statements ...", err=True)
-    # CNY orders: Alipay's bill, MT940 and camt.053 hold one currency (a currency
-    # mismatch still shows another currency on a witness, and in that statement)
-    cfg = SimConfig(events=events, seed=seed, currencies={"CNY": 1})
+    # CNY orders: Alipay's bill, MT940 and camt.053 hold one currency; a currency
+    # mismatch (a witness in another currency, on the statement too) on WeChat only
+    cfg = SimConfig(
+        events=events,
+        seed=seed,
+        channels=list(CHANNEL_FORMATS),
+        currencies={"CNY": 1},
+        currency_mismatch_channels=["wechat"],
+    )
     sim = generate(cfg, s.policies())
     day = simulate_day(cfg, s.policies(), sim=sim)
     t_sim = time.monotonic() - t0

@@ -185,6 +185,10 @@ class SimConfig:
     # prefix of txn ids and channel txn ids; None: "s<seed>-". Runs sharing a broker's
     # state need distinct prefixes (a replayed id is a re-delivery, not a new order).
     id_prefix: str | None = None
+    # channels where a currency mismatch may happen (None: any). A channel whose
+    # statement format holds one currency (Alipay's bill: CNY; MT940, camt.053: one
+    # per account) cannot show a line in another: `tally demo` keeps them to WeChat
+    currency_mismatch_channels: list[str] | None = None
 
     def __post_init__(self) -> None:
         if self.events <= 0:
@@ -193,6 +197,11 @@ class SimConfig:
             raise ValueError("merchants must be positive")
         if not self.channels:
             raise ValueError("at least one channel is needed")
+        if self.currency_mismatch_channels is not None and not (
+            self.currency_mismatch_channels
+            and set(self.currency_mismatch_channels) <= set(self.channels)
+        ):
+            raise ValueError("currency_mismatch_channels: some of the channels, or None")
         if self.orders_per_second <= 0:
             raise ValueError("orders_per_second must be positive")
         if not self.currencies or any(w <= 0 for w in self.currencies.values()):
@@ -719,7 +728,8 @@ class _Gen:
         self.emit(o)
 
     def u_currency_mismatch(self, t: int) -> None:
-        o = self.payment(t)
+        only = self.cfg.currency_mismatch_channels
+        o = self.payment(t, channel=self.rng.choice(only) if only else None)
         self.succeed(o, t)
         others = [c for c in self.currencies if c != o.currency] or [
             "USD" if o.currency != "USD" else "CNY"

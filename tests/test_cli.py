@@ -233,8 +233,9 @@ def test_demo_runs_the_whole_day_and_its_next_commands_work_as_printed(tmp_path:
     story = r.stdout
     assert "backlog drain" in story and "tally demo --live" in story
     assert story.count("precision 1.000, recall 1.000") == 2, story
-    for fmt in ("wechat", "alipay", "mt940", "camt053"):
+    for fmt in ("wechat", "alipay", "mt940", "camt053", "csv"):
         assert f"  {fmt} " in story, fmt
+    assert "(not " not in story  # every channel in its own format, no fallback
     assert "agrees with the stream's postings" in story and "DISAGREES" not in story
     reports = sorted((tmp_path / "data" / "demo").glob("morning-report-*.html"))
     assert len(reports) == 2 and all(str(p.relative_to(tmp_path)) in story for p in reports)

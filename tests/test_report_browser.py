@@ -32,8 +32,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from recon.demo import end_of_day
+from recon.demo import CHANNEL_FORMATS, end_of_day
 from recon.simday import StatementAnomalies, simulate_day
+from recon.statements import FORMATS
 from tally.config import Settings
 from tests.clickhouse import connect_to, drop_database, storage_values
 from tests.test_recon_report import day_config
@@ -124,8 +125,14 @@ def drawn_bars(html: str) -> int:
 def report(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Any]:
-    # CNY only: Alipay's bill, MT940 and camt.053 hold one currency
-    day = simulate_day(day_config(currencies={"CNY": 1}), anomalies=StatementAnomalies(seed=3))
+    # as the demo: its channels, CNY only (Alipay's bill, MT940 and camt.053 hold one
+    # currency), currency mismatches on WeChat
+    cfg = day_config(
+        channels=list(CHANNEL_FORMATS),
+        currencies={"CNY": 1},
+        currency_mismatch_channels=["wechat"],
+    )
+    day = simulate_day(cfg, anomalies=StatementAnomalies(seed=3))
     values = storage_values(request, "chdb")
     db = connect_to(values)
     out = tmp_path_factory.mktemp("eod")
@@ -144,7 +151,8 @@ def test_the_demo_end_of_day_finds_what_was_injected(report: Any) -> None:
     exactly the oracle's, write-offs made, settlement agreeing with the postings."""
     assert report.found == report.expected
     assert report.scores() == (1.0, 1.0)
-    assert {s["format"] for s in report.statements} >= {"wechat", "alipay", "mt940", "camt053"}
+    assert {s["format"] for s in report.statements} == set(FORMATS)
+    assert not any(s["fallback"] for s in report.statements)
     assert all(s["status"] == "loaded" and Path(s["file"]).is_file() for s in report.statements)
     assert {w["action"] for w in report.written_off} == {
         "refunded",

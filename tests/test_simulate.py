@@ -381,6 +381,31 @@ def test_config_is_validated() -> None:
     assert cfg.rates["status_conflict"] > 0  # partial dicts merge with the defaults
 
 
+def test_currency_mismatches_only_on_the_channels_named() -> None:
+    """`tally demo`: currency mismatches on WeChat only (Alipay's bill, MT940 and
+    camt.053 hold one currency); the pipeline finds exactly what was injected."""
+    with pytest.raises(ValueError, match="currency_mismatch_channels"):
+        SimConfig(currency_mismatch_channels=["paypal"])
+    cfg = SimConfig(
+        events=20_000,
+        seed=2,
+        start=LATE,
+        currencies={"CNY": 1},
+        rates={"currency_mismatch": 0.01},
+        currency_mismatch_channels=["wechat"],
+    )
+    sim = generate(cfg, Policies())
+    channel = {
+        e.value["txn_id"]: e.value["channel_id"]
+        for e in sim.envelopes
+        if e.topic == TRANSACTIONS and isinstance(e.value, dict) and "channel_id" in e.value
+    }
+    mismatched = {t for k, t in sim.expected if k == "currency_mismatch"}
+    assert len(mismatched) > 20
+    assert {channel[t] for t in mismatched} == {"wechat"}
+    assert_exact(run(sim, Policies()), sim)
+
+
 def test_envelope_keys_are_txn_ids(small: Simulation) -> None:
     for e in small.envelopes:
         if isinstance(e.value, dict):
