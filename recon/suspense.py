@@ -405,16 +405,7 @@ def sync_run(
     return sync.write(db)
 
 
-def sync_breaks(
-    db: Backend,
-    *,
-    day: date | None = None,
-    channel: str | None = None,
-    now_ms: int | None = None,
-) -> dict[str, int]:
-    """An entry for every real-time break (of a day / channel), attached to the item's
-    entry when there is one."""
-    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+def _break_rows(db: Backend, day: date | None, channel: str | None) -> list[dict[str, Any]]:
     where = ["1 = 1"]
     params: dict[str, Any] = {}
     if day is not None:
@@ -423,7 +414,7 @@ def sync_breaks(
     if channel is not None:
         where.append("channel_id = %(c)s")
         params["c"] = channel
-    rows = db.query(
+    return db.query(
         "SELECT break_id, kind, txn_id, ifNull(merchant_id, '') AS merchant_id, "
         "ifNull(channel_id, '') AS channel_id, ifNull(currency, '') AS currency, amount, "
         "channel_amount, ifNull(business_date, toDate(event_time)) AS day, event_time_ms "
@@ -432,10 +423,9 @@ def sync_breaks(
         f"WHERE {' AND '.join(where)} ORDER BY event_time_ms, break_id",
         params,
     )
-    if not rows:
-        return {"opened": 0, "updated": 0, "cleared": 0, "reopened": 0}
-    entries = load_entries(db, channel)
-    sync = _Sync(entries, load_actions(db, list(entries)), now_ms)
+
+
+def _add_breaks(sync: _Sync, rows: list[dict[str, Any]]) -> None:
     for r in rows:
         amount = r["amount"] if r["amount"] is not None else r["channel_amount"]
         ev = Evidence(
@@ -451,26 +441,139 @@ def sync_breaks(
             business_date=r["day"],
         )
         sync.add(ev, None, f"break {r['break_id']}")
+
+
+def sync_breaks(
+    db: Backend,
+    *,
+    day: date | None = None,
+    channel: str | None = None,
+    now_ms: int | None = None,
+) -> dict[str, int]:
+    """An entry for every real-time break (of a day / channel), attached to the item's
+    entry when there is one."""
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    rows = _break_rows(db, day, channel)
+    if not rows:
+        return {"opened": 0, "updated": 0, "cleared": 0, "reopened": 0}
+    entries = load_entries(db, channel)
+    sync = _Sync(entries, load_actions(db, list(entries)), now_ms)
+    _add_breaks(sync, rows)
     return sync.write(db)
+
+
+def parked_in_memory(db: Backend, now_ms: int) -> _Sync:
+    """Every entry and action as `sync_breaks` would leave them, nothing written yet:
+    `sync.written` / `sync.appended` are what it would write (recon/bulk.py validates
+    a whole file against this before its first write)."""
+    entries = load_entries(db)
+    sync = _Sync(entries, load_actions(db, list(entries)), now_ms)
+    _add_breaks(sync, _break_rows(db, None, None))
+    return sync
 
 
 # ------------------------------------------------------------------ write-off
 
 
+class EntryIndex:
+    """Entries found by entry id, by one of their break ids, or by their order's
+    txn_id / channel txn id (in that order of preference); pure."""
+
+    def __init__(self, entries: dict[str, Entry]) -> None:
+        self.entries = entries
+        self._by_break: dict[str, dict[str, Entry]] = {}
+        self._by_txn: dict[str, dict[str, Entry]] = {}
+        for e in entries.values():
+            for b in e.break_ids:
+                self._by_break.setdefault(b, {})[e.entry_id] = e
+            for t in (e.txn_id, e.channel_txn_id):
+                if t:
+                    self._by_txn.setdefault(t, {})[e.entry_id] = e
+
+    def find(self, ident: str) -> Entry | None:
+        """The entry `ident` names; None when none; SuspenseError when several."""
+        if ident in self.entries:
+            return self.entries[ident]
+        hits = self._by_break.get(ident) or self._by_txn.get(ident) or {}
+        if len(hits) > 1:
+            raise SuspenseError(
+                f"{ident!r} names {len(hits)} suspense entries "
+                f"({', '.join(sorted(hits))}): give the entry id"
+            )
+        return next(iter(hits.values()), None)
+
+
 def find_entry(db: Backend, ident: str) -> Entry | None:
     """An entry by its id, by one of its break ids, or by its order's txn_id."""
-    entries = load_entries(db)
-    if ident in entries:
-        return entries[ident]
-    hits = [e for e in entries.values() if ident in e.break_ids]
-    if not hits:
-        hits = [e for e in entries.values() if ident in (e.txn_id, e.channel_txn_id)]
-    if len(hits) > 1:
-        raise SuspenseError(
-            f"{ident!r} names {len(hits)} suspense entries "
-            f"({', '.join(sorted(e.entry_id for e in hits))}): give the entry id"
-        )
-    return hits[0] if hits else None
+    return EntryIndex(load_entries(db)).find(ident)
+
+
+def unknown_entry(ident: str) -> str:
+    return (
+        f"no suspense entry {ident!r} (give an entry id, a break id or an order's "
+        "txn_id; `tally breaks suspense --all` lists them)"
+    )
+
+
+def write_off_problems(
+    action: str, reason: str, actor: str, link: str | None, *, cli: bool = True
+) -> list[tuple[str, str]]:
+    """What is wrong with a write-off's fields, as (field, message), field one of
+    action, reason, by, link; pure. `cli`: name the command's options, else the
+    columns of a resolutions file (recon/bulk.py)."""
+
+    def opt(name: str) -> str:
+        return f"--{name}" if cli else f"column {name}"
+
+    out = []
+    if action not in WRITE_OFFS:
+        out.append(("action", f"unknown action {action!r}: one of {', '.join(WRITE_OFFS)}"))
+    if not reason.strip():
+        out.append(("reason", f"a write-off needs a reason ({opt('reason')})"))
+    if not actor.strip():
+        out.append(("by", f"a write-off needs who did it ({opt('by')})"))
+    if action == "linked" and not link:
+        out.append(("link", f"{opt('link')} OTHER is required with {opt('action')} linked"))
+    elif action in WRITE_OFFS and action != "linked" and link:
+        out.append(("link", f"{opt('link')} goes only with {opt('action')} linked"))
+    return out
+
+
+def closed_problem(entry: Entry, actions: Iterable[Action]) -> str | None:
+    """Why no write-off can be appended to the entry (it is closed), or None; pure."""
+    st = state(actions)
+    if st.open or st.closed_by is None:
+        return None
+    c = st.closed_by
+    return (
+        f"suspense entry {entry.entry_id} is already closed: {c.action} by {c.actor} "
+        f"at {_iso(c.at_ms)} ({c.reason}); history is append-only, nothing was written"
+    )
+
+
+def link_target(index: EntryIndex, entry: Entry, link: str) -> str:
+    """The entry id a write-off links to; SuspenseError when there is none; pure."""
+    target = index.find(link)
+    if target is None:
+        raise SuspenseError(f"--link {link!r}: no such suspense entry")
+    if target.entry_id == entry.entry_id:
+        raise SuspenseError("an entry cannot be linked to itself")
+    return target.entry_id
+
+
+def write_off_action(
+    entry: Entry, action: str, reason: str, actor: str, linked_to: str, now_ms: int
+) -> Action:
+    """The action appended for a write-off (its checks made); pure."""
+    return Action(
+        action_id="sa-" + _h(entry.entry_id, action, str(now_ms), actor, reason),
+        entry_id=entry.entry_id,
+        action=action,
+        reason=reason.strip(),
+        actor=actor.strip(),
+        linked_to=linked_to,
+        at_ms=now_ms,
+    )
 
 
 def resolve(
@@ -486,49 +589,19 @@ def resolve(
     """Write an entry off: append the action. Refused (SuspenseError) for an unknown
     entry, an entry already written off or cleared, a link to nothing."""
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
-    if action not in WRITE_OFFS:
-        raise SuspenseError(f"unknown action {action!r}: one of {', '.join(WRITE_OFFS)}")
-    if not reason.strip():
-        raise SuspenseError("a write-off needs a reason (--reason)")
-    if not actor.strip():
-        raise SuspenseError("a write-off needs who did it (--by)")
-    if (action == "linked") != bool(link):
-        raise SuspenseError(
-            "--link OTHER is required with --action linked"
-            if action == "linked"
-            else "--link goes only with --action linked"
-        )
+    problems = write_off_problems(action, reason, actor, link)
+    if problems:
+        raise SuspenseError(problems[0][1])
     sync_breaks(db, now_ms=now_ms)  # a real-time break not yet parked is resolvable too
-    entry = find_entry(db, ident)
+    index = EntryIndex(load_entries(db))
+    entry = index.find(ident)
     if entry is None:
-        raise SuspenseError(
-            f"no suspense entry {ident!r} (give an entry id, a break id or an order's "
-            "txn_id; `tally breaks suspense --all` lists them)"
-        )
-    st = state(load_actions(db, [entry.entry_id]).get(entry.entry_id, []))
-    if not st.open and st.closed_by is not None:
-        c = st.closed_by
-        raise SuspenseError(
-            f"suspense entry {entry.entry_id} is already closed: {c.action} by {c.actor} "
-            f"at {_iso(c.at_ms)} ({c.reason}); history is append-only, nothing was written"
-        )
-    linked_to = ""
-    if link:
-        target = find_entry(db, link)
-        if target is None:
-            raise SuspenseError(f"--link {link!r}: no such suspense entry")
-        if target.entry_id == entry.entry_id:
-            raise SuspenseError("an entry cannot be linked to itself")
-        linked_to = target.entry_id
-    a = Action(
-        action_id="sa-" + _h(entry.entry_id, action, str(now_ms), actor, reason),
-        entry_id=entry.entry_id,
-        action=action,
-        reason=reason.strip(),
-        actor=actor.strip(),
-        linked_to=linked_to,
-        at_ms=now_ms,
-    )
+        raise SuspenseError(unknown_entry(ident))
+    closed = closed_problem(entry, load_actions(db, [entry.entry_id]).get(entry.entry_id, []))
+    if closed:
+        raise SuspenseError(closed)
+    linked_to = link_target(index, entry, link) if link else ""
+    a = write_off_action(entry, action, reason, actor, linked_to, now_ms)
     db.insert("suspense_actions", ACTION_COLUMNS, [a.row()])
     return entry, a
 

@@ -2,7 +2,9 @@
 
 tally breaks [--date D] [--kind K] [--channel C] [--merchant M] [--format F]
 tally breaks suspense|open [--channel C] [--date D] [--all] [--format F]
+tally breaks export [--open|--all] [--channel C] [--date D] [--format csv|json] [--out F]
 tally breaks resolve ID --action A --reason TEXT --by NAME [--link OTHER]
+tally breaks resolve --file resolutions.csv [--check]
 tally breaks history ID
 tally balances [--merchant M | --channel C] [--format F]
 tally orders show TXN_ID [--format table|json]
@@ -265,15 +267,101 @@ def breaks_suspense(channel: str | None, day: str | None, include_closed: bool, 
 breaks_cmd.add_command(breaks_suspense, "open")
 
 
+@breaks_cmd.command("export")
+@click.option("--open/--all", "only_open", default=True, help="open entries only (default)")
+@click.option("--channel", help="channel id")
+@click.option("--date", "day", callback=_check_date, help="the business date entries are posted to")
+@click.option(
+    "--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True
+)
+@click.option(
+    "--out", type=click.Path(dir_okay=False, path_type=Path), help="file (default: stdout)"
+)
+def breaks_export(
+    only_open: bool, channel: str | None, day: str | None, fmt: str, out: Path | None
+) -> None:
+    """The suspense entries (real-time and end-of-day breaks) with what a person
+    needs to decide and empty action, reason, by, link columns: fill them in and
+    apply the file with `tally breaks resolve --file` (docs/reconciliation.md)."""
+    from recon import bulk
+
+    with _db() as db:
+        rows = bulk.export_rows(
+            db,
+            channel=channel,
+            day=date.fromisoformat(day) if day else None,
+            include_closed=not only_open,
+        )
+    if fmt == "json":
+        text = json.dumps(rows, indent=2, ensure_ascii=False) + "\n"
+    else:
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(bulk.EXPORT_COLUMNS)
+        for r in rows:
+            w.writerow([r[c] or "" for c in bulk.EXPORT_COLUMNS])
+        text = buf.getvalue()
+    if out is None:
+        click.echo(text, nl=False)
+    else:
+        out.write_text(text, encoding="utf-8")
+        click.echo(f"wrote {len(rows):,} entries to {out}", err=True)
+
+
 @breaks_cmd.command("resolve")
-@click.argument("entry")
-@click.option("--action", required=True, type=WRITE_OFF_ACTIONS, help="the business action")
-@click.option("--reason", required=True, help="why (kept for ever)")
-@click.option("--by", "actor", required=True, help="who resolves it")
+@click.argument("entry", required=False)
+@click.option("--action", type=WRITE_OFF_ACTIONS, help="the business action")
+@click.option("--reason", help="why (kept for ever)")
+@click.option("--by", "actor", help="who resolves it")
 @click.option("--link", help="with --action linked: the entry this one is linked to")
-def breaks_resolve(entry: str, action: str, reason: str, actor: str, link: str | None) -> None:
-    """Write a suspense entry off (ENTRY: entry id, break id or txn_id). Appends an
-    action; nothing is deleted, and an entry is written off once."""
+@click.option(
+    "--file",
+    "path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="resolutions file (CSV or JSON: entry, action, reason, by[, link]), applied whole",
+)
+@click.option("--check", is_flag=True, help="with --file: validate only, write nothing")
+def breaks_resolve(
+    entry: str | None,
+    action: str | None,
+    reason: str | None,
+    actor: str | None,
+    link: str | None,
+    path: Path | None,
+    check: bool,
+) -> None:
+    """Write a suspense entry off (ENTRY: entry id, break id or txn_id), or every
+    entry of a file (--file). Appends actions; nothing is deleted, and an entry is
+    written off once. A file is validated whole first: one bad line and nothing is
+    applied."""
+    if path is not None:
+        given = [
+            n
+            for n, v in (
+                ("ENTRY", entry),
+                ("--action", action),
+                ("--reason", reason),
+                ("--by", actor),
+                ("--link", link),
+            )
+            if v
+        ]
+        if given:
+            raise click.UsageError(
+                f"--file takes every decision from the file: drop {', '.join(given)}"
+            )
+        _resolve_file(path, check)
+        return
+    if check:
+        raise click.UsageError("--check goes with --file")
+    missing = [
+        n
+        for n, v in (("ENTRY", entry), ("--action", action), ("--reason", reason), ("--by", actor))
+        if v is None
+    ]
+    if missing:
+        raise click.UsageError(f"missing {', '.join(missing)} (or give --file)")
+    assert entry is not None and action is not None and reason is not None and actor is not None
     from recon import suspense
 
     with _db() as db:
@@ -287,6 +375,39 @@ def breaks_resolve(entry: str, action: str, reason: str, actor: str, link: str |
     click.echo(
         f"suspense entry {e.entry_id} ({what}, {', '.join(e.kinds)}, {amount} {e.currency}) "
         f"written off: {a.action}{linked} by {a.actor}: {a.reason}"
+    )
+
+
+def _resolve_file(path: Path, check: bool) -> None:
+    import time
+
+    from recon import bulk
+
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise click.ClickException(f"{path}: not UTF-8 ({exc})") from None
+    except OSError as exc:
+        raise click.ClickException(f"{path}: {exc.strerror or exc}") from None
+    t0 = time.monotonic()
+    with _db() as db:
+        try:
+            plan = bulk.apply(db, text, check=check)
+        except bulk.BulkError as exc:
+            shown = exc.problems[:50]
+            more = len(exc.problems) - len(shown)
+            raise click.ClickException(
+                f"{path}: {len(exc.problems):,} problems, nothing was applied:\n"
+                + "\n".join(f"  {p}" for p in shown)
+                + (f"\n  ... and {more:,} more" if more > 0 else "")
+            ) from None
+    seconds = time.monotonic() - t0
+    done = "would write off" if check else "wrote off"
+    click.echo(
+        f"{path}: {done} {len(plan.actions):,} entries"
+        + ("" if check else " in one insert")
+        + f" ({len(plan.already):,} already applied, {plan.undecided:,} undecided lines "
+        f"left open; {seconds:.2f}s)"
     )
 
 

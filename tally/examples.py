@@ -47,6 +47,12 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "breaks resolve": (
         "tally breaks resolve se-01e5060fb464e3d8ccb3 --action refunded "
         '--reason "merchant refunded the second charge" --by alice',
+        "tally breaks resolve --file resolutions.csv --check",
+        "tally breaks resolve --file resolutions.csv",
+    ),
+    "breaks export": (
+        "tally breaks export --open --format csv --out resolutions.csv",
+        f"tally breaks export --channel wechat --date {D} --format json",
     ),
     "breaks history": ("tally breaks history se-01e5060fb464e3d8ccb3",),
     "balances": ("tally balances --merchant M00006", "tally balances --channel wechat"),
