@@ -132,8 +132,8 @@ def _cell(v: Any) -> str:
 
 def parse(text: str) -> Parsed:
     """A resolutions file: CSV with a header (entry, action, reason, by, optional
-    link; other columns, such as the export's, are ignored), or a JSON array of
-    objects with those keys. Pure."""
+    link; other columns, such as the export's, are ignored; a line is numbered where
+    its record starts), or a JSON array of objects with those keys. Pure."""
     text = text.lstrip("\ufeff")
     if text.lstrip().startswith("["):
         return _parse_json(text)
@@ -147,14 +147,18 @@ def parse(text: str) -> Parsed:
         return Parsed(
             [],
             [
-                Problem(1, c, f"no column {c!r} in the header ({', '.join(REQUIRED)})")
+                Problem(1, c, f"no column {c!r} in the header (needs {', '.join(REQUIRED)})")
                 for c in missing
             ],
         )
     col = {c: header.index(c) for c in (*REQUIRED, *OPTIONAL) if c in header}
     out = Parsed([], [])
-    for row in reader:
-        no = reader.line_num
+    while True:
+        no = reader.line_num + 1  # where the record starts (a quoted field may span lines)
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
         if not any(x.strip() for x in row):
             continue  # a blank line
         values = {c: _cell(row[i]) if i < len(row) else "" for c, i in col.items()}
@@ -269,7 +273,8 @@ def apply(db: Backend, text: str, *, now_ms: int | None = None, check: bool = Fa
     if check or not p.actions:
         return p
     # entries first: an action never points at an entry that is not stored
-    db.insert("suspense_entries", ENTRY_COLUMNS, [e.row() for e in sync.written])
+    if sync.written:
+        db.insert("suspense_entries", ENTRY_COLUMNS, [e.row() for e in sync.written])
     db.insert("suspense_actions", ACTION_COLUMNS, [a.row() for a in (*sync.appended, *p.actions)])
     return p
 
