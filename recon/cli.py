@@ -312,4 +312,7 @@ def runs_cmd(day: str | None, channel: str | None, fmt: str) -> None:
 
 def register(main: click.Group) -> None:
     """Add `tally recon` to the `tally` command group."""
+    from recon.funds import cli as funds_cli
+
+    funds_cli.register(recon_group)
     main.add_command(recon_group)

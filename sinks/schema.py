@@ -326,6 +326,83 @@ MIGRATIONS: tuple[Migration, ...] = (
             ORDER BY (channel_id, business_date, item_key, at_ms, decision_id)""",
         ),
     ),
+    Migration(
+        4,
+        "funds: the platform's bank account statements and settlement reconciliation "
+        "runs and results",
+        (
+            # One row per loaded bank statement file of an account and statement date
+            # (the closing balance's date); the highest delivery is in force. Entries
+            # are inserted before their version row, as for channel statements.
+            f"""CREATE TABLE IF NOT EXISTS {{db}}.bank_statement_versions (
+                account String,
+                statement_date Date,
+                delivery UInt32,
+                checksum String,
+                format String,
+                file_name String,
+                entry_count UInt32,
+                currency String,
+                opening {_MONEY},
+                closing {_MONEY},
+                loaded_at_ms Int64,
+                loaded_by String,
+                {_ms_time("loaded_at")}
+            ) ENGINE = ReplacingMergeTree() ORDER BY (account, statement_date, delivery)""",
+            # direction: C money in, D money out; amount positive; booked 0 for a
+            # camt.053 entry not booked (PDNG / INFO).
+            f"""CREATE TABLE IF NOT EXISTS {{db}}.bank_entries (
+                account String,
+                statement_date Date,
+                delivery UInt32,
+                entry_no UInt32,
+                line_no UInt32,
+                direction String,
+                amount {_MONEY},
+                currency String,
+                value_date Date,
+                booking_date Date,
+                entry_ref String,
+                bank_ref String,
+                customer_ref String,
+                remittance String,
+                booked UInt8,
+                raw String
+            ) ENGINE = ReplacingMergeTree()
+            ORDER BY (account, statement_date, delivery, entry_no)""",
+            # One row per `tally recon settlements --date D`.
+            """CREATE TABLE IF NOT EXISTS {db}.settlement_runs (
+                run_id String,
+                run_date Date,
+                window_start Date,
+                bank_deliveries String,
+                counts String,
+                started_at_ms Int64,
+                finished_at_ms Int64
+            ) ENGINE = ReplacingMergeTree() ORDER BY (run_date, run_id)""",
+            # One row per expected settlement (item_key stl:CHANNEL:CUR:DUE) or bank
+            # credit no settlement takes (credit:ACCOUNT:REF) per run. class: settled |
+            # settlement_late | settlement_short | settlement_over |
+            # settlement_missing | unexpected_credit.
+            f"""CREATE TABLE IF NOT EXISTS {{db}}.settlement_results (
+                run_id String,
+                run_date Date,
+                item_key String,
+                class String,
+                channel_id String,
+                currency String,
+                due_date Nullable(Date),
+                business_dates Array(Date),
+                expected_amount {_NMONEY},
+                credited_amount {_NMONEY},
+                difference {_MONEY},
+                credit_refs Array(String),
+                value_dates Array(Date),
+                sources Array(String),
+                detail String
+            ) ENGINE = ReplacingMergeTree() ORDER BY (run_date, run_id, item_key)""",
+        ),
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version
@@ -409,4 +486,8 @@ RECON_TABLES = (
     "suspense_entries",
     "suspense_actions",
     "recon_decisions",
+    "bank_statement_versions",
+    "bank_entries",
+    "settlement_runs",
+    "settlement_results",
 )

@@ -65,12 +65,17 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "statements": (f"tally statements list --date {D}",),
     "statements load": (
         f"tally statements load data/demo/statements/wechat/wechat-{D}.csv --channel wechat",
+        f"tally statements load bank-{D}.sta --kind bank --account 6222021001112223334",
     ),
     "statements list": (f"tally statements list --channel wechat --date {D}",),
     "recon": (f"tally recon run --date {D}",),
     "recon run": (
         f"tally recon run --date {D}",
         f"tally recon run --date {D} --channel alipay --dry-run",
+    ),
+    "recon settlements": (
+        f"tally recon settlements --date {D}",
+        f"tally recon settlements --date {D} --class settlement_short --json",
     ),
     "recon results": (f"tally recon results --date {D} --channel wechat --class short",),
     "recon runs": (f"tally recon runs --date {D}",),

@@ -7,9 +7,11 @@ Pure data and arithmetic; no I/O. `ChannelPolicy` objects come from the settings
 
 from __future__ import annotations
 
+import re
 from datetime import date, datetime, time, timedelta
 from enum import StrEnum
 from functools import lru_cache
+from typing import Literal
 from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -84,6 +86,49 @@ class ChannelPolicy(BaseModel):
         "orders share, with the sum of their amounts, matches them as one group "
         "(WeChat 合单支付, Alipay 合并支付)",
     )
+
+    # Funds reconciliation (`tally recon settlements`, docs/reconciliation.md,
+    # "Settlement"): when and how the channel pays what it collected into our bank.
+    settlement_lag_days: int = Field(
+        1,
+        ge=0,
+        description="settlement: business days from a statement's business date to the "
+        "credit in our bank (T+1: 1; UnionPay's nightly clearing: 1)",
+    )
+    settlement_weekends: bool = Field(
+        False,
+        description="settlement: the channel pays on Saturdays and Sundays too; when "
+        "false, a credit due on a weekend or holiday rolls to the next working day",
+    )
+    settlement_holidays: tuple[date, ...] = Field(
+        (), description="settlement: dates on which the channel does not pay (rolled over)"
+    )
+    settlement_fees: Literal["netted", "invoiced"] = Field(
+        "netted",
+        description="settlement: fees deducted from the credit (netted) or billed "
+        "separately (invoiced: the credit is gross - refunds)",
+    )
+    settlement_reference: str = Field(
+        "",
+        description="settlement: regular expression (case-insensitive) that finds the "
+        "channel's credits in the bank's remittance text; empty: the channel id as a "
+        "word",
+    )
+    settlement_grace_days: int = Field(
+        2,
+        ge=0,
+        description="settlement: working days a credit may come after its due date "
+        "(settlement_late) before it is settlement_missing",
+    )
+
+    @field_validator("settlement_reference")
+    @classmethod
+    def _pattern_compiles(cls, v: str) -> str:
+        try:
+            re.compile(v)
+        except re.error as exc:
+            raise ValueError(f"settlement_reference is not a regular expression: {exc}") from None
+        return v
 
     @field_validator("timezone")
     @classmethod

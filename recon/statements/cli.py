@@ -57,7 +57,16 @@ def _progress(enabled: bool) -> Iterator[Any]:
 
 @statements_group.command("load")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--channel", required=True, help="channel id, e.g. wechat")
+@click.option("--channel", help="channel id, e.g. wechat (a channel statement)")
+@click.option(
+    "--kind",
+    type=click.Choice(["channel", "bank"]),
+    default="channel",
+    show_default=True,
+    help="a channel's statement (one line per order), or our own bank account's "
+    "statement (MT940 or camt.053: one entry per credit or debit)",
+)
+@click.option("--account", help="bank account number as the file names it (with --kind bank)")
 @click.option(
     "--format",
     "fmt",
@@ -75,7 +84,9 @@ def _progress(enabled: bool) -> Iterator[Any]:
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
 def load_cmd(
     file: Path,
-    channel: str,
+    channel: str | None,
+    kind: str,
+    account: str | None,
     fmt: str | None,
     day: str | None,
     loaded_by: str | None,
@@ -83,14 +94,23 @@ def load_cmd(
 ) -> None:
     """Validate a statement file whole and store it as a new version.
 
-    The same file again changes nothing; a different file for the same channel and
-    date is the next delivery and supersedes the earlier ones. A bad file is refused
-    with the line and field at fault, and nothing is stored."""
+    The same file again changes nothing; a different file for the same channel (or
+    bank account) and date is the next delivery and supersedes the earlier ones. A
+    bad file is refused with the line and field at fault, and nothing is stored."""
     from recon.statements.load import load_file
 
-    settings = _settings()
     data = file.read_bytes()
     who = loaded_by or _user()
+    if kind == "bank":
+        if not account or channel:
+            raise click.UsageError("--kind bank takes --account ACCOUNT (and no --channel)")
+        from recon.funds.cli import load_bank
+
+        load_bank(file.name, data, account, fmt, day, who, as_json)
+        return
+    if not channel or account:
+        raise click.UsageError("a channel statement takes --channel C (and no --account)")
+    settings = _settings()
     with _db(migrate_first=True) as db, _progress(sys.stderr.isatty() and not as_json) as bar:
         try:
             result = load_file(
