@@ -10,7 +10,12 @@ from the database escaped. Sections:
    <1d, 1–3d, 3–7d, >7d, counts and amounts per currency;
 3. settlement totals of the date per currency (recon.settle), with the payments held
    back by open suspense entries;
-4. statement arrival: per channel, the deliveries loaded for the date and when.
+4. statement arrival: per channel, the deliveries loaded for the date and when;
+5. tolerance and proposed matches (after the results): money matched within the
+   channels' tolerances (items, amount and fee differences summed per channel and
+   currency, the largest items), and the `proposed` lines with their best candidates,
+   scores, and our amount and time next to the statement's, for a person to accept
+   or reject (`tally recon accept|reject`).
 
 It prints on A4 portrait (`@page`), no chart split across pages (`break-inside:
 avoid`; a chart is at most 640 px wide, within the page's 186 mm); the tests open
@@ -34,7 +39,16 @@ from sinks.queries import money
 from tally.events import iso_ms
 from tally.money import format_minor
 
-__all__ = ["AGING_BUCKETS", "ReportData", "aging_bucket", "bar_chart", "build", "render"]
+__all__ = [
+    "AGING_BUCKETS",
+    "Candidate",
+    "ProposedLine",
+    "ReportData",
+    "aging_bucket",
+    "bar_chart",
+    "build",
+    "render",
+]
 
 CLASSES = (
     "matched",
@@ -48,6 +62,7 @@ CLASSES = (
 BREAKS = ("short", "long", "amount_mismatch", "fee_mismatch", "status_mismatch")
 AGING_BUCKETS = ("<1d", "1–3d", "3–7d", ">7d")
 _DAY_MS = 86_400_000
+SHOWN = 10  # tolerated items and proposed lines shown in full; the rest counted
 
 
 def aging_bucket(age_ms: int) -> str:
@@ -63,6 +78,28 @@ def aging_bucket(age_ms: int) -> str:
 
 # class -> currency -> (items, amount)
 Summary = dict[str, dict[str, tuple[int, Decimal]]]
+# currency -> (items matched with a difference, amount differences, fee differences)
+Tolerated = dict[str, tuple[int, Decimal, Decimal]]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    txn_id: str
+    score: int
+    amount: Decimal | None  # what the channel should show for it (payment: less coupon)
+    created_at_ms: int | None
+
+
+@dataclass(frozen=True)
+class ProposedLine:
+    channel_id: str
+    item_key: str
+    line_no: int | None
+    reference: str  # the id the line quotes, as it quotes it
+    occurred_at_ms: int | None
+    currency: str
+    amount: Decimal | None
+    candidates: tuple[Candidate, ...]  # best first
 
 
 @dataclass
@@ -78,6 +115,10 @@ class ReportData:
     arrivals: list[dict[str, Any]]
     missing_statements: list[str] = field(default_factory=list)
     not_reconciled: list[str] = field(default_factory=list)
+    tolerated: dict[str, Tolerated] = field(default_factory=dict)  # channel -> ...
+    tolerated_items: list[dict[str, Any]] = field(default_factory=list)  # largest first
+    proposed: list[ProposedLine] = field(default_factory=list)  # at most SHOWN
+    proposed_count: int = 0
 
     @property
     def result_count(self) -> int:
@@ -88,12 +129,13 @@ class ReportData:
 
 
 def build(db: Backend, day: date, now_ms: int) -> ReportData:
-    from recon.run import channels_of, latest_run, run_summary
+    from recon.run import channels_of, latest_run, run_summary, tolerated_of
     from recon.suspense import open_entries
 
     channels = channels_of(db, day)
     runs: dict[str, dict[str, Any]] = {}
     by_class: dict[str, Summary] = {}
+    tolerated: dict[str, Tolerated] = {}
     not_reconciled = []
     for ch in channels:
         run_id = latest_run(db, ch, day)
@@ -111,6 +153,7 @@ def build(db: Backend, day: date, now_ms: int) -> ReportData:
             "finished_at": iso_ms(int(meta[0]["finished_at_ms"])) if meta else "",
         }
         by_class[ch] = run_summary(db, ch, day, run_id)
+        tolerated[ch] = tolerated_of(db, ch, day, run_id)
 
     aging: dict[str, dict[str, tuple[int, Decimal]]] = {b: {} for b in AGING_BUCKETS}
     n_open = 0
@@ -127,6 +170,7 @@ def build(db: Backend, day: date, now_ms: int) -> ReportData:
         {"d": day.isoformat()},
     )
     have = {r["channel_id"] for r in arrivals}
+    proposed, n_proposed = _proposed(db, day, runs)
     return ReportData(
         day=day,
         as_of_ms=now_ms,
@@ -139,7 +183,116 @@ def build(db: Backend, day: date, now_ms: int) -> ReportData:
         arrivals=arrivals,
         missing_statements=[c for c in channels if c not in have],
         not_reconciled=not_reconciled,
+        tolerated={ch: t for ch, t in tolerated.items() if t},
+        tolerated_items=_tolerated_items(db, day, runs),
+        proposed=proposed,
+        proposed_count=n_proposed,
     )
+
+
+def _runs_where(runs: dict[str, dict[str, Any]]) -> tuple[str, dict[str, Any]]:
+    return "run_id IN %(runs)s", {"runs": tuple(r["run_id"] for r in runs.values()) or ("",)}
+
+
+def _tolerated_items(db: Backend, day: date, runs: dict[str, dict[str, Any]]) -> list[Any]:
+    """The SHOWN items matched with the largest differences (amount + fee)."""
+    where, params = _runs_where(runs)
+
+    def absolute(x: str) -> str:
+        return f"if({x} < 0, -{x}, {x})"  # abs() of a Decimal: not on 18.16
+
+    return db.query(
+        "SELECT channel_id, item_key, currency, ledger_amount, statement_amount, "
+        "amount_difference, ledger_fee, statement_fee, fee_difference, match_method "
+        "FROM {db}.recon_results FINAL WHERE business_date = toDate(%(d)s) AND "
+        f"{where} AND (amount_difference != 0 OR fee_difference != 0) ORDER BY "
+        f"{absolute('amount_difference')} + {absolute('fee_difference')} DESC, channel_id, "
+        f"item_key LIMIT {SHOWN}",
+        {"d": day.isoformat(), **params},
+    )
+
+
+def _proposed(
+    db: Backend, day: date, runs: dict[str, dict[str, Any]]
+) -> tuple[list[ProposedLine], int]:
+    """The first SHOWN proposed lines of the latest runs with their candidates (our
+    amount and time read from the orders), and how many there are."""
+    from recon.run import candidates_in
+
+    where, params = _runs_where(runs)
+    params["d"] = day.isoformat()
+    n = db.query(
+        "SELECT count() AS n FROM {db}.recon_results FINAL WHERE business_date = "
+        f"toDate(%(d)s) AND {where} AND class = 'proposed'",
+        params,
+    )
+    rows = db.query(
+        "SELECT channel_id, item_key, statement_line, currency, statement_amount, detail "
+        "FROM {db}.recon_results FINAL WHERE business_date = toDate(%(d)s) AND "
+        f"{where} AND class = 'proposed' ORDER BY channel_id, statement_line, item_key "
+        f"LIMIT {SHOWN}",
+        params,
+    )
+    if not rows:
+        return [], int(n[0]["n"]) if n else 0
+    txns = sorted({t for r in rows for t, _ in candidates_in(r["detail"])})
+    orders = {
+        o["txn_id"]: o
+        for o in db.query(
+            "SELECT txn_id, type, amount, coupon_amount, created_at_ms FROM (SELECT txn_id, "
+            "type, amount, coupon_amount, created_at_ms FROM {db}.order_states FINAL) "
+            "WHERE txn_id IN %(t)s",
+            {"t": tuple(txns) or ("",)},
+        )
+    }
+    lines = {
+        (r["channel_id"], int(r["line_no"])): r
+        for ch, run in runs.items()
+        for r in db.query(
+            "SELECT channel_id, line_no, txn_id, channel_txn_id, occurred_at_ms FROM "
+            "{db}.statement_lines FINAL WHERE channel_id = %(c)s AND business_date = "
+            "toDate(%(d)s) AND delivery = %(v)s AND line_no IN %(n)s",
+            {
+                "c": ch,
+                "d": day.isoformat(),
+                "v": int(run["delivery"]),
+                "n": tuple(
+                    int(x["statement_line"])
+                    for x in rows
+                    if x["channel_id"] == ch and x["statement_line"] is not None
+                )
+                or (0,),
+            },
+        )
+    }
+
+    def candidate(txn: str, score: int) -> Candidate:
+        o = orders.get(txn)
+        if o is None:
+            return Candidate(txn, score, None, None)
+        amount = None if o["amount"] is None else Decimal(o["amount"])
+        if amount is not None and o["type"] == "payment" and o["coupon_amount"] is not None:
+            amount -= Decimal(o["coupon_amount"])
+        created = None if o["created_at_ms"] is None else int(o["created_at_ms"])
+        return Candidate(txn, score, amount, created)
+
+    out = []
+    for r in rows:
+        no = None if r["statement_line"] is None else int(r["statement_line"])
+        ln = lines.get((r["channel_id"], no)) if no is not None else None
+        out.append(
+            ProposedLine(
+                channel_id=r["channel_id"],
+                item_key=r["item_key"],
+                line_no=no,
+                reference=(ln["txn_id"] or ln["channel_txn_id"]) if ln else "",
+                occurred_at_ms=int(ln["occurred_at_ms"]) if ln else None,
+                currency=r["currency"],
+                amount=None if r["statement_amount"] is None else Decimal(r["statement_amount"]),
+                candidates=tuple(candidate(t, sc) for t, sc in candidates_in(r["detail"])),
+            )
+        )
+    return out, int(n[0]["n"]) if n else len(out)
 
 
 # ------------------------------------------------------------------ drawing
@@ -244,6 +397,138 @@ def _settle_rows(rows: list[MerchantSettlement]) -> list[list[str]]:
     return out
 
 
+def _money_or_dash(a: Decimal | None, cur: str) -> str:
+    return "–" if a is None else _amount(a, cur)
+
+
+def _tolerance_and_proposed(data: ReportData) -> list[str]:
+    """Money matched within tolerance (still money), then the proposed lines with
+    their candidates for a person to accept or reject."""
+    out = ["<h2>Matched within tolerance</h2>"]
+    rows = []
+    total: dict[str, tuple[int, Decimal, Decimal]] = {}
+    for ch in sorted(data.tolerated):
+        for cur, (n, a, f) in sorted(data.tolerated[ch].items()):
+            rows.append([ch, cur, f"{n:,}", _amount(a, cur), _amount(f, cur)])
+            tn, ta, tf = total.get(cur, (0, Decimal(0), Decimal(0)))
+            total[cur] = (tn + n, ta + a, tf + f)
+    if len(data.tolerated) > 1:
+        for cur, (n, a, f) in sorted(total.items()):
+            rows.append(["all", cur, f"{n:,}", _amount(a, cur), _amount(f, cur)])
+    if rows:
+        out.append(
+            _table(
+                "tolerated",
+                ["channel", "currency", "items", "amount differences", "fee differences"],
+                rows,
+                {2, 3, 4},
+            )
+        )
+        out.append(
+            '<p class="muted">matched although the statement differs from our ledger by '
+            "no more than the channel's tolerance; a difference is the statement's figure "
+            "less ours. Largest items:</p>"
+        )
+        items = [
+            [
+                r["channel_id"],
+                r["item_key"],
+                r["currency"],
+                _money_or_dash(r["ledger_amount"], r["currency"]),
+                _money_or_dash(r["statement_amount"], r["currency"]),
+                _amount(Decimal(r["amount_difference"]), r["currency"]),
+                _money_or_dash(r["ledger_fee"], r["currency"]),
+                _money_or_dash(r["statement_fee"], r["currency"]),
+                _amount(Decimal(r["fee_difference"]), r["currency"]),
+                r["match_method"],
+            ]
+            for r in data.tolerated_items
+        ]
+        out.append(
+            _table(
+                "tolerated-items",
+                [
+                    "channel",
+                    "item",
+                    "currency",
+                    "ours",
+                    "statement",
+                    "amount difference",
+                    "our fee",
+                    "statement fee",
+                    "fee difference",
+                    "matched by",
+                ],
+                items,
+                {3, 4, 5, 6, 7, 8},
+            )
+        )
+    else:
+        out.append('<p class="muted" id="tolerated-none">nothing matched with a difference</p>')
+
+    out.append("<h2>Proposed matches to accept or reject</h2>")
+    if not data.proposed:
+        out.append('<p class="muted" id="proposed-none">no proposed lines</p>')
+        return out
+    prow = []
+    for p in data.proposed:
+        for i, c in enumerate(p.candidates or (Candidate("", 0, None, None),)):
+            first = i == 0
+            prow.append(
+                [
+                    p.channel_id if first else "",
+                    p.item_key if first else "",
+                    (str(p.line_no) if p.line_no is not None else "") if first else "",
+                    p.reference if first else "",
+                    (iso_ms(p.occurred_at_ms) if p.occurred_at_ms is not None else "")
+                    if first
+                    else "",
+                    _money_or_dash(p.amount, p.currency) if first else "",
+                    p.currency if first else "",
+                    c.txn_id or "(none)",
+                    str(c.score) if c.txn_id else "",
+                    _money_or_dash(c.amount, p.currency) if c.txn_id else "",
+                    iso_ms(c.created_at_ms) if c.created_at_ms is not None else "",
+                ]
+            )
+    out.append(
+        _table(
+            "proposed",
+            [
+                "channel",
+                "item",
+                "line",
+                "line quotes",
+                "line time",
+                "line amount",
+                "currency",
+                "candidate",
+                "score",
+                "our amount",
+                "our time",
+            ],
+            prow,
+            {2, 5, 8, 9},
+        )
+    )
+    more = data.proposed_count - len(data.proposed)
+    out.append(
+        '<p class="muted">'
+        + (
+            escape(
+                f"{data.proposed_count:,} proposed lines, the first {len(data.proposed)} shown; "
+            )
+            if more > 0
+            else ""
+        )
+        + "candidates best first, scored 0–100 (docs/reconciliation.md). Accept one with "
+        "<code>tally recon accept ITEM --candidate TXN --by NAME --reason TEXT</code>, "
+        "reject with <code>tally recon reject ITEM [--candidate TXN] --by NAME --reason "
+        "TEXT</code>; the next <code>tally recon run</code> applies the decisions.</p>"
+    )
+    return out
+
+
 def render(data: ReportData) -> str:
     """The whole HTML document (pure)."""
     day = data.day.isoformat()
@@ -316,6 +601,8 @@ def render(data: ReportData) -> str:
             {3, 4},
         )
     )
+
+    out.extend(_tolerance_and_proposed(data))
 
     # 2. suspense aging
     out.append("<h2>Suspense aging (open entries, all days)</h2>")

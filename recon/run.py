@@ -889,6 +889,15 @@ DECISION_COLUMNS = (
 _CANDIDATE = re.compile(r"(\S+) \((\d+)\)")
 
 
+def candidates_in(detail: str) -> list[tuple[str, int]]:
+    """(txn id, score) of a proposed result's candidates, best first, from its detail
+    ("proposed: T1 (87), T2 (85)")."""
+    return [
+        (m.group(1), int(m.group(2)))
+        for m in _CANDIDATE.finditer(detail.removeprefix("proposed: "))
+    ]
+
+
 @dataclass(frozen=True)
 class Proposed:
     channel_id: str
@@ -923,7 +932,7 @@ def proposed_items(
             r["business_date"],
             item,
             r["run_id"],
-            tuple(m.group(1) for m in _CANDIDATE.finditer(r["detail"].removeprefix("proposed: "))),
+            tuple(t for t, _ in candidates_in(r["detail"])),
         )
         for r in rows
         if r["class"] == "proposed"

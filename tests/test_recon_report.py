@@ -272,3 +272,171 @@ def test_tally_recon_report_writes_the_file(reported: dict[str, Any], tmp_path: 
     ref = parse(reported["html"])
     for t in ("results-by-class", "suspense-aging", "settlement-totals", "statement-arrival"):
         assert page.tables[t] == ref.tables[t]
+
+
+# ------------------------------------- tolerated money and proposed matches
+
+
+def test_tolerated_and_proposed_texts_are_escaped() -> None:
+    from recon.report import Candidate, ProposedLine
+
+    evil = "<b>&"
+    data = ReportData(
+        day=date(2026, 3, 2),
+        as_of_ms=T0,
+        channels=[evil],
+        runs={},
+        by_class={},
+        aging={b: {} for b in AGING_BUCKETS},
+        open_entries=0,
+        settlement=Settlement("2026-03-02", None, [], [], []),
+        arrivals=[],
+        tolerated={evil: {"CNY": (1, Decimal("0.01"), Decimal("-0.02"))}},
+        tolerated_items=[
+            {
+                "channel_id": evil,
+                "item_key": evil,
+                "currency": "CNY",
+                "ledger_amount": Decimal("1"),
+                "statement_amount": None,
+                "amount_difference": Decimal("0.01"),
+                "ledger_fee": None,
+                "statement_fee": None,
+                "fee_difference": Decimal("-0.02"),
+                "match_method": evil,
+            }
+        ],
+        proposed=[
+            ProposedLine(
+                evil, evil, 3, evil, T0, "CNY", Decimal("7"), (Candidate(evil, 60, None, None),)
+            )
+        ],
+        proposed_count=1,
+    )
+    html = render(data)
+    assert "<b>" not in html and "&lt;b&gt;&amp;" in html
+    page = parse(html)
+    assert rows_of(page, "tolerated")[0] == {
+        "channel": evil,
+        "currency": "CNY",
+        "items": "1",
+        "amount differences": "0.01",
+        "fee differences": "-0.02",
+    }
+    assert rows_of(page, "proposed")[0]["candidate"] == evil
+    assert rows_of(page, "tolerated-items")[0]["statement"] == "–"
+
+
+@pytest.mark.clickhouse
+def test_the_report_shows_tolerated_money_and_proposed_matches(
+    storage: dict[str, Any],
+    tmp_path: Path,
+) -> None:
+    """Two channels: one with a 1-cent fee and 5-basis-point amount tolerance
+    (differences in both directions), one scoring lines with no usable reference
+    (a tie left proposed, a single weak candidate proposed); the report sums the
+    differences per channel and currency and lists every proposed line with its
+    candidates, scores, and our amount and time next to the line's."""
+    import json
+
+    from recon.run import run
+    from tally.cli import main
+    from tally.policy import ChannelPolicy
+    from tests.test_recon_run import CTX, DAY, insert_orders, insert_statement, line, order
+
+    t0 = CTX.end_cutoff_ms - 5 * 3600_000
+    base = {"cutoff": "23:00", "carry_window_seconds": 180}
+    channels = {
+        "tol": {**base, "fee_tolerance_minor": 1, "amount_tolerance_bps": 5},
+        "ref": {**base, "match_window_seconds": 600},
+    }
+    db = connect_to(storage)
+    from sinks.schema import migrate
+
+    migrate(db)
+    insert_orders(
+        db,
+        "tol",
+        [
+            order("F1", fee=Decimal("0.60")),
+            order("F2", fee=Decimal("0.60")),
+            order("A1", amount=Decimal("1000.00")),
+            order("OK"),
+        ],
+    )
+    insert_statement(
+        db,
+        "tol",
+        DAY,
+        [
+            line(1, "F1", fee=Decimal("0.61")),
+            line(2, "F2", fee=Decimal("0.59")),
+            line(3, "A1", amount=Decimal("999.50")),  # 0.50 below: within 5 bps of 1000
+            line(4, "OK"),
+        ],
+    )
+    insert_orders(
+        db,
+        "ref",
+        [
+            order("TIE-1", amount=Decimal("7"), created_at_ms=t0, channel_txn_id=""),
+            order("TIE-2", amount=Decimal("7"), created_at_ms=t0 + 1000, channel_txn_id=""),
+        ],
+    )
+    insert_statement(
+        db, "ref", DAY, [line(1, "", channel_txn_id="", amount=Decimal("7"), raw="NONREF")]
+    )
+    for ch, pol in channels.items():
+        run(db, ch, DAY, ChannelPolicy(**pol), now_ms=CTX.end_cutoff_ms + 3_600_000)
+    data = build(db, DAY, now_ms=CTX.end_cutoff_ms + 7_200_000)
+    db.close()
+
+    assert data.tolerated == {"tol": {"CNY": (3, Decimal("-0.50"), Decimal("0.00"))}}
+    page = parse(render(data))
+    assert rows_of(page, "tolerated") == [
+        {
+            "channel": "tol",
+            "currency": "CNY",
+            "items": "3",
+            "amount differences": "-0.50",
+            "fee differences": "0.00",
+        }
+    ]
+    items = rows_of(page, "tolerated-items")
+    assert [(r["item"], r["amount difference"], r["fee difference"]) for r in items] == [
+        ("A1", "-0.50", "0.00"),
+        ("F1", "0.00", "0.01"),
+        ("F2", "0.00", "-0.01"),
+    ]
+    assert (items[0]["ours"], items[0]["statement"]) == ("1000.00", "999.50")
+    proposed = rows_of(page, "proposed")
+    assert [(r["item"], r["candidate"], r["score"], r["our amount"]) for r in proposed] == [
+        ("line:1", "TIE-1", "60", "7.00"),
+        ("", "TIE-2", "59", "7.00"),  # a second further from the line
+    ]
+    assert proposed[0]["line"] == "1" and proposed[0]["line amount"] == "7.00"
+    assert proposed[0]["our time"] == iso_ms(t0)
+    assert proposed[1]["our time"] == iso_ms(t0 + 1000)
+    assert proposed[0]["line time"] != ""
+
+    # the same through `tally recon report`
+    out = tmp_path / "r.html"
+    env = {**env_of(storage), "TALLY_CHANNELS": json.dumps(channels)}
+    res = CliRunner().invoke(
+        main,
+        [
+            "recon",
+            "report",
+            "--date",
+            DAY.isoformat(),
+            "--out",
+            str(out),
+            "--as-of",
+            iso_ms(CTX.end_cutoff_ms + 7_200_000),
+        ],
+        env=env,
+    )
+    assert res.exit_code == 0, res.output
+    got = parse(out.read_text(encoding="utf-8"))
+    for t in ("tolerated", "tolerated-items", "proposed"):
+        assert got.tables[t] == page.tables[t]
