@@ -179,8 +179,8 @@ def breaks_cmd(
     limit: int | None,
     fmt: str,
 ) -> None:
-    """Real-time breaks stored in ClickHouse, oldest first; `suspense`, `resolve` and
-    `history` work through the suspense entries (S9)."""
+    """Real-time breaks stored in ClickHouse, oldest first; `suspense`, `export`,
+    `resolve` and `history` work through the suspense entries (S9)."""
     if ctx.invoked_subcommand is not None:
         return
     from sinks import queries
