@@ -177,6 +177,8 @@ def _json_value(v: Any) -> Any:
         return str(v)
     if isinstance(v, date):
         return v.isoformat()
+    if isinstance(v, list):
+        return [_json_value(x) for x in v]
     return v
 
 

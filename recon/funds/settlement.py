@@ -249,13 +249,17 @@ def reconcile(
     channels: Iterable[str],
     as_of: date,
 ) -> list[Result]:
-    """Classify every expected settlement due by `as_of` and every credit (see the
-    module doc). `channels`: those whose reference patterns claim credits."""
+    """Classify every expected settlement due by `as_of` and every credit with a
+    value date up to `as_of` (see the module doc). `channels`: those whose reference
+    patterns claim credits."""
     patterns = {ch: reference_pattern(ch, policy_of(ch)) for ch in channels}
     exp = sorted(
         (e for e in expected if e.due_date <= as_of), key=lambda e: (e.due_date, e.channel_id)
     )
-    all_credits = sorted(credits, key=lambda c: (c.value_date, c.account, c.ref))
+    all_credits = sorted(
+        (c for c in credits if c.value_date <= as_of),
+        key=lambda c: (c.value_date, c.account, c.ref),
+    )
     owner: dict[str, str] = {}
     claimed_by: dict[str, list[str]] = {}
     for c in all_credits:
