@@ -62,7 +62,11 @@ def test_every_command_has_parsing_examples_in_its_help(
     from tally.examples import EXAMPLES, commands
 
     monkeypatch.chdir(tmp_path)
-    for f in ("sim/events.jsonl", "data/demo/statements/wechat/wechat-2026-12-02.csv"):
+    for f in (
+        "sim/events.jsonl",
+        "data/demo/statements/wechat/wechat-2026-12-02.csv",
+        "bank-2026-12-02.sta",
+    ):
         (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / f).write_text("", encoding="utf-8")
     tree = commands(main)
