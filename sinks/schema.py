@@ -403,6 +403,66 @@ MIGRATIONS: tuple[Migration, ...] = (
             ) ENGINE = ReplacingMergeTree() ORDER BY (run_date, run_id, item_key)""",
         ),
     ),
+    Migration(
+        5,
+        "merchant payouts: payout batch files and merchant payout reconciliation runs and results",
+        (
+            # One row per loaded payout batch file of a business date; the highest
+            # delivery is in force. Lines are inserted before their version row.
+            f"""CREATE TABLE IF NOT EXISTS {{db}}.payout_versions (
+                business_date Date,
+                delivery UInt32,
+                checksum String,
+                file_name String,
+                line_count UInt32,
+                total {_MONEY},
+                loaded_at_ms Int64,
+                loaded_by String,
+                {_ms_time("loaded_at")}
+            ) ENGINE = ReplacingMergeTree() ORDER BY (business_date, delivery)""",
+            f"""CREATE TABLE IF NOT EXISTS {{db}}.payout_lines (
+                business_date Date,
+                delivery UInt32,
+                line_no UInt32,
+                merchant_id String,
+                currency String,
+                amount {_MONEY},
+                value_date Date,
+                payout_ref String
+            ) ENGINE = ReplacingMergeTree()
+            ORDER BY (business_date, delivery, line_no)""",
+            # One row per `tally recon merchants --date D`; source: file | bank.
+            """CREATE TABLE IF NOT EXISTS {db}.merchant_recon_runs (
+                run_id String,
+                run_date Date,
+                source String,
+                deliveries String,
+                counts String,
+                started_at_ms Int64,
+                finished_at_ms Int64
+            ) ENGINE = ReplacingMergeTree() ORDER BY (run_date, run_id)""",
+            # One row per merchant and currency of the business date (item_key
+            # po:MERCHANT:CUR:DATE) per run. class: payout_matched | payout_short |
+            # payout_over | payout_missing | unexpected_payout.
+            f"""CREATE TABLE IF NOT EXISTS {{db}}.merchant_recon_results (
+                run_id String,
+                run_date Date,
+                item_key String,
+                class String,
+                merchant_id String,
+                currency String,
+                net {_MONEY},
+                held_amount {_MONEY},
+                held_txn_ids Array(String),
+                expected_amount {_NMONEY},
+                paid_amount {_NMONEY},
+                difference {_MONEY},
+                payout_refs Array(String),
+                value_dates Array(Date),
+                detail String
+            ) ENGINE = ReplacingMergeTree() ORDER BY (run_date, run_id, item_key)""",
+        ),
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version
@@ -490,4 +550,8 @@ RECON_TABLES = (
     "bank_entries",
     "settlement_runs",
     "settlement_results",
+    "payout_versions",
+    "payout_lines",
+    "merchant_recon_runs",
+    "merchant_recon_results",
 )

@@ -520,26 +520,45 @@ def sync_suspense(
 ) -> dict[str, int]:
     """An entry per break (short, over, missing, unexpected credit), cleared when a
     later run finds the item settled; the same machinery as `tally recon run`."""
-    entries = S.load_entries(db)
-    sync = S._Sync(entries, S.load_actions(db, list(entries)), now_ms)
+    breaks, settled = [], []
     for r in results:
         channel = r.channel_id or UNCLAIMED
         if r.cls in BREAK_CLASSES:
-            ev = S.Evidence(
-                channel_id=channel,
-                item_key=r.item_key,
-                txn_id="",
-                channel_txn_id=r.item_key,
-                merchant_id="",
-                kind=r.cls,
-                break_id=f"stl:{day.isoformat()}:{r.cls}:{r.item_key}",
-                currency=r.currency,
-                amount=r.at_risk,
-                business_date=r.due_date or (r.value_dates[0] if r.value_dates else day),
+            breaks.append(
+                S.Evidence(
+                    channel_id=channel,
+                    item_key=r.item_key,
+                    txn_id="",
+                    channel_txn_id=r.item_key,
+                    merchant_id="",
+                    kind=r.cls,
+                    break_id=f"stl:{day.isoformat()}:{r.cls}:{r.item_key}",
+                    currency=r.currency,
+                    amount=r.at_risk,
+                    business_date=r.due_date or (r.value_dates[0] if r.value_dates else day),
+                )
             )
-            sync.add(ev, None, f"run {run_id}")
         elif r.cls in OK_CLASSES:
-            e = sync.entries.get(S.entry_id(channel, r.item_key))
-            if e is not None:
-                sync.clear(e, run_id, r.cls)
+            settled.append((channel, r.item_key, r.cls))
+    return park(db, run_id, breaks, settled, now_ms=now_ms)
+
+
+def park(
+    db: Backend,
+    run_id: str,
+    breaks: Iterable[S.Evidence],
+    settled: Iterable[tuple[str, str, str]],
+    *,
+    now_ms: int,
+) -> dict[str, int]:
+    """Park each break in suspense (a new entry, or evidence on the item's entry) and
+    clear the open entry of each (channel, item key, class) a run found in order."""
+    entries = S.load_entries(db)
+    sync = S._Sync(entries, S.load_actions(db, list(entries)), now_ms)
+    for ev in breaks:
+        sync.add(ev, None, f"run {run_id}")
+    for channel, item_key, cls in settled:
+        e = sync.entries.get(S.entry_id(channel, item_key))
+        if e is not None:
+            sync.clear(e, run_id, cls)
     return sync.write(db)

@@ -60,11 +60,12 @@ def _progress(enabled: bool) -> Iterator[Any]:
 @click.option("--channel", help="channel id, e.g. wechat (a channel statement)")
 @click.option(
     "--kind",
-    type=click.Choice(["channel", "bank"]),
+    type=click.Choice(["channel", "bank", "payouts"]),
     default="channel",
     show_default=True,
-    help="a channel's statement (one line per order), or our own bank account's "
-    "statement (MT940 or camt.053: one entry per credit or debit)",
+    help="a channel's statement (one line per order), our own bank account's "
+    "statement (MT940 or camt.053: one entry per credit or debit), or our payout batch "
+    "file for the merchants of business date --date (CSV: docs/reconciliation.md)",
 )
 @click.option("--account", help="bank account number as the file names it (with --kind bank)")
 @click.option(
@@ -101,6 +102,13 @@ def load_cmd(
 
     data = file.read_bytes()
     who = loaded_by or _user()
+    if kind == "payouts":
+        if not day or channel or account or fmt:
+            raise click.UsageError("--kind payouts takes --date D (the business date it pays)")
+        from recon.funds.cli import load_payouts
+
+        load_payouts(file.name, data, day, who, as_json)
+        return
     if kind == "bank":
         if not account or channel:
             raise click.UsageError("--kind bank takes --account ACCOUNT (and no --channel)")
