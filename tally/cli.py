@@ -10,6 +10,7 @@ import os
 import sys
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -329,10 +330,24 @@ def produce(file: Path, topic: str | None) -> None:
     help="also write each channel's statement files for each business day, in every "
     "format (DIR/<format>/<channel>-<date>.*), with injected statement anomalies and "
     "the answer (DIR/expected-recon.json); the traffic is then in CNY only and without "
-    "currency mismatches, since Alipay, MT940 and camt.053 statements hold one currency",
+    "currency mismatches, since Alipay, MT940 and camt.053 statements hold one currency; "
+    "and the platform's bank statements (DIR/bank/, MT940 and camt.053) and payout files "
+    "(DIR/payouts/) with injected settlement and payout anomalies (DIR/expected-funds.json)",
+)
+@click.option(
+    "--start",
+    default=None,
+    metavar="RFC3339",
+    help="the first event's time, e.g. 2026-11-27T23:50:00+08:00 (a Friday: the "
+    "settlements roll over the weekend); default: late yesterday",
 )
 def simulate(
-    events: int, seed: int, out: Path | None, rates: str | None, statements: Path | None
+    events: int,
+    seed: int,
+    out: Path | None,
+    rates: str | None,
+    statements: Path | None,
+    start: str | None,
 ) -> None:
     """Generate realistic traffic with every anomaly of domain.md injected."""
     from tally.simulate import SimConfig, generate, write_jsonl
@@ -340,17 +355,21 @@ def simulate(
     s = _settings()
     try:
         r = json.loads(rates) if rates else {}
+        first = datetime.fromisoformat(start) if start else None
+        if first is not None and first.tzinfo is None:
+            raise ValueError("--start needs a UTC offset, e.g. +08:00")
         if statements is not None:
             cfg = SimConfig(
                 events=events,
                 seed=seed,
                 rates={"currency_mismatch": 0, **r},
                 currencies={"CNY": 1},
+                start=first,
             )
         else:
-            cfg = SimConfig(events=events, seed=seed, rates=r)
+            cfg = SimConfig(events=events, seed=seed, rates=r, start=first)
     except (ValueError, TypeError) as exc:
-        raise click.ClickException(f"--rates: {exc}") from None
+        raise click.ClickException(f"--rates / --start: {exc}") from None
     if statements is not None:
         from recon.simday import simulate_day
         from recon.statements import FORMATS
@@ -363,6 +382,20 @@ def simulate(
             f"{statements} ({sum(day.counts.values()):,} injected statement anomalies, "
             f"expected classes in {statements / 'expected-recon.json'})"
             + "".join(f"; {f} skipped: {why}" for f, why in doc["skipped"].items())
+        )
+        from recon.funds.simfunds import simulate_funds
+
+        try:
+            funds = simulate_funds(day, seed=seed).write_files(statements)
+        except ValueError as exc:
+            raise click.ClickException(f"the bank statements: {exc}") from None
+        click.echo(
+            f"wrote {len(funds['files']['mt940'])} bank statements (MT940 and camt.053, "
+            f"account {funds['account']}) and {len(funds['files']['payouts'])} payout "
+            f"files to {statements} (injected: "
+            + ", ".join(sorted(set(funds["injected"].values())))
+            + "".join(f"; {a} not injected: {why}" for a, why in funds["skipped"].items())
+            + f"; expected classes in {statements / 'expected-funds.json'})"
         )
     else:
         sim = generate(cfg, s.policies())
