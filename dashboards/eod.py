@@ -1,5 +1,6 @@
 """End of day: reconciliation classes by channel and day, suspense aging, settlement
-totals, statement arrival per channel. For finance, every morning. All ClickHouse;
+totals, statement arrival per channel, funds (expected vs arrived per channel) and
+merchant payouts vs clearing. For finance, every morning. All ClickHouse;
 the time range selects business dates (`$__dateFilter(business_date)`)."""
 
 from __future__ import annotations
@@ -211,6 +212,70 @@ ORDER BY day DESC, channel
 )
 
 
+# the latest run of each date in the range (settlement: bank value date; merchant
+# payouts: business date)
+def _latest(runs: str) -> str:
+    return f"""
+    SELECT run_date, argMax(run_id, finished_at_ms)
+    FROM ${{database}}.{runs} FINAL
+    WHERE $__dateFilter(run_date)
+    GROUP BY run_date
+"""
+
+
+FUNDS = CH(
+    f"""
+SELECT run_date AS day, channel_id AS channel, currency,
+       sum(assumeNotNull(expected_amount)) AS expected,
+       sum(assumeNotNull(credited_amount)) AS arrived,
+       sum(assumeNotNull(credited_amount)) - sum(assumeNotNull(expected_amount))
+           AS difference,
+       countIf(class IN ('settled', 'settlement_late')) AS in_order,
+       countIf(class NOT IN ('settled', 'settlement_late')) AS breaks
+FROM ${{database}}.settlement_results FINAL
+WHERE $__dateFilter(run_date) AND (run_date, run_id) IN ({_latest("settlement_runs")})
+  AND {in_all("channel_id", "channel")}
+GROUP BY day, channel, currency
+ORDER BY day DESC, channel, currency
+""",
+    {
+        "day": "Date",
+        "channel": "String",
+        "currency": "String",
+        "expected": "Decimal",
+        "arrived": "Decimal",
+        "difference": "Decimal",
+        "in_order": "UInt64",
+        "breaks": "UInt64",
+    },
+)
+
+PAYOUTS = CH(
+    f"""
+SELECT run_date AS day, merchant_id AS merchant, currency, class,
+       net AS clearing_net, held_amount AS held_back,
+       assumeNotNull(expected_amount) AS payable,
+       assumeNotNull(paid_amount) AS paid, difference
+FROM ${{database}}.merchant_recon_results FINAL
+WHERE $__dateFilter(run_date) AND (run_date, run_id) IN ({_latest("merchant_recon_runs")})
+  AND {in_all("merchant_id", "merchant")}
+ORDER BY day DESC, class = 'payout_matched', merchant, currency
+LIMIT 1000
+""",
+    {
+        "day": "Date",
+        "merchant": "String",
+        "currency": "String",
+        "class": "String",
+        "clearing_net": "Decimal",
+        "held_back": "Decimal",
+        "payable": "Decimal",
+        "paid": "Decimal",
+        "difference": "Decimal",
+    },
+)
+
+
 def build() -> Any:
     d = new_dashboard(
         UID,
@@ -295,6 +360,32 @@ def build() -> Any:
             "(UTC), and the figures of the delivery in force.",
             [STATEMENTS],
             thresholds=steps((None, "green"), (34, "yellow"), (48, "red")),
+            decimals=2,
+            w=24,
+        )
+    )
+
+    d = d.with_row(dash.Row("Funds and merchant payouts"))
+    d = d.with_panel(
+        grid(
+            "Settlement: money expected vs arrived per channel",
+            "The latest `tally recon settlements` run of each bank date: per channel and "
+            "currency, what the channels' statements say they owe (expected) against the "
+            "credits in our bank account (arrived), settled or late vs breaks (short, "
+            "over, missing, unexpected credit; channel empty: a credit no channel claims).",
+            [FUNDS],
+            decimals=2,
+            w=24,
+        )
+    )
+    d = d.with_panel(
+        grid(
+            "Merchant payouts vs clearing",
+            "The latest `tally recon merchants` run of each business date: per merchant, "
+            "the clearing net (`tally settle`), what open breaks hold back, the payable, "
+            "what was paid and the difference; breaks first (payout_short, payout_over, "
+            "payout_missing, unexpected_payout).",
+            [PAYOUTS],
             decimals=2,
             w=24,
         )

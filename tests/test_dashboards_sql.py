@@ -249,6 +249,10 @@ def seed(db: Any) -> dict[str, Any]:
                         "success",
                         n,
                         "",
+                        Decimal(0) if cls == "long" else Decimal("0.04"),
+                        Decimal(0),
+                        "exact",
+                        100,
                     )
                 )
                 if r == 1 and cls not in ("matched", "carried"):
@@ -326,7 +330,49 @@ def seed(db: Any) -> dict[str, Any]:
         actions,
     )
     merchant = next(s.merchant_id for s in known if s.merchant_id and s.channel_id == channels[0])
+    _seed_funds(db, channels, merchant, day_ms)
     return {"channels": channels, "merchant": merchant}
+
+
+def _seed_funds(db: Any, channels: list[str], merchant: str, day_ms: int) -> None:
+    """Two settlement runs and two merchant payout runs of DAY (the later in force)."""
+    from recon.funds import merchants as M
+    from recon.funds import store as F
+
+    srows: list[tuple[Any, ...]] = []
+    mrows: list[tuple[Any, ...]] = []
+    sruns, mruns = [], []
+    before = DAY - timedelta(days=1)
+    for r in range(2):
+        sid, mid, at = f"stl-{r}", f"po-{r}", day_ms + (40 + r) * 3600_000
+        sruns.append((sid, DAY, DAY - timedelta(days=10), "{}", "{}", at, at))
+        mruns.append((mid, DAY, "file", "{}", "{}", at, at))
+        for i, ch in enumerate(channels):
+            cls = ("settled", "settlement_short", "settlement_missing")[(i + r) % 3]
+            exp = Decimal("1000.00") + i
+            got = {"settled": exp, "settlement_short": exp - 4}.get(cls)
+            diff = Decimal(0) if got is None else got - exp
+            refs = [f"A:{i}"] if got else []
+            key = f"stl:{ch}:CNY:{DAY}"
+            srows.append(
+                (sid, DAY, key, cls, ch, "CNY", DAY, [before], exp, got, diff, refs, [DAY], [], "")
+            )
+        srows.append(
+            (sid, DAY, "credit:A:X", "unexpected_credit", "", "CNY", None, [], None,
+             Decimal("77.00"), Decimal(0), ["A:X"], [DAY], [], "")
+        )  # fmt: skip
+        paid = Decimal("94.43") - r  # the first run: matched, the second: short
+        mrows += [
+            (mid, DAY, f"po:{merchant}:CNY:{DAY}", "payout_matched" if r == 0 else "payout_short",
+             merchant, "CNY", Decimal("99.40"), Decimal("4.97"), ["t1"], Decimal("94.43"), paid,
+             paid - Decimal("94.43"), ["PO-1"], [DAY], ""),
+            (mid, DAY, f"po:M99999:CNY:{DAY}", "unexpected_payout", "M99999", "CNY", Decimal(0),
+             Decimal(0), [], None, Decimal("12.00"), Decimal(0), ["PO-2"], [DAY], ""),
+        ]  # fmt: skip
+    db.insert("settlement_runs", F.RUN_COLUMNS, sruns)
+    db.insert("settlement_results", F.RESULT_COLUMNS, srows)
+    db.insert("merchant_recon_runs", M.RUN_COLUMNS, mruns)
+    db.insert("merchant_recon_results", M.RESULT_COLUMNS, mrows)
 
 
 # ------------------------------------------------------------------------ cases
