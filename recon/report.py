@@ -15,7 +15,11 @@ from the database escaped. Sections:
    channels' tolerances (items, amount and fee differences summed per channel and
    currency, the largest items), and the `proposed` lines with their best candidates,
    scores, and our amount and time next to the statement's, for a person to accept
-   or reject (`tally recon accept|reject`).
+   or reject (`tally recon accept|reject`);
+6. funds and merchant payouts (after the settlement totals): the latest settlement
+   run on or after the date, money expected vs arrived per channel and currency and
+   its breaks; the latest merchant payout run of the date, payable vs paid per
+   currency, and per merchant the breaks and the hold-backs explained.
 
 It prints on A4 portrait (`@page`), no chart split across pages (`break-inside:
 avoid`; a chart is at most 640 px wide, within the page's 186 mm); the tests open
@@ -119,6 +123,10 @@ class ReportData:
     tolerated_items: list[dict[str, Any]] = field(default_factory=list)  # largest first
     proposed: list[ProposedLine] = field(default_factory=list)  # at most SHOWN
     proposed_count: int = 0
+    funds_run: dict[str, Any] = field(default_factory=dict)  # run_id, run_date
+    funds: list[dict[str, Any]] = field(default_factory=list)  # settlement results
+    payouts_run: str = ""
+    payouts: list[dict[str, Any]] = field(default_factory=list)  # merchant payout results
 
     @property
     def result_count(self) -> int:
@@ -171,6 +179,7 @@ def build(db: Backend, day: date, now_ms: int) -> ReportData:
     )
     have = {r["channel_id"] for r in arrivals}
     proposed, n_proposed = _proposed(db, day, runs)
+    funds_run, funds, payouts_run, payouts = _funds(db, day)
     return ReportData(
         day=day,
         as_of_ms=now_ms,
@@ -187,7 +196,32 @@ def build(db: Backend, day: date, now_ms: int) -> ReportData:
         tolerated_items=_tolerated_items(db, day, runs),
         proposed=proposed,
         proposed_count=n_proposed,
+        funds_run=funds_run,
+        funds=funds,
+        payouts_run=payouts_run,
+        payouts=payouts,
     )
+
+
+def _funds(
+    db: Backend, day: date
+) -> tuple[dict[str, Any], list[dict[str, Any]], str, list[dict[str, Any]]]:
+    """The latest settlement run on or after `day` (its credits come after the
+    business day) and its results; the latest merchant payout run of `day` and its."""
+    from recon.funds import merchants, store
+
+    runs = db.query(
+        "SELECT run_id, run_date FROM {db}.settlement_runs FINAL "
+        "WHERE run_date >= toDate(%(d)s) ORDER BY run_date DESC, started_at_ms DESC LIMIT 1",
+        {"d": day.isoformat()},
+    )
+    funds_run, funds = {}, []
+    if runs:
+        funds_run = {"run_id": runs[0]["run_id"], "run_date": runs[0]["run_date"]}
+        funds = store.stored_results(db, runs[0]["run_date"], runs[0]["run_id"])
+    payouts_run = merchants.previous_run(db, day) or ""
+    payouts = merchants.stored_results(db, day, payouts_run) if payouts_run else []
+    return funds_run, funds, payouts_run, payouts
 
 
 def _runs_where(runs: dict[str, dict[str, Any]]) -> tuple[str, dict[str, Any]]:
@@ -529,6 +563,126 @@ def _tolerance_and_proposed(data: ReportData) -> list[str]:
     return out
 
 
+def _dec(v: Any) -> Decimal | None:
+    """A stored amount (Decimal, or a string from toString; NULL as None or \\N)."""
+    return None if v is None or v in ("\\N", "") else Decimal(str(v))
+
+
+def _funds_and_payouts(data: ReportData) -> list[str]:
+    """Money expected vs arrived per channel (settlement), then payouts vs clearing
+    per merchant (S14)."""
+    from recon.funds.payouts import BREAK_CLASSES as PAYOUT_BREAKS
+    from recon.funds.settlement import BREAK_CLASSES as FUNDS_BREAKS
+
+    out = ["<h2>Funds: channel settlements in our bank account</h2>"]
+    if not data.funds_run:
+        out.append(
+            '<p class="muted" id="funds-none">no settlement run on or after this date '
+            "(<code>tally recon settlements --date D</code>)</p>"
+        )
+    else:
+        out.append(
+            f'<p class="muted">run {escape(str(data.funds_run["run_id"]))} as of bank date '
+            f"{escape(str(data.funds_run['run_date']))}</p>"
+        )
+        per: dict[tuple[str, str], list[Any]] = {}
+        for r in data.funds:
+            k = (r["channel_id"] or "(unclaimed)", r["currency"])
+            t = per.setdefault(k, [Decimal(0), Decimal(0), 0, 0])
+            t[0] += _dec(r["expected_amount"]) or 0
+            t[1] += _dec(r["credited_amount"]) or 0
+            t[2 if r["class"] not in FUNDS_BREAKS else 3] += 1
+        rows = [
+            [ch, cur, _amount(e, cur), _amount(a, cur), _amount(a - e, cur), f"{ok:,}", f"{b:,}"]
+            for (ch, cur), (e, a, ok, b) in sorted(per.items())
+        ]
+        out.append(
+            _table(
+                "funds-by-channel",
+                ["channel", "currency", "expected", "arrived", "difference", "in order", "breaks"],
+                rows,
+                {2, 3, 4, 5, 6},
+            )
+        )
+        brk = [r for r in data.funds if r["class"] in FUNDS_BREAKS]
+        if brk:
+            out.append("<h3>Settlement breaks</h3>")
+            out.append(
+                _table(
+                    "funds-breaks",
+                    ["item", "class", "currency", "expected", "credited", "detail"],
+                    [
+                        [
+                            r["item_key"],
+                            r["class"],
+                            r["currency"],
+                            _money_or_dash(_dec(r["expected_amount"]), r["currency"]),
+                            _money_or_dash(_dec(r["credited_amount"]), r["currency"]),
+                            r["detail"],
+                        ]
+                        for r in brk
+                    ],
+                    {3, 4},
+                )
+            )
+
+    out.append("<h2>Merchant payouts vs clearing</h2>")
+    if not data.payouts_run:
+        out.append(
+            '<p class="muted" id="payouts-none">no merchant payout run for this date '
+            "(<code>tally recon merchants --date D</code>)</p>"
+        )
+        return out
+    out.append(f'<p class="muted">run {escape(data.payouts_run)}</p>')
+    tot: dict[str, list[Any]] = {}
+    for r in data.payouts:
+        t = tot.setdefault(r["currency"], [0, Decimal(0), Decimal(0), Decimal(0), 0])
+        t[0] += 1
+        t[1] += _dec(r["expected"]) or 0
+        t[2] += _dec(r["paid"]) or 0
+        t[3] += _dec(r["held_amount"]) or 0
+        t[4] += r["class"] in PAYOUT_BREAKS
+    out.append(
+        _table(
+            "payouts-by-currency",
+            ["currency", "merchants", "payable", "paid", "held back", "breaks"],
+            [
+                [c, f"{n:,}", _amount(e, c), _amount(p, c), _amount(h, c), f"{b:,}"]
+                for c, (n, e, p, h, b) in sorted(tot.items())
+            ],
+            {1, 2, 3, 4, 5},
+        )
+    )
+    shown = [
+        r for r in data.payouts if r["class"] in PAYOUT_BREAKS or (_dec(r["held_amount"]) or 0) != 0
+    ]
+    if shown:
+        out.append("<h3>Payout breaks and hold-backs</h3>")
+        out.append(
+            _table(
+                "payout-items",
+                ["merchant", "currency", "class", "net", "held back", "payable", "paid", "detail"],
+                [
+                    [
+                        r["merchant_id"],
+                        r["currency"],
+                        r["class"],
+                        _money_or_dash(_dec(r["net"]), r["currency"]),
+                        _money_or_dash(_dec(r["held_amount"]), r["currency"]),
+                        _money_or_dash(_dec(r["expected"]), r["currency"]),
+                        _money_or_dash(_dec(r["paid"]), r["currency"]),
+                        r["detail"],
+                    ]
+                    for r in sorted(
+                        shown, key=lambda r: (r["class"] == "payout_matched", r["merchant_id"])
+                    )
+                ],
+                {3, 4, 5, 6},
+            )
+        )
+    return out
+
+
 def render(data: ReportData) -> str:
     """The whole HTML document (pure)."""
     day = data.day.isoformat()
@@ -665,6 +819,8 @@ def render(data: ReportData) -> str:
                 unit=" items",
             )
         )
+
+    out.extend(_funds_and_payouts(data))
 
     # 4. statement arrival
     out.append("<h2>Statement arrival</h2>")

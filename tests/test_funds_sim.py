@@ -140,3 +140,24 @@ def test_simulated_funds_end_to_end(
             r["item_key"]: r["class"] for r in out["results"]
         }
     assert merchants == {k: c for k, c in want.items() if k.startswith("po:")}
+    # the morning report of the first business date shows both
+    from recon.report import build, render
+    from tests.test_recon_report import parse, rows_of
+
+    first = min(funds.payouts)
+    db = connect_to(storage)
+    try:
+        page = parse(render(build(db, first, now_ms=0)))
+    finally:
+        db.close()
+    by_channel = {r["channel"]: r for r in rows_of(page, "funds-by-channel")}
+    short = next(e for e in funds.expected if funds.causes.get(e.key) == "short_credit")
+    assert by_channel[short.channel_id]["difference"] == "-12.34"
+    assert by_channel["(unclaimed)"]["arrived"] == "777.00"
+    breaks = {r["item"]: r["class"] for r in rows_of(page, "funds-breaks")}
+    assert breaks == {k: c for k, c in want.items() if c not in ("settled", "payout_matched")
+                      and not k.startswith("po:")}  # fmt: skip
+    paid_short = [r for r in rows_of(page, "payout-items") if r["class"] == "payout_short"]
+    assert [f"po:{r['merchant']}:CNY:{first}" for r in paid_short] == [
+        k for k, c in funds.causes.items() if c == "short_payout"
+    ]

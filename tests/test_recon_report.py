@@ -327,6 +327,65 @@ def test_tolerated_and_proposed_texts_are_escaped() -> None:
     assert rows_of(page, "tolerated-items")[0]["statement"] == "–"
 
 
+def test_funds_and_payout_sections_sum_per_channel_and_escape() -> None:
+    evil = "<i>&"
+    data = ReportData(
+        day=date(2026, 3, 2),
+        as_of_ms=T0,
+        channels=[],
+        runs={},
+        by_class={},
+        aging={b: {} for b in AGING_BUCKETS},
+        open_entries=0,
+        settlement=Settlement("2026-03-02", None, [], [], []),
+        arrivals=[],
+        funds_run={"run_id": evil, "run_date": date(2026, 3, 4)},
+        funds=[
+            {"item_key": "stl:wx:CNY:1", "class": "settled", "channel_id": "wx",
+             "currency": "CNY", "expected_amount": Decimal("100.00"),
+             "credited_amount": Decimal("100.00"), "detail": ""},
+            {"item_key": "stl:wx:CNY:2", "class": "settlement_short", "channel_id": "wx",
+             "currency": "CNY", "expected_amount": Decimal("50.00"),
+             "credited_amount": Decimal("46.00"), "detail": evil},
+            {"item_key": evil, "class": "unexpected_credit", "channel_id": "",
+             "currency": "CNY", "expected_amount": None,
+             "credited_amount": Decimal("77.00"), "detail": evil},
+        ],
+        payouts_run="po-run",
+        payouts=[
+            {"merchant_id": "M1", "currency": "CNY", "class": "payout_matched", "net": "99.40",
+             "held_amount": "4.97", "expected": "94.43", "paid": "94.43", "detail": "held"},
+            {"merchant_id": "M2", "currency": "CNY", "class": "payout_matched", "net": "10.00",
+             "held_amount": "0.00", "expected": "10.00", "paid": "10.00", "detail": ""},
+            {"merchant_id": evil, "currency": "CNY", "class": "unexpected_payout",
+             "net": "0.00", "held_amount": "0.00", "expected": None, "paid": "12.00",
+             "detail": evil},
+        ],
+    )  # fmt: skip
+    html = render(data)
+    assert "<i>" not in html and "&lt;i&gt;&amp;" in html
+    page = parse(html)
+    assert rows_of(page, "funds-by-channel") == [
+        {"channel": "(unclaimed)", "currency": "CNY", "expected": "0.00", "arrived": "77.00",
+         "difference": "77.00", "in order": "0", "breaks": "1"},
+        {"channel": "wx", "currency": "CNY", "expected": "150.00", "arrived": "146.00",
+         "difference": "-4.00", "in order": "1", "breaks": "1"},
+    ]  # fmt: skip
+    assert [r["item"] for r in rows_of(page, "funds-breaks")] == ["stl:wx:CNY:2", evil]
+    assert rows_of(page, "payouts-by-currency") == [
+        {"currency": "CNY", "merchants": "3", "payable": "104.43", "paid": "116.43",
+         "held back": "4.97", "breaks": "1"}
+    ]  # fmt: skip
+    # the breaks first, then the merchants paid less a hold-back; M2 (nothing held) not shown
+    items = rows_of(page, "payout-items")
+    assert [(r["merchant"], r["class"], r["payable"]) for r in items] == [
+        (evil, "unexpected_payout", "–"),
+        ("M1", "payout_matched", "94.43"),
+    ]
+    empty = render(ReportData(**{**data.__dict__, "funds_run": {}, "payouts_run": ""}))
+    assert 'id="funds-none"' in empty and 'id="payouts-none"' in empty
+
+
 @pytest.mark.clickhouse
 def test_the_report_shows_tolerated_money_and_proposed_matches(
     storage: dict[str, Any],
