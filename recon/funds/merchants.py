@@ -29,7 +29,7 @@ from recon.funds.payouts import (
     PayoutFile,
     payout_of_debit,
 )
-from recon.funds.store import _in_force, park
+from recon.funds.store import _in_force, latest_run, park
 from recon.settle import settle, to_minor_units
 from sinks.backend import Backend
 from tally.money import format_minor, to_decimal
@@ -291,12 +291,7 @@ class MerchantRun:
 
 
 def previous_run(db: Backend, day: date) -> str | None:
-    rows = db.query(
-        "SELECT run_id FROM {db}.merchant_recon_runs FINAL WHERE run_date = toDate(%(d)s) "
-        "ORDER BY started_at_ms DESC, run_id DESC LIMIT 1",
-        {"d": day.isoformat()},
-    )
-    return rows[0]["run_id"] if rows else None
+    return latest_run(db, "merchant_recon_runs", day)
 
 
 def stored_results(db: Backend, day: date, run_id: str | None = None) -> list[dict[str, Any]]:

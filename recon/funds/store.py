@@ -402,13 +402,18 @@ def result_json(r: Result) -> dict[str, Any]:
     }
 
 
-def previous_run(db: Backend, day: date) -> str | None:
+def latest_run(db: Backend, runs_table: str, day: date) -> str | None:
+    """The latest run of `day` in `runs_table` (settlement_runs, merchant_recon_runs)."""
     rows = db.query(
-        "SELECT run_id FROM {db}.settlement_runs FINAL WHERE run_date = toDate(%(d)s) "
+        f"SELECT run_id FROM {{db}}.{runs_table} FINAL WHERE run_date = toDate(%(d)s) "
         "ORDER BY started_at_ms DESC, run_id DESC LIMIT 1",
         {"d": day.isoformat()},
     )
     return rows[0]["run_id"] if rows else None
+
+
+def previous_run(db: Backend, day: date) -> str | None:
+    return latest_run(db, "settlement_runs", day)
 
 
 def stored_results(db: Backend, day: date, run_id: str | None = None) -> list[dict[str, Any]]:
