@@ -66,6 +66,7 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "statements load": (
         f"tally statements load data/demo/statements/wechat/wechat-{D}.csv --channel wechat",
         f"tally statements load bank-{D}.sta --kind bank --account 6222021001112223334",
+        f"tally statements load payouts-{D}.csv --kind payouts --date {D}",
     ),
     "statements list": (f"tally statements list --channel wechat --date {D}",),
     "recon": (f"tally recon run --date {D}",),
@@ -76,6 +77,10 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "recon settlements": (
         f"tally recon settlements --date {D}",
         f"tally recon settlements --date {D} --class settlement_short --json",
+    ),
+    "recon merchants": (
+        f"tally recon merchants --date {D}",
+        f"tally recon merchants --date {D} --source bank --class payout_short --json",
     ),
     "recon results": (f"tally recon results --date {D} --channel wechat --class short",),
     "recon runs": (f"tally recon runs --date {D}",),

@@ -66,6 +66,7 @@ def test_every_command_has_parsing_examples_in_its_help(
         "sim/events.jsonl",
         "data/demo/statements/wechat/wechat-2026-12-02.csv",
         "bank-2026-12-02.sta",
+        "payouts-2026-12-02.csv",
     ):
         (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / f).write_text("", encoding="utf-8")
