@@ -4,7 +4,7 @@
   callbacks, links, ticks; keyed by txn_id) feeding the `Reconciler`. It takes its
   input in batches that mix the topics and partitions: a batch is parsed and run
   through the pure core message by message, in order, then its results are made
-  durable by `streams.checkpoint.Checkpoint.commit` (outputs, then state, then input
+  durable by `streams.checkpoint.Checkpoint.commit` (state, then outputs, then input
   offsets: the numbered steps are written out there). One agent, one batch at a
   time: the state a commit writes is exactly its batch's.
 - postings are applied to the `balances` table shard of the message's partition.
@@ -26,14 +26,18 @@ dead-letter topic with its reason and counted.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import orjson
+from faust.types import TP
 
 from streams.checkpoint import dumps
+from streams.offsets import first_offset_from
+from streams.positions import Admit, InputPositions
 from tally.clearing import Balance, balance_key, balances_from_positions
 from tally.events import (
     DeadLetter,
@@ -51,6 +55,17 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 _LATENCY_SAMPLES = 200_000
 _KINDS = ("transactions", "callbacks", "links", "ticks")
+_REFILL_AGAIN_SECONDS = 2.0  # a hole at the same offset is read again after this long
+
+
+def _spans(messages: Iterable[Any]) -> str:
+    """Topic[partition]@first..last offsets (generation) of some messages, for a log."""
+    spans: dict[tuple[str, int, Any], list[int]] = {}
+    for m in messages:
+        spans.setdefault((m.topic, m.partition, m.generation_id), []).append(m.offset)
+    return ", ".join(
+        f"{t}[{p}]@{min(o)}..{max(o)} (gen {g})" for (t, p, g), o in sorted(spans.items(), key=str)
+    )
 
 
 def register_agents(t: Tally) -> None:
@@ -176,8 +191,22 @@ def register_agents(t: Tally) -> None:
 
     checked: set[int] = set()  # partitions whose balances were checked since assignment
 
+    def committed(tp: tuple[str, int]) -> int | None:
+        """The offset the partition was sought to on assignment: the group's committed
+        offset, or the start of its log if none (streams.app)."""
+        key = TP(*tp)
+        offset = app.consumer._committed_offset.get(key)  # type: ignore[attr-defined]
+        if offset is None:
+            offset = app.tally_start_offsets.get(key)  # type: ignore[attr-defined]
+        return None if offset is None else int(offset)
+
+    positions = InputPositions(committed)
+    refills: set[asyncio.Task[None]] = set()
+    refilled: dict[tuple[str, int], tuple[int | None, float]] = {}  # tp -> from, when
+
     def _assigned(_app: Any, /, *_args: Any, signal: Any, **_kw: Any) -> None:
         checked.clear()  # recovered tables: check them again before the next message
+        positions.reset()  # read again from the committed offsets
 
     app.on_partitions_assigned.connect(_assigned)
 
@@ -244,6 +273,7 @@ def register_agents(t: Tally) -> None:
             recover(p)
             checked.add(p)
         stats.seen(msg.topic, p, msg.offset, activity=kind != "ticks")
+        ck.consumed(msg.topic, p, msg.offset)
         for w in writers:
             w.partition = p
         try:
@@ -275,14 +305,106 @@ def register_agents(t: Tally) -> None:
         if out:
             emit(out, p, int(msg.timestamp * 1000), now_ms)
 
+    def current(events: Sequence[Any]) -> tuple[int | None, list[Any]]:
+        """The batch's messages to process: none during a rebalance, until Faust has
+        sought the partitions to their committed offsets in this generation (it
+        reads them again from there), none read in an earlier group generation —
+        their partition's owner reads them again from the committed offsets
+        (streams.checkpoint) — and, per partition, only the next offset each time
+        (`streams.positions`): a message read again is dropped, a hole before a
+        message makes the worker read the partition again."""
+        generation = app.consumer_generation_id
+        sought = app.tally_sought_generation  # type: ignore[attr-defined]
+        if sought != generation or not app.flow_control.is_active():
+            stale = [e.message for e in events]
+            messages: list[Any] = []
+        else:
+            stale, messages = [], []
+            for e in events:
+                m = e.message
+                if m.generation_id != generation:
+                    stale.append(m)
+                    continue
+                tp = (m.topic, m.partition)
+                first = tp not in positions.next
+                verdict = positions.admit(tp, m.offset)
+                if verdict is Admit.NEXT:
+                    messages.append(m)
+                    if first:
+                        log.info(
+                            "%s[%d]: reading from offset %d (group committed: %s)",
+                            *tp,
+                            m.offset,
+                            committed(tp),
+                        )
+                elif verdict is Admit.SEEN:
+                    stats.reread_dropped += 1
+                else:
+                    hole(m)
+        if stale:
+            stats.stale_dropped += len(stale)
+            log.info(
+                "left %d of %d messages for re-reading (read before a rebalance, "
+                "generation now %s): %s",
+                len(stale),
+                len(events),
+                generation,
+                _spans(stale),
+            )
+        return generation, messages
+
+    def hole(m: Any) -> None:
+        """`m` is past its partition's next offset: the messages between never reached
+        the agent. Read the partition again from the next offset (unless the log
+        really holds nothing there)."""
+        tp = (m.topic, m.partition)
+        stats.hole_dropped += 1
+        expected = positions.expected(tp)
+        last_from, last_at = refilled.get(tp, (None, 0.0))
+        recently = last_from == expected and time.monotonic() - last_at < _REFILL_AGAIN_SECONDS
+        if tp in positions.refilling or recently:
+            return  # being read again (what arrives meanwhile was fetched before)
+        refilled[tp] = (expected, time.monotonic())
+        positions.refilling.add(tp)
+        log.warning(
+            "%s[%d]: offset %d arrived before %s..%d: reading the partition again from %s",
+            *tp,
+            m.offset,
+            expected,
+            m.offset - 1,
+            expected,
+        )
+        task = asyncio.ensure_future(refill(tp, m.offset))
+        refills.add(task)  # kept until done (the loop holds tasks weakly)
+        task.add_done_callback(refills.discard)
+
+    async def refill(tp: tuple[str, int], seen: int) -> None:
+        try:
+            expected = positions.expected(tp)
+            if expected is None:
+                return
+            first = await first_offset_from(s.bootstrap_servers(), *tp, expected)
+            if first is not None and expected < first <= seen:
+                log.info("%s[%d]: offsets %d..%d hold no message", *tp, expected, first - 1)
+                positions.step_over(tp, first)
+            stats.refills += 1
+            await app.consumer.seek_wait({TP(*tp): positions.expected(tp) or expected})
+        except Exception:
+            log.exception("reading %s[%d] again failed", *tp)
+        finally:
+            positions.refilling.discard(tp)
+
     async def reconcile_batch(events: Sequence[Any]) -> None:
         """Process every message in order, snapshot what changed, commit."""
         t0 = time.perf_counter()
         now_ms = int(time.time() * 1000)
+        generation, messages = current(events)
+        if not messages:
+            return
         partitions = set()
-        for event in events:
-            handle(event.message, now_ms)
-            partitions.add(event.message.partition)
+        for message in messages:
+            handle(message, now_ms)
+            partitions.add(message.partition)
         seq = ck.begin()
         states = changed(seq)
         t1 = time.perf_counter()
@@ -293,8 +415,8 @@ def register_agents(t: Tally) -> None:
             latency()
             outboxes()
 
-        await ck.commit(done, markers(partitions))
-        stats.batch(len(events), len(partitions), t1 - t0, time.perf_counter() - t1)
+        await ck.commit(generation, done, markers(partitions))
+        stats.batch(len(messages), len(partitions), t1 - t0, time.perf_counter() - t1)
 
     def record_latency(ingested: list[int]) -> Callable[[], None]:
         """Event-to-break latency: broker timestamp of the revealing message to the
@@ -317,6 +439,7 @@ def register_agents(t: Tally) -> None:
 
     def claim(msg: Any, now_ms: int) -> None:
         stats.seen(msg.topic, msg.partition, msg.offset)
+        claims_ck.consumed(msg.topic, msg.partition, msg.offset)
         claims_table.partition = msg.partition
         try:
             b = t.index.on_claim(SuccessClaim.from_json(orjson.loads(msg.value)))
@@ -335,9 +458,12 @@ def register_agents(t: Tally) -> None:
     async def claims(stream: Any) -> None:
         async for events in stream.take_events(batch_max, batch_within):
             now_ms = int(time.time() * 1000)
-            for event in events:
-                claim(event.message, now_ms)
-            await claims_ck.commit()
+            generation, messages = current(events)
+            if not messages:
+                continue
+            for message in messages:
+                claim(message, now_ms)
+            await claims_ck.commit(generation)
 
     @app.timer(interval=s.idle_tick_seconds, name="tally.idle_ticks")
     async def idle_ticks() -> None:
@@ -368,5 +494,8 @@ def register_agents(t: Tally) -> None:
 
     @app.on_partitions_revoked.connect
     async def _revoked(*args: Any, **kwargs: Any) -> None:
+        # before the worker rejoins the group: every batch processed so far durable,
+        # its input offsets committed in the generation it was read in
+        await t.settled()
         # timers are rebuilt from the table for whatever this worker is assigned next
         rec.forget_partitions()

@@ -34,7 +34,7 @@ import faust
 from faust.types import TP
 
 from streams import codecs
-from streams.checkpoint import Checkpoint, TableWriter, gate_offset_commits
+from streams.checkpoint import Checkpoint, TableWriter, group_offsets
 from tally.clearing import Balance
 from tally.config import Settings
 from tally.orders import OrderState
@@ -54,6 +54,10 @@ class WorkerStats:
     duplicates: int = 0
     balances_healed: int = 0  # shards corrected from the orders after a recovery
     outboxes_resent: int = 0  # orders whose outputs were sent again after a recovery
+    stale_dropped: int = 0  # messages fetched before a rebalance, left for re-reading
+    reread_dropped: int = 0  # messages read again after a seek, processed before
+    hole_dropped: int = 0  # messages past a hole in their partition's delivery
+    refills: int = 0  # partitions read again from their next offset (a hole)
     last_activity: float = field(default_factory=time.monotonic)
     positions: dict[tuple[str, int], int] = field(default_factory=dict)  # next offset by TP
     partition_activity: dict[int, float] = field(default_factory=dict)  # wall, by partition
@@ -100,6 +104,11 @@ class Tally:
     agents: dict[str, Any] = field(default_factory=dict)
     caught_up: Callable[[int, str], bool] = lambda _p, _s: True
     metrics: Any = None  # streams.metrics.WorkerMetrics
+
+    async def settled(self) -> None:
+        """Until every batch processed so far is durable, offsets included."""
+        await self.checkpoint.settled()
+        await self.claims_checkpoint.settled()
 
     @property
     def input_topics(self) -> list[str]:
@@ -183,7 +192,6 @@ def create_app(settings: Settings | None = None) -> Tally:
 
     app.tally_fetch_max_wait_ms = settings.consumer_fetch_max_wait_ms  # type: ignore[attr-defined]
     use_fetch_max_wait()
-    gate_offset_commits()
 
     def topic(name: str, internal: bool = False) -> faust.TopicT:
         return app.topic(
@@ -194,6 +202,7 @@ def create_app(settings: Settings | None = None) -> Tally:
             key_serializer="raw",
             value_serializer="raw",
             internal=internal,
+            acks=False,  # input offsets are committed by streams.checkpoint, not Faust
         )
 
     prefix = settings.app_id
@@ -208,6 +217,13 @@ def create_app(settings: Settings | None = None) -> Tally:
         "status-queries": topic(settings.topic_status_queries),
         "dead-letter": topic(settings.topic_dead_letter),
     }
+    app.tally_input_topics = frozenset(  # type: ignore[attr-defined]
+        topics[k].get_topic_name()
+        for k in ("transactions", "callbacks", "links", "ticks", "success-claims")
+    )
+    app.tally_sought_generation = None  # type: ignore[attr-defined]
+    app.tally_start_offsets = {}  # type: ignore[attr-defined]
+    unfiltered_input_reads()
     # the reconcile agent reads the four co-partitioned inputs as one stream
     topics["reconcile"] = app.topic(
         *(topics[k].get_topic_name() for k in ("transactions", "callbacks", "links", "ticks")),
@@ -215,6 +231,7 @@ def create_app(settings: Settings | None = None) -> Tally:
         value_type=bytes,
         key_serializer="raw",
         value_serializer="raw",
+        acks=False,
     )
     tables: dict[str, Any] = {}
     for name, key_codec, codec in TABLES:
@@ -292,6 +309,7 @@ def create_app(settings: Settings | None = None) -> Tally:
             [writers["orders"], writers["balances"], writers["watermarks"]],
             stats.produced,
             stats.produced_bytes,
+            group_offsets(app),
             state_first=True,
         ),
         claims_checkpoint=Checkpoint(
@@ -299,11 +317,10 @@ def create_app(settings: Settings | None = None) -> Tally:
             [writers["channel-txn-claims"]],
             stats.produced,
             stats.produced_bytes,
+            group_offsets(app),
             state_first=False,
         ),
     )
-
-    app.tally_checkpoints = (tally.checkpoint, tally.claims_checkpoint)  # type: ignore[attr-defined]
 
     from streams.agents import register_agents
     from streams.metrics import WorkerMetrics
@@ -340,6 +357,82 @@ def use_fetch_max_wait() -> None:
 
     AIOKafkaConsumerThread._create_worker_consumer = _create_worker_consumer  # type: ignore[method-assign]
     _FETCH_WAIT_INSTALLED = True
+
+
+class _InputReads(dict[Any, Any]):
+    """Faust's per-partition read offsets (`Consumer._read_offset`), except that the
+    agents' input partitions are never filtered by them: Faust drops a fetched
+    message below the last offset it handed on, and a message fetched before a
+    seek can set that offset past the seek (the seek to the committed offsets after
+    a rebalance races the fetch), so the partition's messages read again after the
+    seek were dropped — a hole, or a partition stalled for good. The agents keep
+    their own positions (`streams.positions`): a message read twice is dropped
+    there, a hole is read again."""
+
+    def __init__(self, topics: frozenset[str], offsets: Any) -> None:
+        super().__init__(offsets)
+        self.topics = topics
+
+    def __missing__(self, tp: Any) -> None:
+        return None
+
+    def __getitem__(self, tp: Any) -> Any:
+        return None if tp.topic in self.topics else super().__getitem__(tp)
+
+
+_READS_INSTALLED = False
+
+
+async def _seek_uncommitted_to_start(consumer: Any) -> None:
+    """Faust's seek to the committed offsets leaves a partition with no committed
+    offset where it is — past whatever was fetched and dropped before (during a
+    rebalance). Seek the agents' input partitions without one to the start of their
+    log, and note that start (`app.tally_start_offsets`): the first message the
+    agents take from such a partition must be there (`streams.positions`)."""
+    app = consumer.app
+    topics: frozenset[str] = getattr(app, "tally_input_topics", frozenset())
+    committed = consumer._committed_offset
+    tps = [tp for tp in consumer.assignment() if tp.topic in topics and committed.get(tp) is None]
+    starts: dict[Any, int] = {}
+    if tps:
+        starts = {tp: int(o or 0) for tp, o in (await consumer.earliest_offsets(*tps)).items()}
+        await consumer.seek_wait(starts)
+    app.tally_start_offsets = starts
+
+
+def unfiltered_input_reads() -> None:
+    """Install `_InputReads` on every Faust consumer whose app names its input
+    topics (`app.tally_input_topics`), and note each seek to the committed offsets
+    (`app.tally_sought_generation`). Idempotent."""
+    global _READS_INSTALLED
+    if _READS_INSTALLED:
+        return
+    from faust.transport.consumer import Consumer
+
+    init = Consumer.__init__
+
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        topics = getattr(self.app, "tally_input_topics", None)
+        if topics:
+            self._read_offset = _InputReads(topics, self._read_offset)
+
+    Consumer.__init__ = __init__  # type: ignore[method-assign]
+
+    perform_seek = Consumer.perform_seek
+
+    async def _perform_seek(self: Any) -> None:
+        """Faust's seek of every assigned partition to the group's committed offset,
+        noted on the app with the generation it was made in
+        (`app.tally_sought_generation`): until then a partition's messages may come
+        from anywhere, and the agents leave them for re-reading."""
+        generation = self.app.consumer_generation_id
+        await perform_seek(self)
+        await _seek_uncommitted_to_start(self)
+        self.app.tally_sought_generation = generation
+
+    Consumer.perform_seek = _perform_seek  # type: ignore[method-assign]
+    _READS_INSTALLED = True
 
 
 def account_balances(shards: Iterable[tuple[str, Balance]]) -> dict[str, Balance]:

@@ -19,10 +19,20 @@ batch durable. For the reconcile agent, in this order and nowhere else:
      Acknowledged by the broker.
   2. **Outputs.** Every fact of the batch, and its dead letters, produced in bulk,
      one record batch per topic-partition. Acknowledged.
-  3. **Input offsets.** The agent has already handed the batch back to Faust's
-     `take_events`, which acknowledged its events; Faust commits acknowledged
-     offsets only after every commit begun so far is complete (`settled`: the gate
-     on Faust's consumer that `gate_offset_commits` installs).
+  3. **Input offsets.** The batch's input offsets (per topic-partition, the last
+     offset processed + 1), committed to the consumer group — only if the batch
+     was read in the group generation that is still current. Faust itself commits
+     none of these topics (the agents read them with acks off).
+
+A batch is processed only if it was read in the current group generation, with
+Faust's flow running: what was fetched before a rebalance is dropped unprocessed
+(Faust skips such messages too) and read again from the committed offset by the
+partition's next owner. When partitions are revoked, the worker waits until every
+commit begun so far is complete (`settled`) before it rejoins the group, so the
+next owner recovers the tables and reads the inputs from where this worker's
+durable state ends. Within a generation, each partition's messages are processed in
+offset order without holes (`streams.positions`), so a batch's offsets cover
+exactly what it processed.
 
 A worker killed at any moment (`kill -9`) comes back with input offsets no further
 than its durable state, and with every fact of its durable state either sent or
@@ -45,6 +55,12 @@ topics differently from the first time (they are read independently), so the sam
 order can take different steps — different postings under the same posting ids. A
 fact that was sent must therefore be one the durable state knows it produced.
 
+Why not Faust's own offset commits: across a rebalance Faust acknowledges the
+messages it skips as fetched in an older generation (unprocessed), and after a
+commit that failed on a rebalance it keeps the refused offset as committed, so it
+ignores the acknowledgements of the messages it reads again; the first lost an
+event under the crash test, the second left a partition uncommitted forever.
+
 The claims agent reads one topic; re-reading a batch gives the same facts in the
 same order, so it commits its outputs first, then its state (`state_first=False`).
 
@@ -59,7 +75,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, MutableMapping
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from typing import Any
 
 import orjson
@@ -67,6 +83,9 @@ import orjson
 log = logging.getLogger(__name__)
 
 Record = tuple[bytes | None, bytes | None]  # key, value (None: a table tombstone)
+Offsets = dict[tuple[str, int], int]  # (topic, partition) -> the next offset to read
+# commits input offsets read in a group generation; False if it cannot (a rebalance)
+CommitOffsets = Callable[[Offsets, int | None], Awaitable[bool]]
 _RETRY_FIRST_SECONDS = 0.2
 _RETRY_MAX_SECONDS = 5.0
 
@@ -184,8 +203,8 @@ class Checkpoint:
 
     Commits are pipelined: the agent goes on with its next batch while the broker
     acknowledges this one, but a commit starts writing only when every earlier one
-    is complete, and Faust commits no input offset before every commit begun so far
-    is complete (`settled`, called by the gate `gate_offset_commits` installs)."""
+    is complete; input offsets are its last step. `settled` waits for every commit
+    begun so far (on a rebalance, before the worker rejoins the group)."""
 
     def __init__(
         self,
@@ -193,11 +212,14 @@ class Checkpoint:
         tables: list[TableWriter],
         produced: Counter[str],
         produced_bytes: Counter[str],
+        commit_offsets: CommitOffsets,
         *,
         state_first: bool,
         max_in_flight: int = 2,
     ) -> None:
         self._producer = producer  # the worker's aiokafka producer, once Faust started it
+        self.commit_offsets = commit_offsets
+        self.offsets: Offsets = {}  # of the batch being made: set by `consumed`
         self.tables = tables
         self.state_first = state_first
         self.outbox = Outbox()
@@ -205,6 +227,7 @@ class Checkpoint:
         self.produced_bytes = produced_bytes
         self.max_in_flight = max_in_flight
         self.commits = 0  # completed
+        self.offsets_refused = 0  # batches whose offsets were not committed (rebalance)
         self.seq = 0  # the latest batch's sequence number: grows, also across workers
         self._last: asyncio.Task[None] | None = None
         self._last_seq: int | None = None
@@ -216,12 +239,17 @@ class Checkpoint:
         self.seq = max(time.time_ns(), self.seq + 1)
         return self.seq
 
+    def consumed(self, topic: str, partition: int, offset: int) -> None:
+        """The batch being made processed this input message (in offset order)."""
+        self.offsets[(topic, partition)] = offset + 1
+
     def seen(self, seq: int) -> None:
         """A sequence number found in recovered state: later batches must be larger."""
         self.seq = max(self.seq, seq)
 
     async def commit(
         self,
+        generation: int | None,
         done: Callable[[], None] | None = None,
         markers: Callable[[int, Outbox], None] | None = None,
     ) -> None:
@@ -230,15 +258,15 @@ class Checkpoint:
         stops. Returns once at most `max_in_flight` commits are unfinished
         (back-pressure). `done` is called when this commit is complete; `markers`
         (state first only) may add state records once every earlier commit is
-        complete, given the sequence number of the last of them. Step 3 is the
-        caller returning the batch to `take_events`: Faust commits its offsets only
-        after `settled`."""
+        complete, given the sequence number of the last of them. `generation` is
+        the consumer group generation the batch's input was read in."""
         outputs, self.outbox = self.outbox, Outbox()
+        offsets, self.offsets = self.offsets, {}
         state = Outbox()
         for table in self.tables:
             table.changelog(state)
         task = asyncio.ensure_future(
-            self._commit(outputs, state, self._last, self._last_seq, markers)
+            self._commit(outputs, state, offsets, generation, self._last, self._last_seq, markers)
         )
         if done is not None:
             task.add_done_callback(lambda t: None if t.cancelled() else done())
@@ -251,6 +279,8 @@ class Checkpoint:
         self,
         outputs: Outbox,
         state: Outbox,
+        offsets: Offsets,
+        generation: int | None,
         previous: asyncio.Task[None] | None,
         previous_seq: int | None,
         markers: Callable[[int, Outbox], None] | None,
@@ -268,6 +298,13 @@ class Checkpoint:
                 if previous is not None:
                     await previous
                 await self.produce(state)  # 2. state changelog, acknowledged
+            if offsets and not await self.commit_offsets(offsets, generation):
+                self.offsets_refused += 1  # 3. input offsets (the next owner re-reads)
+                log.info(
+                    "input offsets of generation %s not committed (a rebalance): %s",
+                    generation,
+                    ", ".join(f"{t}[{p}]={o}" for (t, p), o in sorted(offsets.items())),
+                )
             self.commits += 1
         finally:
             self._in_flight.remove(asyncio.current_task())  # type: ignore[arg-type]
@@ -275,8 +312,7 @@ class Checkpoint:
     async def settled(self) -> None:
         """Until every commit begun so far is complete: the latest of them, which
         completes only after every earlier one. Commits begun meanwhile are not
-        waited for (under steady load there always is one: waiting for all of them
-        could keep Faust from ever committing)."""
+        waited for (under steady load there always is one)."""
         if self._in_flight:
             await asyncio.shield(self._in_flight[-1])
 
@@ -337,28 +373,24 @@ class Checkpoint:
         return failed
 
 
-_GATE_INSTALLED = False
+def group_offsets(app: Any) -> CommitOffsets:
+    """Step 3 for a Faust app: commit input offsets through its consumer (the
+    consumer thread's commit: only partitions still assigned; a commit the group
+    refuses because it rebalanced returns False), unless the group generation the
+    batch was read in has passed."""
+    from faust.types import TP
 
+    async def commit(offsets: Offsets, generation: int | None) -> bool:
+        if generation != app.consumer_generation_id:
+            return False  # the partitions' owner reads the batch again
+        tps = {TP(topic, partition): offset for (topic, partition), offset in offsets.items()}
+        try:
+            return bool(await app.consumer._commit(tps))
+        except Exception as exc:  # e.g. the consumer stopped: the offsets stay behind
+            log.warning("committing input offsets failed: %r", exc)
+            return False
 
-def gate_offset_commits() -> None:
-    """Step 3's gate: Faust commits the offsets of acknowledged events only after
-    every checkpoint of its app (`app.tally_checkpoints`) has settled. Faust already
-    flushes its producer right before committing; a pipelined checkpoint may not yet
-    have handed its state to the producer then. Idempotent, for every app."""
-    global _GATE_INSTALLED
-    if _GATE_INSTALLED:
-        return
-    from faust.transport.drivers.aiokafka import Consumer
-
-    commit = Consumer._commit
-
-    async def _commit(self: Any, offsets: Any) -> bool:
-        for checkpoint in getattr(self.app, "tally_checkpoints", ()):
-            await checkpoint.settled()
-        return bool(await commit(self, offsets))
-
-    Consumer._commit = _commit  # type: ignore[method-assign]
-    _GATE_INSTALLED = True
+    return commit
 
 
 def dumps(value: Any) -> bytes:

@@ -93,6 +93,29 @@ async def log_ends(bootstrap: str, topics: list[str]) -> dict[TopicPartition, in
         await probe.stop()
 
 
+async def first_offset_from(
+    bootstrap: str, topic: str, partition: int, offset: int, timeout: float = 5.0
+) -> int | None:
+    """The offset of the first message at or after `offset` in a topic-partition
+    (None: none arrived within `timeout`). Offsets that hold no message (transaction
+    markers, compacted records) are skipped by a fetch, as by any consumer."""
+    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await c.start()
+    try:
+        tp = TopicPartition(topic, partition)
+        c.assign([tp])
+        c.seek(tp, offset)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            batch = await c.getmany(tp, timeout_ms=200, max_records=1)
+            for msgs in batch.values():
+                if msgs:
+                    return int(msgs[0].offset)
+        return None
+    finally:
+        await c.stop()
+
+
 async def read_to_end(bootstrap: str, topic: str, timeout: float = 60.0) -> list[Any]:
     """Every record of `topic` from the beginning to its true end (see `log_ends`), in
     partition order. (`streams.worker.read_topic` stops at the ListOffsets answer,

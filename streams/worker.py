@@ -297,6 +297,11 @@ class WorkerRunner:
     async def stop(self) -> None:
         if self.worker is not None:
             with contextlib.suppress(Exception):
+                # no batch begins after this; the ones begun become durable, offsets
+                # included (what was fetched but not processed is read again)
+                self.tally.app.flow_control.suspend()
+                await asyncio.wait_for(self.tally.settled(), 30.0)
+            with contextlib.suppress(Exception):
                 await self.worker.stop()
         if self._task is not None:
             self._task.cancel()

@@ -27,6 +27,8 @@ class MemoryProducer:
 
     def __init__(self) -> None:
         self.records: list[tuple[str, int, bytes | None, bytes | None]] = []
+        self.committed: dict[tuple[str, int], int] = {}  # input offsets, as committed
+        self.generations: list[Any] = []
 
     def create_batch(self) -> MemoryBatch:
         return MemoryBatch()
@@ -37,6 +39,12 @@ class MemoryProducer:
         done.set_result(None)
         return done
 
+    async def commit_offsets(self, offsets: dict[tuple[str, int], int], generation: Any) -> bool:
+        """Step 3, as the consumer group would take it (in memory)."""
+        self.committed.update(offsets)
+        self.generations.append(generation)
+        return True
+
     def on(self, topic: str) -> list[Any]:
         return [json.loads(v) for t, _p, _k, v in self.records if t == topic and v]
 
@@ -45,8 +53,10 @@ def in_memory(settings: Settings) -> Tally:
     t = create_app(settings)
     t.app.finalize()
     t.app.flow_control.resume()
+    t.app.tally_sought_generation = t.app.consumer_generation_id  # as after Faust's seek
     producer = MemoryProducer()
     t.checkpoint._producer = t.claims_checkpoint._producer = lambda: producer
+    t.checkpoint.commit_offsets = t.claims_checkpoint.commit_offsets = producer.commit_offsets
     t.extra = producer  # type: ignore[attr-defined]
     return t
 
@@ -59,10 +69,13 @@ async def put(
     ones produced before it."""
     consumed = sum(tally.stats.consumed.values())
     commits = tally.checkpoint.commits + tally.claims_checkpoint.commits
-    message = agent.to_message(key, value, partition=partition, offset=agent.sent_offset)
-    message.topic = tally.topics[topic].get_topic_name()
+    name = tally.topics[topic].get_topic_name()
+    offsets = tally.__dict__.setdefault("test_offsets", {})  # per topic-partition, as a log
+    offset = offsets.get((name, partition), 0)
+    offsets[(name, partition)] = offset + 1
+    message = agent.to_message(key, value, partition=partition, offset=offset)
+    message.topic = name
     await agent.stream().channel.put(await agent.stream().channel.decode(message))
-    agent.sent_offset += 1
     async with asyncio.timeout(10):
         while (
             sum(tally.stats.consumed.values()) == consumed
@@ -315,3 +328,39 @@ async def test_outputs_and_records_of_a_batch_go_to_their_keys_partitions() -> N
             continue
         checked += 1
     assert checked >= 2 * len(keys)
+
+
+async def test_input_offsets_are_committed_after_the_batch_and_stale_reads_are_dropped(
+    tally: Tally,
+) -> None:
+    """Step 3 of the commit: each input partition's next offset, in the group
+    generation the batch was read in. A message fetched before a rebalance (an older
+    generation) is not processed and its offset not committed: the partition's owner
+    reads it again from the committed offset."""
+    producer: Any = tally.extra  # type: ignore[attr-defined]
+    app = tally.app
+    app.consumer_generation_id = app.tally_sought_generation = 7
+    async with tally.agents["reconcile"].test_context() as agent:
+        await feed(
+            tally,
+            agent,
+            ("transactions", txn("e1", "o1", "pending", T0), "o1"),
+            ("callbacks", cb("e2", "o1", "success", T2), "o1"),
+        )
+        transactions = tally.topics["transactions"].get_topic_name()
+        callbacks = tally.topics["callbacks"].get_topic_name()
+        assert producer.committed == {(transactions, 0): 1, (callbacks, 0): 1}
+        assert set(producer.generations) == {7}
+
+        # fetched in generation 7, processed after the group moved on to 8
+        stale = agent.to_message(b"o9", txn("e9", "o9", "pending", T0), partition=0, offset=1)
+        stale.topic = transactions
+        app.consumer_generation_id = app.tally_sought_generation = 8
+        commits = tally.checkpoint.commits
+        await agent.stream().channel.put(await agent.stream().channel.decode(stale))
+        await feed(tally, agent, ("transactions", txn("e3", "o1", "success", T2), "o1"))
+    assert tally.checkpoint.commits == commits + 1
+    assert "o9" not in tally.orders
+    assert tally.orders["o1"].our_status == "success"
+    assert producer.committed[(transactions, 0)] == 2  # the stale read of offset 1 not
+    assert producer.generations[-1] == 8

@@ -280,6 +280,7 @@ class Results:
     stored: dict[str, Any]  # what the sink stored in ClickHouse (FINAL)
     tables: dict[str, Any]  # watermarks and channel transaction claims in ClickHouse
     postings: list[Posting]
+    breaks: dict[str, tuple[str, str]]  # break_id -> (kind, txn_id), to explain a difference
 
 
 def comparable(figures: dict[str, Any]) -> dict[str, Any]:
@@ -331,7 +332,11 @@ async def results(c: Cluster, request: pytest.FixtureRequest) -> Results:
     postings = [
         Posting.from_json(d) for _, d in await read_values(c.broker.bootstrap, s.topic_postings)
     ]
-    return Results(await expected_results(s), stored, tables, postings)
+    breaks = {
+        d["break_id"]: (d["kind"], d["txn_id"])
+        for _, d in await read_values(c.broker.bootstrap, s.topic_breaks)
+    }
+    return Results(await expected_results(s), stored, tables, postings, breaks)
 
 
 def assert_invariant(r: Results) -> None:
@@ -373,6 +378,11 @@ def one_worker(
 def assert_same(a: Results, b: Results) -> None:
     ca, cb = comparable(a.topics), comparable(b.topics)
     for k in ca:
+        if k == "breaks" and ca[k] != cb[k]:
+            kinds = {**a.breaks, **b.breaks}
+            only_a = sorted(kinds[i] for i in ca[k] - cb[k])
+            only_b = sorted(kinds[i] for i in cb[k] - ca[k])
+            raise AssertionError(f"breaks differ: only first {only_a}; only second {only_b}")
         assert ca[k] == cb[k], f"{k} differ: {_diff(ca[k], cb[k])}"
     sa, sb = comparable(a.stored), comparable(b.stored)
     for k in sa:
