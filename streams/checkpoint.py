@@ -21,8 +21,10 @@ batch durable. For the reconcile agent, in this order and nowhere else:
      one record batch per topic-partition. Acknowledged.
   3. **Input offsets.** The batch's input offsets (per topic-partition, the last
      offset processed + 1), committed to the consumer group — only if the batch
-     was read in the group generation that is still current. Faust itself commits
-     none of these topics (the agents read them with acks off).
+     was read in the group generation that is still current. Off the next batch's
+     path: they join the offsets waiting, and one request commits all of them as
+     soon as the previous request is answered. Faust itself commits none of these
+     topics (the agents read them with acks off).
 
 A batch is processed only if it was read in the current group generation, with
 Faust's flow running: what was fetched before a rebalance is dropped unprocessed
@@ -227,7 +229,13 @@ class Checkpoint:
         self.produced_bytes = produced_bytes
         self.max_in_flight = max_in_flight
         self.commits = 0  # completed
-        self.offsets_refused = 0  # batches whose offsets were not committed (rebalance)
+        self.offsets_refused = 0  # offset commits refused (a rebalance)
+        self.offset_commits = 0  # offset commits made (several batches' each, at times)
+        self._offsets_pending: Offsets = {}
+        self._offsets_generation: int | None = None
+        self._offsets_task: asyncio.Task[None] | None = None
+        self._offsets_queued = self._offsets_flushed = 0  # batches' offsets: queued, done
+        self._offsets_changed = asyncio.Condition()
         self.seq = 0  # the latest batch's sequence number: grows, also across workers
         self._last: asyncio.Task[None] | None = None
         self._last_seq: int | None = None
@@ -298,23 +306,53 @@ class Checkpoint:
                 if previous is not None:
                     await previous
                 await self.produce(state)  # 2. state changelog, acknowledged
-            if offsets and not await self.commit_offsets(offsets, generation):
-                self.offsets_refused += 1  # 3. input offsets (the next owner re-reads)
+            if offsets:
+                self._queue_offsets(offsets, generation)  # 3. input offsets
+            self.commits += 1
+        finally:
+            self._in_flight.remove(asyncio.current_task())  # type: ignore[arg-type]
+
+    def _queue_offsets(self, offsets: Offsets, generation: int | None) -> None:
+        """Step 3, off the path of the next batch: the batch's input offsets join
+        those waiting (a later batch's offset for a partition replaces an earlier
+        one: batches complete in order), committed in one request as soon as the
+        previous request is answered."""
+        if generation != self._offsets_generation:
+            self._offsets_pending = {}  # an older generation's: refused anyway
+        self._offsets_queued += 1
+        self._offsets_pending.update(offsets)
+        self._offsets_generation = generation
+        if self._offsets_task is None or self._offsets_task.done():
+            self._offsets_task = asyncio.ensure_future(self._flush_offsets())
+
+    async def _flush_offsets(self) -> None:
+        while self._offsets_pending:
+            offsets, generation = self._offsets_pending, self._offsets_generation
+            self._offsets_pending = {}
+            queued = self._offsets_queued
+            if await self.commit_offsets(offsets, generation):
+                self.offset_commits += 1
+            else:
+                self.offsets_refused += 1  # the partitions' next owner reads them again
                 log.info(
                     "input offsets of generation %s not committed (a rebalance): %s",
                     generation,
                     ", ".join(f"{t}[{p}]={o}" for (t, p), o in sorted(offsets.items())),
                 )
-            self.commits += 1
-        finally:
-            self._in_flight.remove(asyncio.current_task())  # type: ignore[arg-type]
+            self._offsets_flushed = queued
+            async with self._offsets_changed:
+                self._offsets_changed.notify_all()
 
     async def settled(self) -> None:
-        """Until every commit begun so far is complete: the latest of them, which
-        completes only after every earlier one. Commits begun meanwhile are not
-        waited for (under steady load there always is one)."""
+        """Until every commit begun so far is complete, input offsets included: the
+        latest of them, which completes only after every earlier one, then the offset
+        commits. Commits begun meanwhile are not waited for (under steady load there
+        always is one)."""
         if self._in_flight:
             await asyncio.shield(self._in_flight[-1])
+        target = self._offsets_queued
+        async with self._offsets_changed:
+            await self._offsets_changed.wait_for(lambda: self._offsets_flushed >= target)
 
     async def produce(self, outbox: Outbox) -> None:
         """Every record of `outbox`, acknowledged; retried until it is."""

@@ -347,6 +347,7 @@ async def test_input_offsets_are_committed_after_the_batch_and_stale_reads_are_d
             ("transactions", txn("e1", "o1", "pending", T0), "o1"),
             ("callbacks", cb("e2", "o1", "success", T2), "o1"),
         )
+        await tally.settled()  # step 3 runs off the batch's path
         transactions = tally.topics["transactions"].get_topic_name()
         callbacks = tally.topics["callbacks"].get_topic_name()
         assert producer.committed == {(transactions, 0): 1, (callbacks, 0): 1}
@@ -359,6 +360,7 @@ async def test_input_offsets_are_committed_after_the_batch_and_stale_reads_are_d
         commits = tally.checkpoint.commits
         await agent.stream().channel.put(await agent.stream().channel.decode(stale))
         await feed(tally, agent, ("transactions", txn("e3", "o1", "success", T2), "o1"))
+    await tally.settled()
     assert tally.checkpoint.commits == commits + 1
     assert "o9" not in tally.orders
     assert tally.orders["o1"].our_status == "success"
