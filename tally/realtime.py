@@ -182,7 +182,7 @@ class Outputs:
 # Timer kinds kept in the per-partition heap.
 _QUERY = 0
 _ORPHAN = 1
-_WM_PERSIST_STEP_MS = 1000
+WATERMARK_PERSIST_STEP_MS = 1000
 _SOURCES = ("transactions", "callbacks")
 _PROVISIONAL = Standing.PROVISIONAL
 _partition_keys: dict[int, str] = {}
@@ -411,7 +411,7 @@ class Reconciler:
         if to_ms is not None and (wm is None or to_ms > wm):
             self._wm[partition] = wm = to_ms
             key = _partition_keys.get(partition) or _partition_key(partition)
-            if to_ms - self.watermarks.get(key, 0) >= _WM_PERSIST_STEP_MS:
+            if to_ms - self.watermarks.get(key, 0) >= WATERMARK_PERSIST_STEP_MS:
                 self.watermarks[key] = to_ms
         if wm is None:
             return
