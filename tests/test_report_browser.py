@@ -20,7 +20,6 @@ missing). Without it these tests are skipped, and fail under CI=true.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -36,7 +35,7 @@ from recon.demo import CHANNEL_FORMATS, end_of_day
 from recon.simday import StatementAnomalies, simulate_day
 from recon.statements import FORMATS
 from tally.config import Settings
-from tests.clickhouse import connect_to, drop_database, storage_values
+from tests.clickhouse import connect_to, drop_database, need, storage_values
 from tests.test_recon_report import day_config
 
 pytest_plugins = ("tests.clickhouse",)
@@ -49,11 +48,11 @@ A4_PT = (595.0, 842.0)  # 210 x 297 mm in points, as Chromium writes them (595.9
 @pytest.fixture(scope="module")
 def chromium() -> str:
     found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if found is None:
-        why = "Debian's chromium is not installed (apt-get install chromium; .ci/run does)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(why + ": required under CI=true")
-        pytest.skip(why)
+    need(
+        found is not None,
+        "Debian's chromium is not installed (apt-get install chromium; .ci/run does)",
+    )
+    assert found is not None
     return found
 
 

@@ -12,7 +12,6 @@ changed since the previous run of the date and parks the breaks in suspense (cha
 
 from __future__ import annotations
 
-import json
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -29,7 +28,7 @@ from recon.funds.payouts import (
     PayoutFile,
     payout_of_debit,
 )
-from recon.funds.store import _in_force, latest_run, park
+from recon.funds.store import _in_force, latest_run, park, store_run
 from recon.settle import settle, to_minor_units
 from sinks.backend import Backend
 from tally.money import format_minor, to_decimal
@@ -360,22 +359,14 @@ def run_merchants(
     out = MerchantRun(run_id, day, source, results, prev, changes, {}, used, s.disagreements)
     if dry_run:
         return out
-    db.insert("merchant_recon_results", RESULT_COLUMNS, [_row(run_id, day, r) for r in results])
-    finished = int(time.time() * 1000) if now_ms is None else now_ms
-    db.insert(
-        "merchant_recon_runs",
-        RUN_COLUMNS,
-        [
-            (
-                run_id,
-                day,
-                source,
-                json.dumps(used, sort_keys=True),
-                json.dumps(out.counts()),
-                started,
-                finished,
-            )
-        ],
+    finished = store_run(
+        db,
+        ("merchant_recon_results", RESULT_COLUMNS, [_row(run_id, day, r) for r in results]),
+        ("merchant_recon_runs", RUN_COLUMNS, (run_id, day, source)),
+        used,
+        out.counts(),
+        started,
+        now_ms,
     )
     breaks = [
         S.Evidence(

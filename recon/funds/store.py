@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from decimal import Decimal
@@ -479,25 +479,36 @@ def run_settlements(
     outcome = SettlementRun(run_id, day, start, results, prev, changes, {}, used)
     if dry_run:
         return outcome
-    db.insert("settlement_results", RESULT_COLUMNS, [_row(run_id, day, r) for r in results])
-    finished = int(time.time() * 1000) if now_ms is None else now_ms
-    db.insert(
-        "settlement_runs",
-        RUN_COLUMNS,
-        [
-            (
-                run_id,
-                day,
-                start,
-                json.dumps(used, sort_keys=True),
-                json.dumps(outcome.counts()),
-                started,
-                finished,
-            )
-        ],
+    finished = store_run(
+        db,
+        ("settlement_results", RESULT_COLUMNS, [_row(run_id, day, r) for r in results]),
+        ("settlement_runs", RUN_COLUMNS, (run_id, day, start)),
+        used,
+        outcome.counts(),
+        started,
+        now_ms,
     )
     outcome.suspense = sync_suspense(db, run_id, day, results, now_ms=finished)
     return outcome
+
+
+def store_run(
+    db: Backend,
+    results: tuple[str, Sequence[str], list[tuple[Any, ...]]],
+    run: tuple[str, Sequence[str], tuple[Any, ...]],
+    used: Any,
+    counts: dict[str, int],
+    started: int,
+    now_ms: int | None,
+) -> int:
+    """Write a run's results, then its run row (the run's own columns, then what it
+    used, its counts, when it started and finished); returns when it finished."""
+    db.insert(*results)
+    finished = int(time.time() * 1000) if now_ms is None else now_ms
+    table, columns, head = run
+    row = (*head, json.dumps(used, sort_keys=True), json.dumps(counts), started, finished)
+    db.insert(table, columns, [row])
+    return finished
 
 
 def _row(run_id: str, day: date, r: Result) -> tuple[Any, ...]:
