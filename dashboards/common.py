@@ -7,7 +7,7 @@
 - The SDK has no builder for the ClickHouse plugin's queries, so `ClickHouseQuery` is
   one (a `cog` Dataquery with the plugin's JSON model: editorType `sql`, rawSql,
   queryType, format). Each also carries the columns and ClickHouse types the panel
-  expects; tests/test_dashboards_sql.py runs every query and checks them.
+  expects; tests/dashboards/test_dashboards_sql.py runs every query and checks them.
 - SQL is written for both ClickHouse 18.16 and current ClickHouse (no window functions,
   FINAL read in a subquery and filtered outside it), with the plugin's macros
   (`$__timeFilter(col)`, `$__dateFilter(col)`, `$__interval_s`, `$__toTime`; not

@@ -34,10 +34,10 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
 
-from recon.classify import CLASSES
 from recon.statements.load import VERSION_COLUMNS
 from sinks.backend import Backend
-from tally.policy import ChannelPolicy
+from tally.core.eod import CLASSES
+from tally.core.policy import ChannelPolicy
 
 CHANNEL = "bench"
 DAY = date(2026, 3, 2)
@@ -222,7 +222,7 @@ def export(db: Backend) -> tuple[Any, Any]:
 def classify_pandas(
     ledger: Any, lines: Any, policy: ChannelPolicy, neighbours_loaded: bool = False
 ) -> dict[str, int]:
-    """The same comparison as recon.classify, with pandas merges (one day; the
+    """The same comparison as tally.core.eod, with pandas merges (one day; the
     neighbouring statements are not loaded in this benchmark)."""
     import numpy as np
     import pandas as pd

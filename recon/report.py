@@ -23,7 +23,7 @@ from the database escaped. Sections:
 
 It prints on A4 portrait (`@page`), no chart split across pages (`break-inside:
 avoid`; a chart is at most 640 px wide, within the page's 186 mm); the tests open
-it in headless Chromium (tests/test_report_browser.py).
+it in headless Chromium (tests/recon/test_report_browser.py).
 
 `build(db, day, now_ms)` reads everything (SQL), `render(data)` is pure.
 """
@@ -40,8 +40,8 @@ from typing import Any
 from recon.settle import MerchantSettlement, Settlement, settle
 from sinks.backend import Backend
 from sinks.queries import money
-from tally.events import iso_ms
-from tally.money import format_minor
+from tally.core.events import iso_ms
+from tally.core.money import format_minor
 
 __all__ = [
     "AGING_BUCKETS",

@@ -2,7 +2,7 @@
 
 The comparison is one `INSERT ... SELECT` (no per-row Python), written for both
 backends: ClickHouse 18.16 (no window functions, no CTEs over subqueries) and chDB
-26.x. It is the SQL twin of `recon.classify.classify` (the reference; a property test
+26.x. It is the SQL twin of `tally.core.eod.classify` (the reference; a property test
 keeps them in agreement), so read that module for the rules. Shape of the query:
 
 1. ledger items of D (`order_states FINAL`, filtered after FINAL);
@@ -30,7 +30,8 @@ from datetime import date, timedelta
 from decimal import Decimal
 from typing import Any
 
-from recon.classify import (
+from sinks.backend import Backend
+from tally.core.eod import (
     CLASSES,
     Day,
     LedgerOrder,
@@ -38,9 +39,8 @@ from recon.classify import (
     carried_ledger_detail,
     carried_statement_detail,
 )
-from recon.matching import Decision, Decisions, Group, Link, Rules, find_links
-from sinks.backend import Backend
-from tally.policy import ChannelPolicy
+from tally.core.matching import Decision, Decisions, Group, Link, Rules, find_links
+from tally.core.policy import ChannelPolicy
 
 RUN_COLUMNS = (
     "run_id",
@@ -248,7 +248,7 @@ def _resolved(links: bool) -> str:
 
 def _ledger_with_excess() -> str:
     """Ledger items of D, each refund flagged (lexcess: its payment) when our refunds
-    of its payment up to D exceed the payment (`recon.matching.refund_excess`)."""
+    of its payment up to D exceed the payment (`tally.core.matching.refund_excess`)."""
     excess = (
         "SELECT orig AS lorig, toUInt8(1) AS xflag FROM (SELECT if(type = 'refund', "
         "ifNull(original_txn_id, ''), txn_id) AS orig, type AS t, "
@@ -266,7 +266,7 @@ def _ledger_with_excess() -> str:
 
 def classify_sql(prev_loaded: bool, next_loaded: bool, links: bool = False) -> str:
     """INSERT ... SELECT of every item of (C, D) into recon_results. `links`: the
-    query takes the run's links (`recon.matching.find_links`) as array parameters."""
+    query takes the run's links (`tally.core.matching.find_links`) as array parameters."""
     ledger = _ledger("d")
     lines = _lines("d", "n_d")
     lcarry = (
@@ -556,7 +556,7 @@ def latest_run(db: Backend, channel: str, day: date) -> str | None:
 def _residue(
     db: Backend, params: dict[str, Any], rules: Rules
 ) -> tuple[list[StatementLine], list[LedgerOrder], list[Group]]:
-    """`recon.classify.residue` in ClickHouse: the lines no id resolves, the items no
+    """`tally.core.eod.residue` in ClickHouse: the lines no id resolves, the items no
     line resolves to, the shared channel txn ids (small sets on a real day)."""
     resolved = _resolved(False)
     line_cols = "line_no, stxn, sctid, skind, sstatus, scur, samt, sfee_known, sfee, sat, sraw, rk0"

@@ -18,7 +18,7 @@ items are shown apart and never paid):
 
 All figures are positive numbers from the merchant's side: `net` is what we owe it.
 They are the negated confirmed balance of the account `merchant:<id>` restricted to
-the postings of business date D (tally/clearing.py: a payment posts gross -A and fee
+the postings of business date D (tally/core/ledger.py: a payment posts gross -A and fee
 +F to the merchant, a refund posts refund +R; the coupon leg +C sits on
 `coupon:<channel>`, not on the merchant), so
 
@@ -45,7 +45,7 @@ from decimal import Decimal
 from typing import Any
 
 from sinks.backend import Backend
-from tally.money import exponent, format_minor
+from tally.core.money import exponent, format_minor
 
 __all__ = [
     "MerchantSettlement",

@@ -2,8 +2,8 @@
 
 `simulate_day(sim_config, policies, anomalies)`:
 
-1. generates the day's traffic (`tally.simulate.generate`) and runs the pure stream
-   topology over it (`tally.pipeline.LocalPipeline`): the order states, breaks,
+1. generates the day's traffic (`tally.sim.traffic.generate`) and runs the pure stream
+   topology over it (`tally.core.pipeline.LocalPipeline`): the order states, breaks,
    postings and balances the stream would store in ClickHouse (`SimDay.rows()` gives
    them as the sink writes them, `SimDay.store(db)` inserts them);
 2. derives each channel's **truthful statement** for each business day, what the
@@ -57,14 +57,14 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
-from tally.clearing import BalanceBook
-from tally.events import iso_ms
-from tally.money import format_minor, to_decimal
-from tally.orders import SUCCESS_LIKE, Evidence, OrderState, view
-from tally.pipeline import LocalPipeline, partition_for
-from tally.policy import Policies
-from tally.simulate import SimConfig, Simulation, generate
-from tally.snapshots import balance_snapshot, order_snapshot
+from tally.core.events import iso_ms
+from tally.core.ledger import BalanceBook
+from tally.core.messages import balance_snapshot, order_snapshot
+from tally.core.money import format_minor, to_decimal
+from tally.core.orders import SUCCESS_LIKE, Evidence, OrderState, view
+from tally.core.pipeline import LocalPipeline, partition_for
+from tally.core.policy import Policies
+from tally.sim.traffic import SimConfig, Simulation, generate
 
 __all__ = [
     "CLASSES",

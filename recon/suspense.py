@@ -27,8 +27,8 @@ from datetime import date
 from decimal import Decimal
 from typing import Any
 
-from recon.classify import BREAK_CLASSES, Result, at_risk
 from sinks.backend import Backend
+from tally.core.eod import BREAK_CLASSES, Result, at_risk
 
 WRITE_OFFS = ("refunded", "channel_confirmed", "loss_accepted", "linked")
 CLEARED = "cleared_by_rerun"
@@ -607,7 +607,7 @@ def resolve(
 
 
 def _iso(ms: int) -> str:
-    from tally.events import iso_ms
+    from tally.core.events import iso_ms
 
     return iso_ms(ms)
 

@@ -15,9 +15,9 @@ from decimal import Decimal
 from typing import Any
 
 from sinks.backend import Backend
-from tally.clearing import BUCKETS, COMPONENTS
-from tally.events import iso_ms
-from tally.money import MoneyError, exponent
+from tally.core.events import iso_ms
+from tally.core.ledger import BUCKETS, COMPONENTS
+from tally.core.money import MoneyError, exponent
 
 
 def money(amount: Decimal | None, currency: str | None) -> str | None:

@@ -40,11 +40,11 @@ from sinks.schema import migrate
 from streams import codecs
 from streams.broker import ensure_topics
 from streams.offsets import log_ends
-from tally.breaks import ChannelTxnClaim
-from tally.clearing import Balance
 from tally.config import Settings
-from tally.orders import OrderState
-from tally.pipeline import partition_for
+from tally.core.breaks import ChannelTxnClaim
+from tally.core.ledger import Balance
+from tally.core.orders import OrderState
+from tally.core.pipeline import partition_for
 
 log = logging.getLogger("tally.sinks")
 

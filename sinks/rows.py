@@ -15,11 +15,11 @@ from datetime import date
 from decimal import Decimal
 from typing import Any
 
-from tally.breaks import evidence_trail
-from tally.clearing import BUCKETS, COMPONENTS
-from tally.events import parse_timestamp
-from tally.money import to_decimal
-from tally.orders import OrderState
+from tally.core.breaks import evidence_trail
+from tally.core.events import parse_timestamp
+from tally.core.ledger import BUCKETS, COMPONENTS
+from tally.core.money import to_decimal
+from tally.core.orders import OrderState
 
 Row = tuple[Any, ...]
 
@@ -64,7 +64,7 @@ class Table:
 
 
 def _order_evidence(d: dict[str, Any]) -> list[dict[str, Any]]:
-    """The `evidence` column: the order's evidence trail (`tally.breaks.evidence_trail`).
+    """The `evidence` column: the order's evidence trail (`tally.core.breaks.evidence_trail`).
     A snapshot carries it only inside `state` (the full `OrderState`); one published
     before that carries it as `evidence` too, stored as it is."""
     if "evidence" in d:

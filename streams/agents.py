@@ -38,16 +38,16 @@ from faust.types import TP
 from streams.checkpoint import dumps
 from streams.offsets import first_offset_from
 from streams.positions import Admit, InputPositions
-from tally.clearing import Balance, balance_key, balances_from_positions
-from tally.events import (
+from tally.core.events import (
     DeadLetter,
     InvalidEvent,
     parse_callback,
     parse_transaction,
 )
-from tally.orders import view
-from tally.pipeline import partition_for
-from tally.realtime import Outputs, ReversalLink, SuccessClaim
+from tally.core.ledger import Balance, balance_key, balances_from_positions
+from tally.core.orders import view
+from tally.core.pipeline import partition_for
+from tally.core.realtime import Outputs, ReversalLink, SuccessClaim
 
 if TYPE_CHECKING:
     from streams.app import Tally

@@ -3,8 +3,8 @@
     create_app(settings) -> Tally
 
 Nothing happens at import time. The agents are thin: they parse, call the pure
-domain core (`tally.realtime.Reconciler`, `tally.clearing.Balance`,
-`tally.realtime.ChannelTxnIndex`) and send what it returns.
+domain core (`tally.core.realtime.Reconciler`, `tally.core.ledger.Balance`,
+`tally.core.realtime.ChannelTxnIndex`) and send what it returns.
 
 Topology (all topics have `settings.partitions` partitions):
 
@@ -35,11 +35,11 @@ from faust.types import TP
 
 from streams import codecs
 from streams.checkpoint import Checkpoint, TableWriter, group_offsets
-from tally.clearing import Balance
 from tally.config import Settings
-from tally.orders import OrderState
-from tally.pipeline import partition_for
-from tally.realtime import ChannelTxnIndex, Reconciler
+from tally.core.ledger import Balance
+from tally.core.orders import OrderState
+from tally.core.pipeline import partition_for
+from tally.core.realtime import ChannelTxnIndex, Reconciler
 
 
 @dataclass

@@ -57,7 +57,7 @@ from streams.offsets import log_ends, read_to_end
 from streams.produce import produce
 from streams.worker import WorkerRunner, percentiles
 from tally.config import Settings
-from tally.pipeline import TRANSACTIONS, Envelope, LocalPipeline
+from tally.core.pipeline import TRANSACTIONS, Envelope, LocalPipeline
 
 log = logging.getLogger(__name__)
 

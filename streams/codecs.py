@@ -4,10 +4,10 @@ Two tables publish their changelog as an output topic, so that one record serves
 both the sink and a worker's recovery:
 
 - `orders` → `payments.order-states`: the order-state snapshot
-  (`tally.snapshots.order_snapshot`: what the sink stores, with the full state in
+  (`tally.core.messages.order_snapshot`: what the sink stores, with the full state in
   `state`), plus the order's outbox (`outbox`, `outbox_seq`) when it has one;
 - `balances` → `payments.balances`: the balance shard snapshot
-  (`tally.snapshots.balance_snapshot`).
+  (`tally.core.messages.balance_snapshot`).
 
 Their keys are the plain text key (a txn id, `<account>|<currency>|<partition>`).
 The other two tables (`watermarks`, `channel-txn-claims`) keep Faust's changelog
@@ -25,11 +25,11 @@ from typing import Any
 import orjson
 from faust.serializers import codecs
 
-from tally.breaks import ChannelTxnClaim
-from tally.clearing import Balance
-from tally.orders import OrderState, view
-from tally.policy import Policies
-from tally.snapshots import balance_snapshot, order_snapshot
+from tally.core.breaks import ChannelTxnClaim
+from tally.core.ledger import Balance
+from tally.core.messages import balance_snapshot, order_snapshot
+from tally.core.orders import OrderState, view
+from tally.core.policy import Policies
 
 Encoder = Callable[[Any, Any, int], bytes]  # (key, value, partition) -> record value
 

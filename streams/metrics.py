@@ -52,15 +52,15 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from tally.breaks import BreakKind, break_id
-from tally.money import to_decimal
+from tally.core.breaks import BreakKind, break_id
+from tally.core.money import to_decimal
 
 if TYPE_CHECKING:
     from streams.app import Tally
-    from tally.breaks import Break
-    from tally.clearing import Balance, Posting
-    from tally.orders import OrderState, OrderView
-    from tally.policy import ChannelPolicy
+    from tally.core.breaks import Break
+    from tally.core.ledger import Balance, Posting
+    from tally.core.orders import OrderState, OrderView
+    from tally.core.policy import ChannelPolicy
 
 log = logging.getLogger(__name__)
 
@@ -512,7 +512,7 @@ class WorkerMetrics:
 
     def _rebuild(self) -> None:
         """After an assignment change: open orders and channel balances from the tables."""
-        from tally.orders import view
+        from tally.core.orders import view
 
         t = self.tally
         self._open.clear()

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Iterable
 
 from aiokafka import AIOKafkaProducer
 
-from tally.pipeline import Envelope
+from tally.core.pipeline import Envelope
 
 
 async def produce(

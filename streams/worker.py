@@ -22,7 +22,7 @@ from faust.types import TP
 
 from streams.app import Tally
 from streams.broker import ensure_topics
-from tally.clearing import BalanceBook, Posting
+from tally.core.ledger import BalanceBook, Posting
 
 log = logging.getLogger(__name__)
 

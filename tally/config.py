@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from tally.policy import ChannelPolicy, Policies
+from tally.core.policy import ChannelPolicy, Policies
 
 
 class Settings(BaseSettings):

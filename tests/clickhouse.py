@@ -395,7 +395,7 @@ async def expected_results(settings: Any) -> dict[str, Any]:
     """What ClickHouse must hold, computed from the output topics (each id once)."""
     from sinks.rows import order_version
     from streams.app import account_balances
-    from tally.clearing import Balance
+    from tally.core.ledger import Balance
 
     s = settings
     b = s.bootstrap_servers()

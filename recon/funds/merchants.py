@@ -31,7 +31,7 @@ from recon.funds.payouts import (
 from recon.funds.store import _in_force, latest_run, park, store_run
 from recon.settle import settle, to_minor_units
 from sinks.backend import Backend
-from tally.money import format_minor, to_decimal
+from tally.core.money import format_minor, to_decimal
 
 VERSION_COLUMNS = (
     "business_date",

@@ -43,7 +43,7 @@ from datetime import date
 
 from recon.settle import MerchantSettlement
 from recon.statements.model import StatementError
-from tally.money import MoneyError, format_minor, to_minor
+from tally.core.money import MoneyError, format_minor, to_minor
 
 CLASSES = (
     "payout_matched",

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from decimal import Decimal
 
-from tally.policy import ChannelPolicy
+from tally.core.policy import ChannelPolicy
 
 CLASSES = (
     "settled",

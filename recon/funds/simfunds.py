@@ -52,10 +52,10 @@ from recon.funds.settlement import (
 )
 from recon.settle import SettleItem, settlement
 from recon.simday import SimDay, _last_time
-from tally.money import to_decimal, to_minor
-from tally.orders import view
-from tally.policy import Policies
-from tally.snapshots import order_snapshot
+from tally.core.messages import order_snapshot
+from tally.core.money import to_decimal, to_minor
+from tally.core.orders import view
+from tally.core.policy import Policies
 
 ACCOUNT = "6222021001112223334"
 OPENING = Decimal("5000000.00")

@@ -34,7 +34,7 @@ from recon.funds.settlement import (
     reconcile,
 )
 from sinks.backend import Backend
-from tally.policy import Policies
+from tally.core.policy import Policies
 
 VERSION_COLUMNS = (
     "account",

@@ -9,7 +9,7 @@ from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
 
 from recon.statements.model import StatementError
-from tally.money import EXPONENTS
+from tally.core.money import EXPONENTS
 
 # China Standard Time has had no daylight saving since 1991: a fixed offset is exact
 # and much faster than zoneinfo for a million lines.

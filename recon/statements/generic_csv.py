@@ -17,7 +17,7 @@ from decimal import Decimal
 
 from recon.statements import fields as F
 from recon.statements.model import KINDS, STATUSES, Statement, StatementLine, Totals
-from tally.events import InvalidEvent, parse_timestamp
+from tally.core.events import InvalidEvent, parse_timestamp
 
 FORMAT = "csv"
 TIME_FIELD = "occurred_at"

@@ -49,8 +49,8 @@ from recon.statements.model import (
 )
 from sinks.backend import Backend
 from tally.config import Settings
-from tally.money import EXPONENTS
-from tally.policy import ChannelPolicy
+from tally.core.money import EXPONENTS
+from tally.core.policy import ChannelPolicy
 
 LINE_COLUMNS = (
     "channel_id",

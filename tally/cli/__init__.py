@@ -1,0 +1,3 @@
+from tally.cli.main import main
+
+__all__ = ["main"]

@@ -1,0 +1,259 @@
+"""Merchant settlement (清分): the pure arithmetic, and on a simulated day stored in
+ClickHouse (chDB and clickhouse-server) the figures equal the stream's confirmed
+merchant postings of the day, the pure pipeline's postings and balances, and the
+payments under open suspense entries are held back."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Iterator
+from datetime import date, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+from click.testing import CliRunner
+
+from recon.settle import (
+    SettleItem,
+    disagreements,
+    posted_totals,
+    read_items,
+    settle,
+    settlement,
+    totals,
+)
+from recon.simday import SimDay, StatementAnomalies, simulate_day
+from tally.config import Settings
+from tally.core.ledger import split_leg
+from tally.core.orders import Standing, view
+from tally.sim.traffic import SimConfig
+from tests.clickhouse import connect_to, drop_database, env_of, storage_values
+
+pytest_plugins = ("tests.clickhouse",)
+
+TZ = ZoneInfo("Asia/Shanghai")
+NOW_MS = int(datetime(2026, 3, 3, 9, 0, tzinfo=TZ).timestamp() * 1000)
+
+
+# ------------------------------------------------------------------ pure
+
+
+def test_settlement_arithmetic_and_hold_back() -> None:
+    items = [
+        # 100.00 with a 10.00 platform coupon and a 0.54 fee (the channel collected 90.00)
+        SettleItem("p1", "m1", "wx", "CNY", "payment", 10000, coupon=1000, fee=54),
+        SettleItem("p2", "m1", "wx", "CNY", "payment", 5000, fee=30),
+        SettleItem("r1", "m1", "wx", "CNY", "refund", 2000),
+        SettleItem("p3", "m1", "wx", "JPY", "payment", 1500, fee=9),
+        SettleItem("p4", "m2", "up", "CNY", "payment", 700, fee=3),
+        SettleItem("r2", "m2", "up", "CNY", "refund", 100),
+    ]
+    rows = settlement(items, held={"p2", "r2", "unknown"})
+    by = {(r.merchant_id, r.currency): r for r in rows}
+    m1 = by[("m1", "CNY")]
+    assert (m1.payments, m1.refund_count) == (2, 1)
+    assert (m1.gross, m1.coupon_funding, m1.refunds, m1.fees) == (15000, 1000, 2000, 84)
+    assert m1.net == 15000 - 2000 - 84
+    # the held payment is not paid: its A - F
+    assert (m1.held_items, m1.held_amount, m1.payable) == (1, 4970, 12916 - 4970)
+    m2 = by[("m2", "CNY")]
+    # a refund under suspense stays deducted (the conservative side)
+    assert (m2.net, m2.held_items, m2.held_amount, m2.payable) == (597, 0, 0, 597)
+    jpy = by[("m1", "JPY")]
+    assert jpy.to_json()["net"] == "1491" and m1.to_json()["payable"] == "79.46"
+    t = {x.currency: x for x in totals(rows)}
+    assert t["CNY"].net == m1.net + m2.net and t["CNY"].held_amount == 4970
+    assert t["JPY"].gross == 1500
+    with pytest.raises(ValueError, match="payments and refunds"):
+        settlement([SettleItem("v1", "m1", "wx", "CNY", "reversal", 1)])
+
+
+def test_disagreements_name_the_merchant_and_figure() -> None:
+    rows = settlement([SettleItem("p1", "m1", "wx", "CNY", "payment", 1000, fee=6)])
+    same = {("m1", "CNY"): {"gross": 1000, "refund": 0, "fee": -6, "coupon": 0, "net": 994}}
+    assert disagreements(rows, same) == []
+    off = {("m1", "CNY"): {"gross": 1000, "refund": 0, "fee": -7, "coupon": 0, "net": 993}}
+    assert disagreements(rows, off) == [
+        "m1 CNY fees: settlement 6, postings 7",
+        "m1 CNY net: settlement 994, postings 993",
+    ]
+    other = {("m9", "USD"): {"gross": 5, "refund": 0, "fee": 0, "coupon": 0, "net": 5}}
+    assert "m9 USD gross: settlement 0, postings 5" in disagreements(rows, other)
+
+
+# ---------------------------------------------------------- on ClickHouse
+
+
+@pytest.fixture(scope="module")
+def day() -> SimDay:
+    cfg = SimConfig(
+        events=4000,
+        seed=23,
+        start=datetime(2026, 3, 1, 23, 52, tzinfo=TZ),
+        orders_per_second=2.0,
+        rates={"late_callback": 0.5},
+    )
+    return simulate_day(cfg, anomalies=StatementAnomalies(seed=2))
+
+
+def _pipeline_figures(day: SimDay, d: date) -> dict[tuple[str, str], dict[str, int]]:
+    """From the pure pipeline's postings: confirmed merchant legs of business date d,
+    merchant's side."""
+    out: dict[tuple[str, str], dict[str, int]] = defaultdict(
+        lambda: {"gross": 0, "refunds": 0, "fees": 0, "net": 0}
+    )
+    for p in day.pipeline.postings:
+        if p.business_date != d.isoformat():
+            continue
+        for k, v in p.legs.items():
+            account, bucket, component = split_leg(k)
+            if bucket != "confirmed" or not account.startswith("merchant:"):
+                continue
+            f = out[(account.split(":", 1)[1], p.currency)]
+            name = {"gross": "gross", "refund": "refunds", "fee": "fees"}[component]
+            f[name] += -v if component == "gross" else v
+            f["net"] -= v
+    return {k: v for k, v in out.items() if any(v.values())}
+
+
+@pytest.fixture()
+def stored(
+    backend_kind: str, request: pytest.FixtureRequest, day: SimDay
+) -> Iterator[dict[str, Any]]:
+    values = storage_values(request, backend_kind)
+    db = connect_to(values)
+    day.store(db)
+    db.close()
+    yield values
+    drop_database(values)
+
+
+@pytest.mark.clickhouse
+def test_settlement_equals_the_streams_postings_and_balances(
+    stored: dict[str, Any], day: SimDay
+) -> None:
+    db = connect_to(stored)
+    try:
+        dates = sorted({d for _, d in day.days})
+        all_days: dict[tuple[str, str], int] = defaultdict(int)
+        for d in dates:
+            s = settle(db, d)
+            assert s.disagreements == []
+            mine = {
+                (m.merchant_id, m.currency): {
+                    "gross": m.gross,
+                    "refunds": m.refunds,
+                    "fees": m.fees,
+                    "net": m.net,
+                }
+                for m in s.merchants
+            }
+            assert mine == _pipeline_figures(day, d)
+            posted = posted_totals(db, d)
+            # a merchant whose confirmed legs of the day net to zero (a sale confirmed,
+            # then reversed) has no settlement line
+            assert {k: v["net"] for k, v in posted.items() if any(v.values())} == {
+                k: v["net"] for k, v in mine.items()
+            }
+            # coupon funding: the platform-funded part of the confirmed payments
+            coupons: dict[str, int] = defaultdict(int)
+            for o in day.pipeline.orders.values():
+                if o.known and o.type == "payment" and o.business_date == d.isoformat():
+                    v = view(o, day.policies[o.channel_id or ""])
+                    if v.standing is Standing.CONFIRMED:
+                        assert o.currency is not None
+                        coupons[o.currency] += o.coupon_amount
+            assert {t.currency: t.coupon_funding for t in s.totals} == {
+                c: coupons.get(c, 0) for c in {t.currency for t in s.totals}
+            }
+            for m in s.merchants:
+                all_days[(m.merchant_id, m.currency)] += m.net
+        # every posting has a business date: the days add up to the balances
+        book = {
+            (b.owner, b.currency): -b.total("confirmed")
+            for b in day.pipeline.book.balances.values()
+            if b.kind == "merchant" and b.total("confirmed")
+        }
+        assert {k: v for k, v in all_days.items() if v} == book
+        # one channel only: the sum over channels is the whole
+        d = dates[0]
+        per_channel = sum(
+            t.net for ch in sorted({c for c, _ in day.days}) for t in settle(db, d, ch).totals
+        )
+        assert per_channel == sum(t.net for t in settle(db, d).totals)
+    finally:
+        db.close()
+
+
+@pytest.mark.clickhouse
+def test_payments_under_open_suspense_are_held_back(
+    request: pytest.FixtureRequest, day: SimDay
+) -> None:
+    from recon.run import run
+    from recon.statements.load import load_file
+    from recon.suspense import open_entries
+
+    values = storage_values(request, "chdb")
+    db = connect_to(values)
+    try:
+        day.store(db)
+        settings = Settings(_env_file=None, **values)  # type: ignore[call-arg]
+        for ch, d, name, data in day.files("csv"):
+            load_file(db, settings, data, channel=ch, file_name=name, fmt="csv", day=d)
+        for ch, d in day.days:
+            run(db, ch, d, day.policies[ch], now_ms=NOW_MS)
+        open_txn = {e.txn_id or e.channel_txn_id for e in open_entries(db)}
+        broken = {
+            k[2] for k, c in day.expected.items() if c not in ("matched", "carried")
+        }  # end-of-day breaks: open entries now
+        assert broken <= open_txn
+        held_total = 0
+        for d in sorted({d for _, d in day.days}):
+            s = settle(db, d)
+            assert s.disagreements == []
+            items = {i.txn_id: i for i in read_items(db, d)}
+            want = {t for t, i in items.items() if i.kind == "payment" and t in open_txn}
+            got = {t for m in s.merchants for t in m.held_txn_ids}
+            assert got == want
+            # every injected missing line / changed amount on a confirmed payment is held
+            for (_, dd, key), cause in day.injected.items():
+                if (
+                    dd == d.isoformat()
+                    and cause in ("missing_line", "changed_amount")
+                    and key in items
+                    and items[key].kind == "payment"
+                ):
+                    assert key in got, (key, cause)
+            for m in s.merchants:
+                held = [items[t] for t in m.held_txn_ids]
+                assert m.held_amount == sum(i.amount - i.fee for i in held)
+                assert m.payable == m.net - m.held_amount
+            held_total += sum(t.held_items for t in s.totals)
+        assert held_total > 0
+
+        # the command line: the same figures
+        env = env_of(values)
+        d = sorted({d for _, d in day.days})[0]
+        from tally.cli import main
+
+        res = CliRunner().invoke(
+            main, ["settle", "--date", d.isoformat(), "--format", "json"], env=env
+        )
+        assert res.exit_code == 0, res.output
+        doc = json.loads(res.output)
+        s = settle(db, d)
+        assert doc["agrees_with_postings"] is True
+        assert doc["totals"] == [t.to_json() for t in s.totals]
+        assert len(doc["merchants"]) == len(s.merchants)
+        table = CliRunner().invoke(main, ["settle", "--date", d.isoformat()], env=env)
+        assert table.exit_code == 0 and "TOTAL" in table.output
+        csv_out = CliRunner().invoke(
+            main, ["settle", "--date", d.isoformat(), "--format", "csv"], env=env
+        )
+        assert csv_out.output.splitlines()[0].startswith("merchant_id,currency,payments")
+        assert len(csv_out.output.splitlines()) == len(s.merchants) + 1
+    finally:
+        db.close()
+        drop_database(values)
