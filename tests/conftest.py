@@ -11,6 +11,10 @@ import pytest
 
 from streams.broker import EmbeddedBroker
 
+# the ClickHouse fixtures (backend, backend_kind, storage, clickhouse_server, chdb_dir),
+# registered once for every test module
+pytest_plugins = ("tests.clickhouse",)
+
 
 def free_port() -> int:
     with socket.socket() as s:

@@ -27,7 +27,7 @@ from tally.core.matching import (
     score,
     tokens,
 )
-from tests.clickhouse import backend_kind, connect_to, env_of, storage  # noqa: F401
+from tests.clickhouse import connect_to, env_of
 from tests.recon.test_run import CTX, DAY, PREV, insert_orders, insert_statement, line, order
 
 T0 = CTX.end_cutoff_ms - 5 * 3600_000  # the time of the helpers' orders and lines
@@ -132,7 +132,7 @@ def _results(env: dict[str, str], channel: str, day: str = DAY.isoformat()) -> d
     return {x["item_key"]: x for x in json.loads(r.stdout)}
 
 
-def test_cli_every_matching_case(storage: dict[str, Any]) -> None:  # noqa: F811
+def test_cli_every_matching_case(storage: dict[str, Any]) -> None:
     db = connect_to(storage)
     migrate(db)
     base = {"cutoff": "23:00", "carry_window_seconds": 180}

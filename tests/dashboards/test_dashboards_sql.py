@@ -37,7 +37,6 @@ from tally.core.orders import view
 from tally.core.pipeline import LocalPipeline
 from tally.core.policy import Policies
 from tally.sim.traffic import SimConfig, generate
-from tests.clickhouse import backend, backend_kind, storage  # noqa: F401
 
 START = datetime(2026, 11, 24, 15, 40, tzinfo=UTC)  # 23:40 in Shanghai: crosses the cutoff
 FROM = START - timedelta(hours=1)
@@ -403,7 +402,7 @@ def test_every_clickhouse_panel_declares_its_columns() -> None:
 
 
 @pytest.mark.clickhouse
-def test_every_clickhouse_query_runs_on_a_seeded_day(backend: Any) -> None:  # noqa: F811
+def test_every_clickhouse_query_runs_on_a_seeded_day(backend: Any) -> None:
     seeded = seed(backend)
     pick_all: dict[str, list[str] | None] = {"channel": None, "merchant": None, "currency": ["CNY"]}
     pick_one: dict[str, list[str] | None] = {

@@ -27,7 +27,7 @@ from sinks import rows as rows_
 from sinks.backend import Backend
 from sinks.schema import migrate
 from tally.cli import main
-from tests.clickhouse import backend, backend_kind, connect_to, env_of, storage  # noqa: F401
+from tests.clickhouse import connect_to, env_of
 from tests.recon.test_run import DAY, POLICY
 from tests.recon.test_suspense import NOW, realtime_break, scenario
 
@@ -182,7 +182,7 @@ def _snapshot(db: Backend) -> tuple[Any, ...]:
     )
 
 
-def test_export_edit_resolve_through_the_cli(storage: dict[str, Any], tmp_path: Any) -> None:  # noqa: F811
+def test_export_edit_resolve_through_the_cli(storage: dict[str, Any], tmp_path: Any) -> None:
     db = connect_to(storage)
     migrate(db)
     scenario(db)  # end of day: C amount_mismatch, H short, F long
@@ -288,7 +288,7 @@ class Counting:
         self.db.insert(table, columns, rows)
 
 
-def test_a_thousand_resolutions_in_one_insert(storage: dict[str, Any], tmp_path: Any) -> None:  # noqa: F811
+def test_a_thousand_resolutions_in_one_insert(storage: dict[str, Any], tmp_path: Any) -> None:
     db = connect_to(storage)
     migrate(db)
     docs = [

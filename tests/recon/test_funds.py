@@ -30,7 +30,7 @@ from recon.statements import write as write_statement
 from recon.statements.model import Statement, StatementError, StatementLine
 from tally.cli import main
 from tally.core.policy import ChannelPolicy
-from tests.clickhouse import backend_kind, connect_to, env_of, storage  # noqa: F401
+from tests.clickhouse import connect_to, env_of
 
 pytest_plugins = ("tests.clickhouse",)
 
@@ -307,7 +307,7 @@ def _classes(env: dict[str, str], day: date) -> dict[str, Any]:
     return out
 
 
-def test_cli_simulated_week(storage: dict[str, Any], tmp_path: Path) -> None:  # noqa: F811
+def test_cli_simulated_week(storage: dict[str, Any], tmp_path: Path) -> None:
     env = {**env_of(storage), "TALLY_CHANNELS": json.dumps(CHANNELS)}
     week = [MON + timedelta(days=i) for i in range(7)]
     # channel statements: wechat nets 1000 + 10 * i - 6, alipay (fees invoiced) 500 + i

@@ -20,7 +20,7 @@ from recon.funds.simfunds import FundsSim, simulate_funds
 from recon.simday import SimDay, simulate_day
 from tally.cli import main
 from tally.sim.traffic import SimConfig
-from tests.clickhouse import backend_kind, connect_to, env_of, storage  # noqa: F401
+from tests.clickhouse import connect_to, env_of
 
 pytest_plugins = ("tests.clickhouse",)
 
@@ -70,7 +70,7 @@ def _cli(env: dict[str, str], *args: str) -> Any:
 
 @pytest.mark.clickhouse
 def test_simulated_funds_end_to_end(
-    storage: dict[str, Any],  # noqa: F811
+    storage: dict[str, Any],
     sim: SimDay,
     funds: FundsSim,
     tmp_path: Path,

@@ -34,7 +34,7 @@ from tally.cli import main
 from tally.config import Settings
 from tally.core.money import to_decimal
 from tally.sim.traffic import SimConfig
-from tests.clickhouse import backend_kind, connect_to, env_of, storage  # noqa: F401
+from tests.clickhouse import connect_to, env_of
 
 pytest_plugins = ("tests.clickhouse",)
 
@@ -190,7 +190,7 @@ def _run(env: dict[str, str], d: date, *extra: str) -> dict[str, Any]:
 
 @pytest.mark.clickhouse
 def test_cli_payouts_simulated_day(
-    storage: dict[str, Any],  # noqa: F811
+    storage: dict[str, Any],
     sim: SimDay,
     tmp_path: Path,
 ) -> None:

@@ -24,7 +24,7 @@ from tally.cli import main
 from tally.core.eod import LedgerOrder, Result, StatementLine, classify
 from tally.core.matching import Rules
 from tally.core.policy import ChannelPolicy
-from tests.clickhouse import backend, backend_kind, connect_to, env_of, storage  # noqa: F401
+from tests.clickhouse import connect_to, env_of
 
 pytestmark = pytest.mark.clickhouse
 
@@ -188,7 +188,7 @@ def line(no: int, txn: str, **kw: Any) -> StatementLine:
 
 
 @pytest.fixture()
-def db(backend: Backend) -> Backend:  # noqa: F811
+def db(backend: Backend) -> Backend:
     migrate(backend)
     return backend
 
@@ -496,7 +496,7 @@ def test_no_statement_is_refused(db: Backend) -> None:
     assert R.channels_of(db, DAY) == ["x"]
 
 
-def test_cli_recon_run(storage: dict[str, Any]) -> None:  # noqa: F811
+def test_cli_recon_run(storage: dict[str, Any]) -> None:
     db = connect_to(storage)
     migrate(db)
     _day_scenario(db, "up")

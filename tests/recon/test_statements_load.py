@@ -28,7 +28,7 @@ from recon.statements.load import (
 from sinks.backend import Backend
 from sinks.schema import migrate
 from tally.config import Settings
-from tests.clickhouse import backend, backend_kind, env_of, storage  # noqa: F401
+from tests.clickhouse import env_of
 
 pytestmark = pytest.mark.clickhouse
 DATA = Path(__file__).parents[1] / "data" / "statements"
@@ -70,13 +70,13 @@ def wechat_file(*lines: StatementLine) -> bytes:
 
 
 @pytest.fixture()
-def db(backend: Backend) -> Backend:  # noqa: F811
+def db(backend: Backend) -> Backend:
     migrate(backend)
     return backend
 
 
 @pytest.fixture()
-def settings(storage: dict[str, Any]) -> Settings:  # noqa: F811
+def settings(storage: dict[str, Any]) -> Settings:
     return Settings(_env_file=None, **storage)  # type: ignore[call-arg]
 
 
@@ -272,7 +272,7 @@ def test_carry_window_near_the_cutoff(db: Backend, settings: Settings) -> None:
     assert counts(db) == (3, 1)
 
 
-def test_channel_cutoff_decides_the_business_day(db: Backend, storage: dict[str, Any]) -> None:  # noqa: F811
+def test_channel_cutoff_decides_the_business_day(db: Backend, storage: dict[str, Any]) -> None:
     s = Settings(_env_file=None, channels={"unionpay": {"cutoff": "23:00"}}, **storage)  # type: ignore[call-arg]
     late = wechat_file(pay("P1", "WX1", at="2026-11-23T23:30:00+08:00"))  # UnionPay's 24th
     assert load(db, s, late, "wechat-2026-11-24.csv", channel="unionpay").business_date == DAY
@@ -371,7 +371,7 @@ def cli(env: dict[str, str], *args: str) -> Any:
     return CliRunner().invoke(main, list(args), env=env, catch_exceptions=False)
 
 
-def test_cli_load_and_list(storage: dict[str, Any], tmp_path: Path) -> None:  # noqa: F811
+def test_cli_load_and_list(storage: dict[str, Any], tmp_path: Path) -> None:
     env = env_of(storage)
     f = DATA / "bank-camt053-2026-11-24.xml"
     r = cli(env, "statements", "load", str(f), "--channel", "icbc", "--by", "ops")
@@ -409,7 +409,7 @@ def test_cli_load_and_list(storage: dict[str, Any], tmp_path: Path) -> None:  # 
     )
 
 
-def test_cli_rejects_with_line_and_field(storage: dict[str, Any], tmp_path: Path) -> None:  # noqa: F811
+def test_cli_rejects_with_line_and_field(storage: dict[str, Any], tmp_path: Path) -> None:
     env = env_of(storage)
     bad = tmp_path / "wechat-2026-11-24.csv"
     bad.write_bytes((DATA / "wechat-2026-11-24.csv").read_bytes().replace(b"`0.27,", b"`abc,"))

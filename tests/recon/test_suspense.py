@@ -18,7 +18,7 @@ from sinks import rows as rows_
 from sinks.backend import Backend
 from sinks.schema import migrate
 from tally.cli import main
-from tests.clickhouse import backend, backend_kind, connect_to, env_of, storage  # noqa: F401
+from tests.clickhouse import connect_to, env_of
 from tests.recon.test_run import CTX, DAY, POLICY, insert_orders, insert_statement, line, order
 
 pytestmark = pytest.mark.clickhouse
@@ -28,7 +28,7 @@ HOUR = 3600_000
 
 
 @pytest.fixture()
-def db(backend: Backend) -> Backend:  # noqa: F811
+def db(backend: Backend) -> Backend:
     migrate(backend)
     return backend
 
@@ -203,7 +203,7 @@ def test_rerun_clears_and_reopens_and_posts_to_today(db: Backend) -> None:
     assert {o.channel_txn_id for o in S.open_entries(db, day=today, now_ms=later)} == {"Q9"}
 
 
-def test_cli_suspense_resolve_history(storage: dict[str, Any]) -> None:  # noqa: F811
+def test_cli_suspense_resolve_history(storage: dict[str, Any]) -> None:
     db = connect_to(storage)
     migrate(db)
     scenario(db)
