@@ -70,30 +70,6 @@ def open_keys(db: Backend, **kw: Any) -> dict[str, tuple[str, ...]]:
     return {e.txn_id: e.kinds for e in S.open_entries(db, now_ms=NOW, **kw)}
 
 
-# ------------------------------------------------------------------- pure
-
-
-def test_attach_and_state_are_pure() -> None:
-    ev = S.Evidence("up", "X", "X", "", "m1", "short", "b1", "CNY", D("5"), DAY)
-    e = S.attach(None, ev, 1)
-    assert e.version == 1 and e.kinds == ("short",) and e.entry_id == S.entry_id("up", "X")
-    assert S.attach(e, ev, 2) is e  # nothing new
-    e2 = S.attach(
-        e, S.Evidence("up", "X", "X", "CX", "", "amount_mismatch", "b2", "", D(7), DAY), 3
-    )
-    assert e2.version == 2 and e2.kinds == ("amount_mismatch", "short") and e2.amount == D(7)
-    assert e2.channel_txn_id == "CX" and e2.merchant_id == "m1" and e2.updated_at_ms == 3
-    assert S.state([]).open
-
-    def act(name: str, at: int) -> S.Action:
-        return S.Action(f"a{at}", e.entry_id, name, "r", "me", "", at)
-
-    assert not S.state([act("refunded", 1)]).open
-    assert S.state([act(S.CLEARED, 1), act(S.REOPENED, 2)]).open
-    st = S.state([act(S.REOPENED, 3), act(S.CLEARED, 1), act("loss_accepted", 4)])
-    assert not st.open and st.closed_by is not None and st.closed_by.action == "loss_accepted"
-
-
 # -------------------------------------------------------------- ClickHouse
 
 
