@@ -1,7 +1,7 @@
-"""Merchant settlement (清分): the pure arithmetic, and on a simulated day stored in
-ClickHouse (chDB and clickhouse-server) the figures equal the stream's confirmed
-merchant postings of the day, the pure pipeline's postings and balances, and the
-payments under open suspense entries are held back."""
+"""Merchant settlement (清分) on a simulated day stored in ClickHouse (chDB and
+clickhouse-server): the figures equal the stream's confirmed merchant postings of the
+day, the pure pipeline's postings and balances, and the payments under open suspense
+entries are held back. The arithmetic alone: tests/core/test_clearing.py."""
 
 from __future__ import annotations
 
@@ -15,15 +15,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from click.testing import CliRunner
 
-from recon.settle import (
-    SettleItem,
-    disagreements,
-    posted_totals,
-    read_items,
-    settle,
-    settlement,
-    totals,
-)
+from recon.settle import posted_totals, read_items, settle
 from recon.simday import SimDay, StatementAnomalies, simulate_day
 from tally.config import Settings
 from tally.core.ledger import split_leg
@@ -35,52 +27,6 @@ pytest_plugins = ("tests.clickhouse",)
 
 TZ = ZoneInfo("Asia/Shanghai")
 NOW_MS = int(datetime(2026, 3, 3, 9, 0, tzinfo=TZ).timestamp() * 1000)
-
-
-# ------------------------------------------------------------------ pure
-
-
-def test_settlement_arithmetic_and_hold_back() -> None:
-    items = [
-        # 100.00 with a 10.00 platform coupon and a 0.54 fee (the channel collected 90.00)
-        SettleItem("p1", "m1", "wx", "CNY", "payment", 10000, coupon=1000, fee=54),
-        SettleItem("p2", "m1", "wx", "CNY", "payment", 5000, fee=30),
-        SettleItem("r1", "m1", "wx", "CNY", "refund", 2000),
-        SettleItem("p3", "m1", "wx", "JPY", "payment", 1500, fee=9),
-        SettleItem("p4", "m2", "up", "CNY", "payment", 700, fee=3),
-        SettleItem("r2", "m2", "up", "CNY", "refund", 100),
-    ]
-    rows = settlement(items, held={"p2", "r2", "unknown"})
-    by = {(r.merchant_id, r.currency): r for r in rows}
-    m1 = by[("m1", "CNY")]
-    assert (m1.payments, m1.refund_count) == (2, 1)
-    assert (m1.gross, m1.coupon_funding, m1.refunds, m1.fees) == (15000, 1000, 2000, 84)
-    assert m1.net == 15000 - 2000 - 84
-    # the held payment is not paid: its A - F
-    assert (m1.held_items, m1.held_amount, m1.payable) == (1, 4970, 12916 - 4970)
-    m2 = by[("m2", "CNY")]
-    # a refund under suspense stays deducted (the conservative side)
-    assert (m2.net, m2.held_items, m2.held_amount, m2.payable) == (597, 0, 0, 597)
-    jpy = by[("m1", "JPY")]
-    assert jpy.to_json()["net"] == "1491" and m1.to_json()["payable"] == "79.46"
-    t = {x.currency: x for x in totals(rows)}
-    assert t["CNY"].net == m1.net + m2.net and t["CNY"].held_amount == 4970
-    assert t["JPY"].gross == 1500
-    with pytest.raises(ValueError, match="payments and refunds"):
-        settlement([SettleItem("v1", "m1", "wx", "CNY", "reversal", 1)])
-
-
-def test_disagreements_name_the_merchant_and_figure() -> None:
-    rows = settlement([SettleItem("p1", "m1", "wx", "CNY", "payment", 1000, fee=6)])
-    same = {("m1", "CNY"): {"gross": 1000, "refund": 0, "fee": -6, "coupon": 0, "net": 994}}
-    assert disagreements(rows, same) == []
-    off = {("m1", "CNY"): {"gross": 1000, "refund": 0, "fee": -7, "coupon": 0, "net": 993}}
-    assert disagreements(rows, off) == [
-        "m1 CNY fees: settlement 6, postings 7",
-        "m1 CNY net: settlement 994, postings 993",
-    ]
-    other = {("m9", "USD"): {"gross": 5, "refund": 0, "fee": 0, "coupon": 0, "net": 5}}
-    assert "m9 USD gross: settlement 0, postings 5" in disagreements(rows, other)
 
 
 # ---------------------------------------------------------- on ClickHouse
