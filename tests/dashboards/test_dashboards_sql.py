@@ -28,7 +28,8 @@ from dashboards import balances, eod, realtime
 from dashboards.build import DASHBOARDS, build, panels
 from dashboards.common import ClickHouseQuery, SqlVariable
 from recon.run import RESULT_COLUMNS, RUN_COLUMNS
-from recon.statements.load import LINE_COLUMNS, VERSION_COLUMNS
+from recon.statements.insert import LINE_COLUMNS
+from recon.statements.load import VERSION_COLUMNS
 from recon.suspense import ACTION_COLUMNS, ENTRY_COLUMNS
 from sinks import rows as R
 from sinks.schema import migrate
@@ -128,7 +129,7 @@ def seed(db: Any) -> dict[str, Any]:
     migrate(db)
     policies = Policies()
     sim = generate(SimConfig(events=3000, seed=11, start=START), policies)
-    p = LocalPipeline(policies, partitions=2)
+    p = LocalPipeline(policies, partitions=2, clock=lambda: 0)
     p.feed_all(sim.envelopes)
 
     def rows(table: R.Table, values: list[dict[str, Any]], partition: int = 0) -> None:

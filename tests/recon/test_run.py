@@ -17,7 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from recon import run as R
-from recon.statements.load import LINE_COLUMNS, VERSION_COLUMNS
+from recon.statements.insert import LINE_COLUMNS
+from recon.statements.load import VERSION_COLUMNS
 from sinks.backend import Backend
 from sinks.schema import migrate
 from tally.cli import main

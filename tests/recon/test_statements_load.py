@@ -15,16 +15,9 @@ import pytest
 from click.testing import CliRunner
 
 from recon.statements import Statement, StatementError, StatementLine, write
-from recon.statements.load import (
-    insert_lines,
-    insert_statement,
-    latest_version,
-    list_versions,
-    load_file,
-    read_statement,
-    store,
-    validate,
-)
+from recon.statements.checks import read_statement, validate
+from recon.statements.insert import insert_lines, insert_statement
+from recon.statements.load import latest_version, list_versions, load_file, store
 from sinks.backend import Backend
 from sinks.schema import migrate
 from tally.config import Settings
