@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
@@ -580,7 +581,10 @@ def simulate_day(
     anomalies = anomalies or StatementAnomalies(seed=config.seed)
     sim = generate(config, policies) if sim is None else sim
     pipe = LocalPipeline(
-        policies=policies, partitions=partitions, allowed_lateness_ms=config.allowed_lateness_ms
+        policies=policies,
+        partitions=partitions,
+        allowed_lateness_ms=config.allowed_lateness_ms,
+        clock=lambda: int(time.time() * 1000),
     )
     pipe.feed_all(sim.envelopes)
     orders = list(pipe.orders.values())

@@ -139,7 +139,7 @@ def now_iso() -> str:
 
 
 def bench_core(envelopes: list[Envelope], partitions: int = 4) -> BenchResult:
-    pipe = LocalPipeline(partitions=partitions)
+    pipe = LocalPipeline(partitions=partitions, clock=lambda: int(time.time() * 1000))
     raw = [(e.topic, e.key, e.value_bytes()) for e in envelopes]
     t0 = time.perf_counter()
     for topic, key, value in raw:

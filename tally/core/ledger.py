@@ -40,9 +40,10 @@ from typing import Any
 
 import msgspec
 
-from tally.core.events import iso_ms
+from tally.core.eventtime import iso_ms
 from tally.core.money import format_minor
 from tally.core.orders import STANDING_VALUE, OrderState, OrderView, Standing
+from tally.core.validation import parse_timestamp
 
 _NONE = Standing.NONE
 
@@ -186,8 +187,6 @@ class Posting(msgspec.Struct, gc=False):
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Posting:
-        from tally.core.events import parse_timestamp
-
         return cls(
             posting_id=d["posting_id"],
             txn_id=d["txn_id"],

@@ -13,10 +13,9 @@ and the sink still reads them.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
-from tally.core.events import iso_ms
+from tally.core.eventtime import iso_ms
 from tally.core.ledger import Balance
 from tally.core.money import format_minor
 from tally.core.orders import OrderState, OrderView
@@ -37,7 +36,7 @@ def _iso_ms(ms: int) -> str:
     if head is None:
         if len(_ISO_SECONDS) >= 4096:
             _ISO_SECONDS.clear()
-        head = _ISO_SECONDS[sec] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+        head = _ISO_SECONDS[sec] = iso_ms(sec * 1000)[:19]  # "YYYY-MM-DDTHH:MM:SS"
     return f"{head}.{milli:03d}Z"
 
 

@@ -15,9 +15,8 @@ from __future__ import annotations
 import base64
 import json
 import struct
-import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -144,10 +143,14 @@ class Envelope:
 
 @dataclass
 class LocalPipeline:
+    """The topology over dicts. `clock` is the caller's wall clock (epoch ms), read only
+    to stamp a dead letter's `dead_at`: the core reads no clock itself."""
+
     policies: Policies = field(default_factory=Policies)
     partitions: int = 1
     allowed_lateness_ms: int = 5000
     max_message_bytes: int = DEFAULT_MAX_BYTES
+    clock: Callable[[], int] = field(kw_only=True)
 
     def __post_init__(self) -> None:
         self.orders: dict[str, OrderState] = {}
@@ -199,7 +202,7 @@ class LocalPipeline:
                     key=kb,
                     value=value,
                     error=exc,
-                    dead_at_ms=int(time.time() * 1000),
+                    dead_at_ms=self.clock(),
                 )
             )
             return Outputs()

@@ -158,7 +158,7 @@ def test_run_stopped_and_started_on_a_fresh_embedded_broker_keeps_balances(
     events = generate(SimConfig(events=4_000, seed=5), Policies()).envelopes
     cut = int(len(events) * 0.6)
     parts = [events[:cut], events[cut - 300 :]]  # 300 events delivered again after the restart
-    ref = LocalPipeline(partitions=4)
+    ref = LocalPipeline(partitions=4, clock=lambda: 0)
     ref.feed_all(events)
     expected = {
         (b.account, b.currency): {k: b.summary()[k] for k in ("confirmed", "provisional", "net")}

@@ -102,7 +102,7 @@ def feed(pipe: LocalPipeline, *msgs: dict[str, Any]) -> Outputs:
 
 
 def pipeline(**channels: ChannelPolicy) -> LocalPipeline:
-    return LocalPipeline(policies=Policies(channels))
+    return LocalPipeline(policies=Policies(channels), clock=lambda: 0)
 
 
 def kinds(pipe: LocalPipeline, txn_id: str | None = None) -> list[str]:
@@ -642,7 +642,7 @@ def test_time_based_breaks_follow_event_time_not_the_wall_clock() -> None:
 @pytest.mark.parametrize("partitions", [1, 3, 8])
 def test_breaks_do_not_depend_on_the_partition_count(partitions: int) -> None:
     reference = run(_scenario(), tick_s=3600)
-    pipe = LocalPipeline(partitions=partitions)
+    pipe = LocalPipeline(partitions=partitions, clock=lambda: 0)
     feed(pipe, *_scenario())
     pipe.tick(3600 * SEC)
     assert pipe.break_set() == reference.break_set()

@@ -644,7 +644,8 @@ def _rich_pipeline() -> LocalPipeline:
                 "unionpay": ChannelPolicy(cutoff="23:00", query_before_final_success=True),
                 "opt": ChannelPolicy(mode=Mode.OPTIMISTIC),
             }
-        )
+        ),
+        clock=lambda: T0,
     )
     n = iter(range(10**6))
 

@@ -195,7 +195,7 @@ def assert_posting_balanced(p: Posting) -> None:
 
 def play(msgs: list[Msg]) -> LocalPipeline:
     """Feed the messages one by one, checking the invariants after each."""
-    pipe = LocalPipeline(policies=POLICIES, partitions=2)
+    pipe = LocalPipeline(policies=POLICIES, partitions=2, clock=lambda: 0)
     seen: set[tuple[str, str]] = set()
     for m in msgs:
         ident = (m.key, m.value["event_id"])

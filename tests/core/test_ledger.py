@@ -86,7 +86,7 @@ def cb(
 
 
 def pipeline(policy: ChannelPolicy | None = None) -> LocalPipeline:
-    return LocalPipeline(policies=Policies({"wx": policy or ChannelPolicy()}))
+    return LocalPipeline(policies=Policies({"wx": policy or ChannelPolicy()}), clock=lambda: 0)
 
 
 def feed(pipe: LocalPipeline, *msgs: dict[str, Any]) -> list[Posting]:
@@ -453,7 +453,7 @@ def test_balances_are_the_sum_of_the_orders_positions() -> None:
     from tally.core.pipeline import LocalPipeline
     from tally.sim.traffic import SimConfig, generate
 
-    pipe = LocalPipeline(partitions=4)
+    pipe = LocalPipeline(partitions=4, clock=lambda: 0)
     pipe.feed_all(generate(SimConfig(events=6_000, seed=3)).envelopes)
     built = {k: b.figures() for k, b in pipe.book.balances.items() if b.figures()}
     assert built and balances_from_positions(pipe.orders.values()) == built

@@ -59,7 +59,7 @@ def snapshots() -> list[tuple[dict[str, Any], list[dict[str, Any]], OrderState]]
     """(snapshot, evidence trail, state) after every input message of simulated
     traffic: known and unknown orders, reversals, breaks, several sizes of trail."""
     policies = Settings().policies()
-    pipe = LocalPipeline(policies=policies)
+    pipe = LocalPipeline(policies=policies, clock=lambda: 0)
     out = []
     for env in generate(SimConfig(events=4000), policies).envelopes:
         pipe.feed_envelope(env)

@@ -62,7 +62,7 @@ TIGHT = Policies(
 
 
 def run(sim: Simulation, policies: Policies, partitions: int = 4, **kw: int) -> LocalPipeline:
-    p = LocalPipeline(policies, partitions=partitions, **kw)
+    p = LocalPipeline(policies, partitions=partitions, clock=lambda: 0, **kw)
     p.feed_all(sim.envelopes)
     return p
 
@@ -283,10 +283,10 @@ def small() -> Simulation:
 
 def test_feeding_everything_twice_changes_nothing(small: Simulation) -> None:
     once = run(small, Policies())
-    twice = LocalPipeline(Policies(), partitions=4)
+    twice = LocalPipeline(Policies(), partitions=4, clock=lambda: 0)
     twice.feed_all(small.envelopes)
     twice.feed_all(small.envelopes)
-    each_twice = LocalPipeline(Policies(), partitions=4)
+    each_twice = LocalPipeline(Policies(), partitions=4, clock=lambda: 0)
     for e in small.envelopes:
         each_twice.feed_envelope(e)
         each_twice.feed_envelope(e)
@@ -314,7 +314,7 @@ def test_jsonl_round_trip(small: Simulation, tmp_path: Path) -> None:
     for a, b in zip(small.envelopes, back, strict=True):
         assert (b.topic, b.key) == (a.topic, a.key)
         assert b.value == a.value  # raw bytes too, exactly (value_b64)
-    p = LocalPipeline(Policies(), partitions=4)
+    p = LocalPipeline(Policies(), partitions=4, clock=lambda: 0)
     p.feed_all(back)
     assert_exact(p, small)
 
@@ -422,7 +422,7 @@ def test_live_stream_keeps_pace_and_raises_only_expected_breaks() -> None:
     start = datetime(2026, 3, 14, 15, 55, tzinfo=UTC)  # 23:55 in Shanghai
     stream = live_stream(60, Policies(), seed=3, start=start)
     envelopes = list(itertools.islice(stream, 30_000))
-    p = LocalPipeline(Policies(), partitions=4)
+    p = LocalPipeline(Policies(), partitions=4, clock=lambda: 0)
     p.feed_all(envelopes)
     first: dict[str, int] = {}
     for e in envelopes:

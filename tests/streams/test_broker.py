@@ -119,7 +119,7 @@ def tail_orders(at: str, partitions: int = 4) -> list[Envelope]:
 
 async def test_stream_matches_pure_core(broker) -> None:
     events = scenario()
-    local = LocalPipeline(partitions=4)
+    local = LocalPipeline(partitions=4, clock=lambda: 0)
     local.feed_all(events)
     # no wall-clock ticks: the comparison is about event time only
     s = stream_settings(broker, idle_tick_seconds=3600)

@@ -101,7 +101,7 @@ async def test_1000_malformed_messages_are_dead_lettered_and_good_ones_processed
     # every good one was processed: the stream found exactly the injected breaks and
     # its balances equal the pure core's over the same input
     assert res.break_set() == sim.expected
-    local = LocalPipeline(partitions=4)
+    local = LocalPipeline(partitions=4, clock=lambda: 0)
     local.feed_all(events)
     expect = {k: {a: v for a, v in b.amounts.items() if v} for k, b in local.book.balances.items()}
     assert net_balances(res) == expect
