@@ -1,6 +1,6 @@
 """The ClickHouse schema for a cluster: ReplicatedReplacingMergeTree tables on every
 shard plus a Distributed table over them, generated from the same migrations as the
-single-server schema (`sinks.schema.MIGRATIONS`), so the two never drift apart.
+single-server schema (`sinks.migrations.MIGRATIONS`), so the two never drift apart.
 
 For each `CREATE TABLE IF NOT EXISTS {db}.<t> (...) ENGINE = ReplacingMergeTree(v)
 ORDER BY k` of a migration:
@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from sinks.schema import MIGRATIONS, Migration
+from sinks.migrations import MIGRATIONS, Migration
 
 _CREATE = re.compile(
     r"^\s*CREATE TABLE IF NOT EXISTS \{db\}\.(?P<table>\w+) \((?P<columns>.*)\)\s*"
@@ -58,7 +58,7 @@ def _first_key(order: str) -> str:
 
 
 def cluster_table(statement: str, cluster: str, database: str) -> ClusterTable:
-    """One CREATE TABLE of `sinks.schema` as its cluster pair."""
+    """One CREATE TABLE of `sinks.migrations` as its cluster pair."""
     m = _CREATE.match(statement)
     if m is None:
         raise ClusterSchemaError(f"not a CREATE TABLE of the schema: {statement[:80]!r}")

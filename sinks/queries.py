@@ -15,6 +15,7 @@ from decimal import Decimal
 from typing import Any
 
 from sinks.backend import Backend
+from sinks.migrations import TABLES
 from tally.core.events import iso_ms
 from tally.core.ledger import BUCKETS, COMPONENTS
 from tally.core.money import MoneyError, exponent
@@ -166,34 +167,7 @@ def order(db: Backend, txn_id: str) -> dict[str, Any] | None:
         return None
     r = rows[0]
     cur = r["currency"]
-    postings: dict[str, dict[str, Any]] = {}
-    legs = db.query(
-        "SELECT posting_id, seq, reason, event_time_ms, account, bucket, component, amount "
-        "FROM {db}.postings FINAL WHERE txn_id = %(t)s ORDER BY seq, account, bucket, component",
-        {"t": txn_id},
-    )
-    for leg in legs:
-        p = postings.setdefault(
-            leg["posting_id"],
-            {
-                "posting_id": leg["posting_id"],
-                "seq": int(leg["seq"]),
-                "reason": leg["reason"],
-                "event_time": _iso(leg["event_time_ms"]),
-                "legs": [],
-            },
-        )
-        p["legs"].append(
-            {
-                "account": leg["account"],
-                "bucket": leg["bucket"],
-                "component": leg["component"],
-                "amount": money(leg["amount"], cur),
-            }
-        )
-    net: dict[str, Decimal] = defaultdict(Decimal)
-    for leg in legs:
-        net[f"{leg['account']}|{leg['bucket']}|{leg['component']}"] += leg["amount"]
+    postings, net = _postings_of(db, txn_id, cur)
     queries = db.query(
         "SELECT query_id, attempt, reason, requested_at_ms FROM {db}.status_queries FINAL "
         "WHERE txn_id = %(t)s ORDER BY attempt",
@@ -224,7 +198,7 @@ def order(db: Backend, txn_id: str) -> dict[str, Any] | None:
         "queries_sent": int(r["queries_sent"]),
         "evidence": json.loads(r["evidence"]),
         "breaks": breaks_of(db, txn_id),
-        "postings": list(postings.values()),
+        "postings": postings,
         "position": {k: money(v, cur) for k, v in sorted(net.items()) if v},
         "status_queries": [
             {
@@ -236,6 +210,42 @@ def order(db: Backend, txn_id: str) -> dict[str, Any] | None:
             for q in queries
         ],
     }
+
+
+def _postings_of(
+    db: Backend, txn_id: str, cur: str | None
+) -> tuple[list[dict[str, Any]], dict[str, Decimal]]:
+    """An order's postings with their legs, and its net position per account, bucket
+    and component."""
+    postings: dict[str, dict[str, Any]] = {}
+    legs = db.query(
+        "SELECT posting_id, seq, reason, event_time_ms, account, bucket, component, amount "
+        "FROM {db}.postings FINAL WHERE txn_id = %(t)s ORDER BY seq, account, bucket, component",
+        {"t": txn_id},
+    )
+    for leg in legs:
+        p = postings.setdefault(
+            leg["posting_id"],
+            {
+                "posting_id": leg["posting_id"],
+                "seq": int(leg["seq"]),
+                "reason": leg["reason"],
+                "event_time": _iso(leg["event_time_ms"]),
+                "legs": [],
+            },
+        )
+        p["legs"].append(
+            {
+                "account": leg["account"],
+                "bucket": leg["bucket"],
+                "component": leg["component"],
+                "amount": money(leg["amount"], cur),
+            }
+        )
+    net: dict[str, Decimal] = defaultdict(Decimal)
+    for leg in legs:
+        net[f"{leg['account']}|{leg['bucket']}|{leg['component']}"] += leg["amount"]
+    return list(postings.values()), net
 
 
 def breaks_of(db: Backend, txn_id: str) -> list[dict[str, Any]]:
@@ -257,8 +267,6 @@ def breaks_of(db: Backend, txn_id: str) -> list[dict[str, Any]]:
 
 def counts(db: Backend) -> dict[str, dict[str, int]]:
     """Rows per table: stored (with not yet merged replays) and distinct (FINAL)."""
-    from sinks.schema import TABLES
-
     out = {}
     for t in TABLES:
         raw = db.query(f"SELECT count() AS n FROM {{db}}.{t}")[0]["n"]

@@ -35,10 +35,10 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
 from sinks.backend import Backend, ClickHouseUnavailable, connect
-from sinks.runner import changelog_topic
 from sinks.schema import migrate
 from streams import codecs
 from streams.broker import ensure_topics
+from streams.handles import changelog_topic
 from streams.offsets import log_ends
 from tally.config import Settings
 from tally.core.breaks import ChannelTxnClaim

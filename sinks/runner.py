@@ -41,9 +41,11 @@ from aiokafka.errors import KafkaError
 
 from sinks import rows as R
 from sinks.backend import Backend, ClickHouseError, ClickHouseUnavailable, connect
+from sinks.metrics import SinkMetrics
 from sinks.schema import migrate
 from streams.broker import ensure_topics
-from streams.metrics import SinkMetrics, serve
+from streams.exporter import serve
+from streams.handles import changelog_topic
 from streams.offsets import EndProbe
 from tally.config import Settings
 
@@ -52,13 +54,6 @@ log = logging.getLogger("tally.sinks")
 
 def sink_group(settings: Settings) -> str:
     return f"{settings.app_id}-sink"
-
-
-def changelog_topic(settings: Settings, table: str) -> str:
-    """The changelog topic of a table of `streams.app` (`streams.app.changelog_topic`)."""
-    from streams.app import changelog_topic as topic
-
-    return topic(settings, table)
 
 
 def sink_tables(settings: Settings) -> dict[str, R.Table]:

@@ -24,151 +24,85 @@ posting is applied exactly when its order's state changes, in the same message.
 
 from __future__ import annotations
 
-import time
-from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 import faust
 from faust.types import TP
 
 from streams import codecs
+from streams.agents import register_agents
 from streams.checkpoint import Checkpoint, TableWriter, group_offsets
+from streams.handles import TABLES, Tally, WorkerStats, changelog_topic
+from streams.metrics import WorkerMetrics
+from streams.offsets import recover_to_true_log_ends
 from tally.config import Settings
 from tally.core.ledger import Balance
 from tally.core.orders import OrderState
 from tally.core.pipeline import partition_for
 from tally.core.realtime import ChannelTxnIndex, Reconciler
 
-
-@dataclass
-class WorkerStats:
-    """In-process counters for summaries and `--until-idle`; Prometheus reads them too."""
-
-    consumed: Counter[str] = field(default_factory=Counter)  # by topic
-    produced: Counter[str] = field(default_factory=Counter)  # messages acknowledged, by topic
-    produced_bytes: Counter[str] = field(default_factory=Counter)  # their value bytes, by topic
-    dead_letters: Counter[str] = field(default_factory=Counter)  # by reason code
-    breaks: Counter[str] = field(default_factory=Counter)  # by kind
-    duplicates: int = 0
-    balances_healed: int = 0  # shards corrected from the orders after a recovery
-    outboxes_resent: int = 0  # orders whose outputs were sent again after a recovery
-    stale_dropped: int = 0  # messages fetched before a rebalance, left for re-reading
-    reread_dropped: int = 0  # messages read again after a seek, processed before
-    hole_dropped: int = 0  # messages past a hole in their partition's delivery
-    refills: int = 0  # partitions read again from their next offset (a hole)
-    last_activity: float = field(default_factory=time.monotonic)
-    positions: dict[tuple[str, int], int] = field(default_factory=dict)  # next offset by TP
-    partition_activity: dict[int, float] = field(default_factory=dict)  # wall, by partition
-    partition_ticked: dict[int, float] = field(default_factory=dict)
-    latencies_ms: list[float] = field(default_factory=list)  # ingest -> break, sampled
-
-    batches: int = 0  # reconcile batches committed
-    batch_events: int = 0  # input messages in them
-    batches_spanning: int = 0  # ... of them with messages of more than one partition
-    batch_seconds: float = 0.0  # processing them (parse, core, snapshots)
-    commit_seconds: float = 0.0  # waiting for their outputs and state to be acknowledged
-
-    def batch(self, events: int, partitions: int, processing: float, committing: float) -> None:
-        self.batches += 1
-        self.batches_spanning += partitions > 1
-        self.batch_events += events
-        self.batch_seconds += processing
-        self.commit_seconds += committing
-
-    def seen(self, topic: str, partition: int, offset: int, activity: bool = True) -> None:
-        self.consumed[topic] += 1
-        self.positions[(topic, partition)] = offset + 1
-        if activity:
-            self.last_activity = time.monotonic()
-
-
-@dataclass
-class Tally:
-    """Everything `create_app` builds: the Faust app and handles on its parts."""
-
-    settings: Settings
-    app: faust.App
-    topics: dict[str, faust.TopicT]
-    orders: Any  # faust Table[str, OrderState]
-    watermarks: Any
-    balances: Any  # faust Table[str, Balance], sharded by input partition
-    claims: Any
-    reconciler: Reconciler
-    index: ChannelTxnIndex
-    stats: WorkerStats
-    writers: dict[str, TableWriter]  # the tables' stores, as the agents write them
-    checkpoint: Checkpoint  # the reconcile agents' batches
-    claims_checkpoint: Checkpoint  # the claims agent's batches
-    agents: dict[str, Any] = field(default_factory=dict)
-    caught_up: Callable[[int, str], bool] = lambda _p, _s: True
-    metrics: Any = None  # streams.metrics.WorkerMetrics
-
-    async def settled(self) -> None:
-        """Until every batch processed so far is durable, offsets included."""
-        await self.checkpoint.settled()
-        await self.claims_checkpoint.settled()
-
-    @property
-    def input_topics(self) -> list[str]:
-        """Every topic some agent consumes (for lag / drain checks)."""
-        s = self.settings
-        return [
-            s.topic_transactions,
-            s.topic_callbacks,
-            self.internal("links"),
-            self.internal("success-claims"),
-        ]
-
-    @property
-    def all_topics(self) -> list[str]:
-        s = self.settings
-        return [
-            *self.input_topics,
-            self.internal("ticks"),
-            s.topic_breaks,
-            s.topic_postings,
-            s.topic_status_queries,
-            s.topic_dead_letter,
-            s.topic_order_states,
-            s.topic_balances,
-        ]
-
-    def internal(self, name: str) -> str:
-        return f"{self.settings.app_id}-{name}"
-
-
-# the tables: name, key and value codecs (streams.codecs)
-TABLES = (
-    ("orders", codecs.TEXT, codecs.ORDER),
-    ("watermarks", "json", "json"),
-    ("balances", codecs.TEXT, codecs.BALANCE),
-    ("channel-txn-claims", "json", codecs.CLAIM),
-)
-
-
-def changelog_topic(settings: Settings, table: str) -> str:
-    """A table's changelog topic: `payments.order-states` for the orders and
-    `payments.balances` for the balance shards (their records are the snapshots the
-    sink stores), Faust's `<app>-<table>-changelog` for the others."""
-    if table == "orders":
-        return settings.topic_order_states
-    if table == "balances":
-        return settings.topic_balances
-    return f"{settings.app_id}-{table}-changelog"
+__all__ = [
+    "TABLES",
+    "Tally",
+    "WorkerStats",
+    "account_balances",
+    "changelog_topic",
+    "create_app",
+    "order_state",
+]
 
 
 def create_app(settings: Settings | None = None) -> Tally:
     settings = settings or Settings()
     codecs.register(settings.policies())
+    app = _faust_app(settings)
+    topics = _topics(app, settings)
+    tables = _tables(app, settings)
+    stats = WorkerStats()
+    caught_up = _caught_up(app, settings, stats)
+    writers = {
+        name: TableWriter(tables[name], codecs.key_encoder(key_codec), codecs.encoder(codec))
+        for name, key_codec, codec in TABLES
+    }
     n = settings.partitions
+    reconciler = Reconciler(
+        settings.policies(),
+        writers["orders"],
+        writers["watermarks"],
+        allowed_lateness_ms=int(settings.allowed_lateness_seconds * 1000),
+        partition_of=lambda k: partition_for(k, n),
+        caught_up=caught_up,
+    )
+    tally = Tally(
+        settings=settings,
+        app=app,
+        topics=topics,
+        orders=tables["orders"],
+        watermarks=tables["watermarks"],
+        balances=tables["balances"],
+        claims=tables["channel-txn-claims"],
+        reconciler=reconciler,
+        index=ChannelTxnIndex(writers["channel-txn-claims"]),
+        stats=stats,
+        caught_up=caught_up,
+        writers=writers,
+        checkpoint=_checkpoint(app, stats, writers, "orders", "balances", "watermarks"),
+        claims_checkpoint=_checkpoint(app, stats, writers, "channel-txn-claims"),
+    )
+    recover_to_true_log_ends()  # Faust recovers each changelog to its real end
+    tally.metrics = WorkerMetrics.install(tally)  # also serves them on TALLY_METRICS_PORT
+    register_agents(tally)
+    return tally
+
+
+def _faust_app(settings: Settings) -> faust.App:
     app = faust.App(
         settings.app_id,
         broker=settings.broker_url(),
         store="memory://",
         autodiscover=False,
-        topic_partitions=n,
+        topic_partitions=settings.partitions,
         topic_replication_factor=1,
         topic_allow_declare=True,
         topic_disable_leader=True,
@@ -189,14 +123,19 @@ def create_app(settings: Settings | None = None) -> Tally:
         key_serializer="raw",
         value_serializer="raw",
     )
-
     app.tally_fetch_max_wait_ms = settings.consumer_fetch_max_wait_ms  # type: ignore[attr-defined]
     use_fetch_max_wait()
+    return app
+
+
+def _topics(app: faust.App, settings: Settings) -> dict[str, faust.TopicT]:
+    """The agents' topics by short name, and `reconcile`: the four co-partitioned
+    inputs of the reconcile agent read as one stream."""
 
     def topic(name: str, internal: bool = False) -> faust.TopicT:
         return app.topic(
             name,
-            partitions=n,
+            partitions=settings.partitions,
             key_type=bytes,
             value_type=bytes,
             key_serializer="raw",
@@ -224,7 +163,6 @@ def create_app(settings: Settings | None = None) -> Tally:
     app.tally_sought_generation = None  # type: ignore[attr-defined]
     app.tally_start_offsets = {}  # type: ignore[attr-defined]
     unfiltered_input_reads()
-    # the reconcile agent reads the four co-partitioned inputs as one stream
     topics["reconcile"] = app.topic(
         *(topics[k].get_topic_name() for k in ("transactions", "callbacks", "links", "ticks")),
         key_type=bytes,
@@ -233,11 +171,16 @@ def create_app(settings: Settings | None = None) -> Tally:
         value_serializer="raw",
         acks=False,
     )
+    return topics
+
+
+def _tables(app: faust.App, settings: Settings) -> dict[str, Any]:
+    """The tables (`TABLES`), each with its codecs and changelog topic."""
     tables: dict[str, Any] = {}
     for name, key_codec, codec in TABLES:
         table: Any = app.Table(
             name,
-            partitions=n,
+            partitions=settings.partitions,
             schema=faust.Schema(key_serializer=key_codec, value_serializer=codec),
         )
         # Faust reads a table's changelog with the table's own key/value serializers
@@ -252,8 +195,12 @@ def create_app(settings: Settings | None = None) -> Tally:
         table.changelog_topic = table._new_changelog_topic()
         registered[topic_name] = table  # recovery and the assignor find the table by it
         tables[name] = table
-    orders = tables["orders"]
-    stats = WorkerStats()
+    return tables
+
+
+def _caught_up(
+    app: faust.App, settings: Settings, stats: WorkerStats
+) -> Callable[[int, str], bool]:
     inputs = {"transactions": settings.topic_transactions, "callbacks": settings.topic_callbacks}
 
     def caught_up(partition: int, source: str) -> bool:
@@ -275,62 +222,25 @@ def create_app(settings: Settings | None = None) -> Tally:
             pos = 0 if committed is None else committed
         return bool(pos >= hw)
 
-    writers = {
-        name: TableWriter(tables[name], codecs.key_encoder(key_codec), codecs.encoder(codec))
-        for name, key_codec, codec in TABLES
-    }
+    return caught_up
+
+
+def _checkpoint(
+    app: faust.App, stats: WorkerStats, writers: dict[str, TableWriter], *tables: str
+) -> Checkpoint:
+    """The checkpoint of an agent writing `tables` (state first if it writes orders)."""
 
     def producer() -> Any:
         return app.producer._ensure_producer()  # type: ignore[attr-defined]
 
-    reconciler = Reconciler(
-        settings.policies(),
-        writers["orders"],
-        writers["watermarks"],
-        allowed_lateness_ms=int(settings.allowed_lateness_seconds * 1000),
-        partition_of=lambda k: partition_for(k, n),
-        caught_up=caught_up,
+    return Checkpoint(
+        producer,
+        [writers[name] for name in tables],
+        stats.produced,
+        stats.produced_bytes,
+        group_offsets(app),
+        state_first="orders" in tables,
     )
-    tally = Tally(
-        settings=settings,
-        app=app,
-        topics=topics,
-        orders=orders,
-        watermarks=tables["watermarks"],
-        balances=tables["balances"],
-        claims=tables["channel-txn-claims"],
-        reconciler=reconciler,
-        index=ChannelTxnIndex(writers["channel-txn-claims"]),
-        stats=stats,
-        caught_up=caught_up,
-        writers=writers,
-        checkpoint=Checkpoint(
-            producer,
-            [writers["orders"], writers["balances"], writers["watermarks"]],
-            stats.produced,
-            stats.produced_bytes,
-            group_offsets(app),
-            state_first=True,
-        ),
-        claims_checkpoint=Checkpoint(
-            producer,
-            [writers["channel-txn-claims"]],
-            stats.produced,
-            stats.produced_bytes,
-            group_offsets(app),
-            state_first=False,
-        ),
-    )
-
-    from streams.agents import register_agents
-    from streams.metrics import WorkerMetrics
-    from streams.offsets import recover_to_true_log_ends
-
-    recover_to_true_log_ends()  # Faust recovers each changelog to its real end
-
-    tally.metrics = WorkerMetrics.install(tally)  # also serves them on TALLY_METRICS_PORT
-    register_agents(tally)
-    return tally
 
 
 _FETCH_WAIT_INSTALLED = False

@@ -1,19 +1,13 @@
-"""Prometheus metrics of the stream workers and the sink, and the exporter serving them.
+"""Prometheus metrics of the stream workers.
 
     metrics = WorkerMetrics.install(tally)   # create_app does this
-    sink_metrics = SinkMetrics()             # SinkRunner does this
-    handle = EXPORTER.attach(registry, port) # one HTTP endpoint per port and process
 
-Every metric name starts with `tally_`, follows the Prometheus conventions (base
-units, `_total` for counters, `_seconds` for durations) and has only low-cardinality
-labels: topic, channel, break kind, dead-letter reason, currency, bucket, age band,
-ClickHouse table. Never a merchant id, order id or anything else per entity.
-
-Each worker (`WorkerMetrics`) and each sink (`SinkMetrics`) keeps its own
-`CollectorRegistry`; the exporter serves the union of the registries attached to a
-port, so a `tally run` process with a worker and a sink answers on one port
-(`TALLY_METRICS_PORT`, 9108; 0 turns the exporter off). Several processes on one
-host need distinct ports.
+Served by `streams.exporter` (one HTTP endpoint per port and process, shared with
+the sink's metrics, `sinks.metrics`). Every metric name starts with `tally_`, follows
+the Prometheus conventions (base units, `_total` for counters, `_seconds` for
+durations) and has only low-cardinality labels: topic, channel, break kind,
+dead-letter reason, currency, bucket, age band. Never a merchant id, order id or
+anything else per entity.
 
 Money: balances are Decimal / integer minor units everywhere in tally. Prometheus
 only stores float64, so `tally_channel_balance` converts an exact integer minor
@@ -34,9 +28,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -47,25 +40,23 @@ from prometheus_client import (
     Histogram,
     PlatformCollector,
     ProcessCollector,
-    disable_created_metrics,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from streams.exporter import ExporterHandle, serve
 from tally.core.breaks import BreakKind, break_id
 from tally.core.money import to_decimal
+from tally.core.orders import view
 
 if TYPE_CHECKING:
-    from streams.app import Tally
+    from streams.handles import Tally
     from tally.core.breaks import Break
     from tally.core.ledger import Balance, Posting
     from tally.core.orders import OrderState, OrderView
     from tally.core.policy import ChannelPolicy
 
 log = logging.getLogger(__name__)
-
-# no `<counter>_created` series: they double the exposition and no panel or rule uses them
-disable_created_metrics()
 
 REFRESH_SECONDS = 2.0
 
@@ -102,8 +93,6 @@ AGE_BANDS: tuple[tuple[str, float], ...] = (
 EVENT_LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 3600)
 # broker append -> output sent: what the worker itself adds
 PROCESSING_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
-SINK_BATCH_BUCKETS = (1, 10, 50, 100, 500, 1000, 2500, 5000, 10000, 50000)
-SINK_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
 def age_band(age_seconds: float) -> str:
@@ -116,115 +105,6 @@ def age_band(age_seconds: float) -> str:
 def money_gauge(minor: int, currency: str) -> float:
     """The exporter edge: exact minor units -> float major units, for Prometheus only."""
     return float(to_decimal(minor, currency))
-
-
-# ---------------------------------------------------------------------- exporter
-
-
-class _Union(Collector):
-    """The metrics of every registry attached to one port."""
-
-    def __init__(self) -> None:
-        self.registries: list[CollectorRegistry] = []
-        self.lock = threading.Lock()
-
-    def collect(self) -> Iterable[Metric]:
-        with self.lock:
-            regs = list(self.registries)
-        for r in regs:
-            yield from r.collect()
-
-
-@dataclass
-class _Endpoint:
-    port: int
-    union: _Union
-    server: Any
-    thread: threading.Thread
-
-
-class ExporterHandle:
-    def __init__(self, exporter: Exporter, port: int, registry: CollectorRegistry) -> None:
-        self.exporter = exporter
-        self.port = port
-        self.registry = registry
-        self.closed = False
-
-    def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            self.exporter._detach(self.port, self.registry)
-
-
-class Exporter:
-    """HTTP endpoints (`/metrics`, any path) per port, shared by the registries of one
-    process; an endpoint stops when its last registry detaches."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._endpoints: dict[int, _Endpoint] = {}
-
-    def attach(
-        self, registry: CollectorRegistry, port: int, addr: str = "0.0.0.0"
-    ) -> ExporterHandle:
-        """Serve `registry` on `port` (starting the endpoint if needed). Raises
-        OSError when the port cannot be bound."""
-        from prometheus_client import start_http_server
-
-        with self._lock:
-            ep = self._endpoints.get(port)
-            if ep is None:
-                union = _Union()
-                server, thread = start_http_server(port, addr=addr, registry=union)
-                ep = self._endpoints[port] = _Endpoint(port, union, server, thread)
-            with ep.union.lock:
-                ep.union.registries.append(registry)
-        return ExporterHandle(self, port, registry)
-
-    def _detach(self, port: int, registry: CollectorRegistry) -> None:
-        with self._lock:
-            ep = self._endpoints.get(port)
-            if ep is None:
-                return
-            with ep.union.lock:
-                with contextlib.suppress(ValueError):
-                    ep.union.registries.remove(registry)
-                empty = not ep.union.registries
-            if empty:
-                del self._endpoints[port]
-                ep.server.shutdown()
-                ep.server.server_close()
-                ep.thread.join(5)
-
-    def ports(self) -> list[int]:
-        with self._lock:
-            return sorted(self._endpoints)
-
-
-EXPORTER = Exporter()
-
-
-def serve(registry: CollectorRegistry, port: int, what: str) -> ExporterHandle | None:
-    """Attach to the process's exporter; a port that cannot be bound is logged (the
-    worker keeps running without metrics) rather than stopping the pipeline."""
-    if port <= 0:
-        return None
-    try:
-        handle = EXPORTER.attach(registry, port)
-    except OSError as exc:
-        log.error(
-            "metrics of the %s are not exported: port %d: %s (set TALLY_METRICS_PORT to a "
-            "free port, or 0 to turn the exporter off)",
-            what,
-            port,
-            exc,
-        )
-        return None
-    log.info("metrics of the %s on http://0.0.0.0:%d/metrics", what, port)
-    return handle
-
-
-# ------------------------------------------------------------------------ worker
 
 
 @dataclass
@@ -278,6 +158,24 @@ class WorkerMetrics:
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
         r.register(_StatsCollector(tally))
+        self._events(r)
+        self._state(r)
+        for reason in DEAD_LETTER_REASONS:
+            self.dead_letters.labels(reason)
+        for output in ("break", "posting"):
+            self.processing.labels(output)
+            self.event_latency.labels(output)
+        self._channels: set[str] = set()
+        for ch in tally.settings.channels:
+            self._channel_seen(ch)
+        self._open: dict[str, _Open] = {}
+        # (channel, currency) -> partition -> (provisional, confirmed), minor units
+        self._channel_shards: dict[tuple[str, str], dict[int, tuple[int, int]]] = {}
+        self._assigned: frozenset[Any] | None = None
+        self.handle: ExporterHandle | None = None
+
+    def _events(self, r: CollectorRegistry) -> None:
+        """What the agents count and time as they go."""
         self.breaks = Counter(
             "tally_breaks",
             "Real-time breaks raised, by kind and channel.",
@@ -312,6 +210,9 @@ class WorkerMetrics:
             buckets=EVENT_LATENCY_BUCKETS,
             registry=r,
         )
+
+    def _state(self, r: CollectorRegistry) -> None:
+        """The gauges `refresh` recomputes from the worker's state."""
         self.pending = Gauge(
             "tally_pending_orders",
             "Open orders (known, no final answer yet) held by this worker, by channel and "
@@ -350,19 +251,6 @@ class WorkerMetrics:
             "When the state gauges were last recomputed (Unix time).",
             registry=r,
         )
-        for reason in DEAD_LETTER_REASONS:
-            self.dead_letters.labels(reason)
-        for output in ("break", "posting"):
-            self.processing.labels(output)
-            self.event_latency.labels(output)
-        self._channels: set[str] = set()
-        for ch in tally.settings.channels:
-            self._channel_seen(ch)
-        self._open: dict[str, _Open] = {}
-        # (channel, currency) -> partition -> (provisional, confirmed), minor units
-        self._channel_shards: dict[tuple[str, str], dict[int, tuple[int, int]]] = {}
-        self._assigned: frozenset[Any] | None = None
-        self.handle: ExporterHandle | None = None
 
     # -------------------------------------------------------------- install
 
@@ -512,8 +400,6 @@ class WorkerMetrics:
 
     def _rebuild(self) -> None:
         """After an assignment change: open orders and channel balances from the tables."""
-        from tally.core.orders import view
-
         t = self.tally
         self._open.clear()
         self._channel_shards.clear()
@@ -529,94 +415,3 @@ class WorkerMetrics:
         for key, bal in list(t.balances.items()):
             if bal.kind == "channel":
                 self.balance_changed(key, bal)
-
-
-# -------------------------------------------------------------------------- sink
-
-
-class _SinkStatsCollector(Collector):
-    def __init__(self, runner: Any) -> None:
-        self.runner = runner
-
-    def collect(self) -> Iterator[Metric]:
-        st = self.runner.stats
-        c = CounterMetricFamily(
-            "tally_sink_messages",
-            "Messages the sink read from its topics, by topic.",
-            labels=["topic"],
-        )
-        for topic, n in sorted(dict(st.consumed).items()):
-            c.add_metric([topic], n)
-        yield c
-        rows = CounterMetricFamily(
-            "tally_sink_rows",
-            "Rows the sink inserted into ClickHouse, by table.",
-            labels=["table"],
-        )
-        for table, n in sorted(dict(st.rows).items()):
-            rows.add_metric([table], n)
-        yield rows
-        bad = CounterMetricFamily(
-            "tally_sink_bad_messages",
-            "Messages the sink skipped because they could not be turned into rows.",
-            labels=["topic"],
-        )
-        for topic, n in sorted(dict(st.bad).items()):
-            bad.add_metric([topic], n)
-        yield bad
-        g = GaugeMetricFamily(
-            "tally_sink_buffered_messages", "Messages the sink holds, not yet in ClickHouse."
-        )
-        g.add_metric([], st.buffered)
-        yield g
-        up = GaugeMetricFamily(
-            "tally_sink_clickhouse_up",
-            "1 while the sink's last ClickHouse call succeeded, 0 while it is retrying.",
-        )
-        up.add_metric([], 0 if st.unavailable_since is not None else 1)
-        yield up
-
-
-class SinkMetrics:
-    """The metrics of one `sinks.runner.SinkRunner`."""
-
-    def __init__(self, runner: Any, registry: CollectorRegistry | None = None) -> None:
-        self.registry = r = registry or CollectorRegistry(auto_describe=True)
-        r.register(_SinkStatsCollector(runner))
-        self.batch_messages = Histogram(
-            "tally_sink_batch_messages",
-            "Messages per batch written to ClickHouse.",
-            buckets=SINK_BATCH_BUCKETS,
-            registry=r,
-        )
-        self.batch_seconds = Histogram(
-            "tally_sink_batch_seconds",
-            "Time to insert one batch into ClickHouse (every table), successful attempts.",
-            buckets=SINK_LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.failures = Counter(
-            "tally_sink_insert_failures",
-            "Failed ClickHouse calls of the sink (each is retried), by kind: unreachable "
-            "(connection) or failing (the server answered with an error).",
-            ["kind"],
-            registry=r,
-        )
-        self.retries = Counter(
-            "tally_sink_retries",
-            "Retries of the sink after a failed ClickHouse call.",
-            registry=r,
-        )
-        for kind in ("unreachable", "failing"):
-            self.failures.labels(kind)
-        self.handle: ExporterHandle | None = None
-
-    def batch_written(self, messages: int, seconds: float) -> None:
-        self.batch_messages.observe(messages)
-        self.batch_seconds.observe(seconds)
-
-    def failed(self, kind: str) -> None:
-        self.failures.labels(kind).inc()
-
-    def retried(self) -> None:
-        self.retries.inc()

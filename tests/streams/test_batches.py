@@ -49,7 +49,7 @@ async def main():
     await runner.start()
     try:
         out = {
-            "orders": {k: v.to_json(with_outbox=False) for k, v in tally.core.orders.items()},
+            "orders": {k: v.to_json(with_outbox=False) for k, v in tally.orders.items()},
             "balances": {k: v.to_json() for k, v in tally.balances.items()},
             "watermarks": dict(tally.watermarks.items()),
             "claims": {k: [v.txn_id, v.merchant_id, v.occurred_at_ms]

@@ -17,7 +17,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from streams.app import account_balances, create_app
 from streams.broker import EmbeddedBroker
-from streams.metrics import AGE_BANDS, DEAD_LETTER_REASONS, Exporter, age_band, money_gauge
+from streams.exporter import Exporter
+from streams.metrics import AGE_BANDS, DEAD_LETTER_REASONS, age_band, money_gauge
 from streams.produce import produce
 from streams.worker import WorkerRunner
 from tally.core.money import to_decimal
