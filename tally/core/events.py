@@ -321,7 +321,7 @@ def _decode(decoder: Any, raw: bytes | str) -> Any:
     validators then say why)."""
     try:
         return decoder.decode(raw)
-    except (msgspec.DecodeError, TypeError):
+    except (msgspec.DecodeError, TypeError, RecursionError):
         return None
 
 

@@ -183,7 +183,7 @@ def _object(raw: bytes | str | dict[str, Any], max_bytes: int) -> dict[str, Any]
         raise InvalidEvent("too_large", f"message is {len(raw)} bytes, limit {max_bytes}")
     try:
         d = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise InvalidEvent("bad_json", f"not valid JSON: {exc}") from None
     if not isinstance(d, dict):
         raise InvalidEvent("not_object", f"must be a JSON object, got {type(d).__name__}")
