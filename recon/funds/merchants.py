@@ -20,15 +20,17 @@ from decimal import Decimal
 from typing import Any
 
 from recon import suspense as S
+from recon.funds.credits import in_force
 from recon.funds.payouts import (
     BREAK_CLASSES,
     CLASSES,
     MerchantResult,
     Payout,
     PayoutFile,
+    compare,
     payout_of_debit,
 )
-from recon.funds.store import _in_force, latest_run, park, store_run
+from recon.funds.store import latest_run, park, store_run
 from recon.settle import settle, to_minor_units
 from sinks.backend import Backend
 from tally.core.money import format_minor, to_decimal
@@ -182,7 +184,7 @@ def file_payouts(db: Backend, day: date) -> tuple[list[Payout], dict[str, int]]:
         "SELECT delivery, line_no, merchant_id, currency, toString(amount) AS amount, "
         "value_date, payout_ref FROM {db}.payout_lines FINAL "
         "WHERE business_date BETWEEN toDate(%(a)s) AND toDate(%(b)s) AND "
-        + _in_force("payout_versions", "business_date", "business_date")
+        + in_force("payout_versions", "business_date", "business_date")
         + " ORDER BY line_no",
         {"a": day.isoformat(), "b": day.isoformat()},
     )
@@ -209,7 +211,7 @@ def bank_payouts(db: Backend, day: date) -> tuple[list[Payout], dict[str, int]]:
         "value_date, currency, toString(amount) AS amount, line_no FROM {db}.bank_entries FINAL "
         "WHERE statement_date BETWEEN toDate(%(a)s) AND toDate(%(b)s) "
         "AND direction = 'D' AND booked = 1 AND value_date >= toDate(%(s)s) AND "
-        + _in_force("bank_statement_versions", "account, statement_date", "statement_date")
+        + in_force("bank_statement_versions", "account, statement_date", "statement_date")
         + " ORDER BY account, statement_date, entry_ref",
         {"a": day.isoformat(), "b": (end + timedelta(days=7)).isoformat(), "s": day.isoformat()},
     )
@@ -345,8 +347,6 @@ def run_merchants(
 ) -> MerchantRun:
     """Compare the payouts for business date `day` (from the payout file in force or
     the bank statements' payout debits) with `tally settle`'s figures (module doc)."""
-    from recon.funds.payouts import compare
-
     if source not in SOURCES:
         raise ValueError(f"source is file or bank, not {source!r}")
     started = int(time.time() * 1000) if now_ms is None else now_ms

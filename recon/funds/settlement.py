@@ -308,30 +308,32 @@ def reconcile(
     for c in all_credits:
         if c.key in taken:
             continue
-        chs = claimed_by[c.key]
-        if not chs:
-            why = "no channel's reference pattern matches the remittance text"
-        elif len(chs) > 1:
-            why = f"the remittance text matches several channels' patterns: {', '.join(chs)}"
-        else:
-            why = f"{chs[0]} owes nothing due between {c.value_date} and its grace period"
-        out.append(
-            Result(
-                item_key=c.key,
-                cls="unexpected_credit",
-                channel_id=chs[0] if len(chs) == 1 else "",
-                currency=c.currency,
-                due_date=None,
-                business_dates=(),
-                expected=None,
-                credited=c.amount,
-                refs=(f"{c.account}:{c.ref}",),
-                value_dates=(c.value_date,),
-                sources=(),
-                detail=f"{why}: {c.remittance[:80]!r}",
-            )
-        )
+        out.append(_unexpected_result(c, claimed_by[c.key]))
     return out
+
+
+def _unexpected_result(c: Credit, chs: list[str]) -> Result:
+    """A credit no expected settlement took, and why (`chs`: the channels claiming it)."""
+    if not chs:
+        why = "no channel's reference pattern matches the remittance text"
+    elif len(chs) > 1:
+        why = f"the remittance text matches several channels' patterns: {', '.join(chs)}"
+    else:
+        why = f"{chs[0]} owes nothing due between {c.value_date} and its grace period"
+    return Result(
+        item_key=c.key,
+        cls="unexpected_credit",
+        channel_id=chs[0] if len(chs) == 1 else "",
+        currency=c.currency,
+        due_date=None,
+        business_dates=(),
+        expected=None,
+        credited=c.amount,
+        refs=(f"{c.account}:{c.ref}",),
+        value_dates=(c.value_date,),
+        sources=(),
+        detail=f"{why}: {c.remittance[:80]!r}",
+    )
 
 
 def _expected_result(

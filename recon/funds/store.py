@@ -1,13 +1,11 @@
-"""Funds reconciliation in ClickHouse: bank statements as versions, the day totals of
-the channel statements (or the ledger), settlement runs and their results, suspense.
+"""Funds reconciliation in ClickHouse: settlement runs and their results, suspense.
 
-A bank statement is one version per (account, statement date): the same file again
-writes nothing, another file for the same account and date is the next delivery and
-supersedes the earlier ones (readers take the highest delivery with a version row;
-entries are written before the version row). `run_settlements` reads what is in
-force, classifies with the pure `recon.funds.settlement.reconcile`, stores a new run,
-reports what changed since the previous run of the same date and parks the breaks in
-suspense (`recon.suspense`; cleared again when a later run finds them settled).
+`run_settlements` reads what is in force (`recon.funds.credits`: bank credits, the
+day totals of the channel statements or the ledger), classifies with the pure
+`recon.funds.settlement.reconcile`, stores a new run, reports what changed since the
+previous run of the same date and parks the breaks in suspense (`recon.suspense`;
+cleared again when a later run finds them settled). Bank statements are stored as
+versions by `recon.funds.bankstore` (`store_bank_statement`, re-exported here).
 """
 
 from __future__ import annotations
@@ -16,19 +14,19 @@ import json
 import secrets
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date, timedelta
 from decimal import Decimal
 from typing import Any
 
 from recon import suspense as S
-from recon.funds.bank import BankStatement
+from recon.funds.bankstore import BankLoad as BankLoad
+from recon.funds.bankstore import store_bank_statement as store_bank_statement
+from recon.funds.credits import day_totals, read_credits
 from recon.funds.settlement import (
     BREAK_CLASSES,
     CLASSES,
     OK_CLASSES,
-    Credit,
-    DayTotals,
     Result,
     expected_settlements,
     reconcile,
@@ -36,38 +34,6 @@ from recon.funds.settlement import (
 from sinks.backend import Backend
 from tally.core.policy import Policies
 
-VERSION_COLUMNS = (
-    "account",
-    "statement_date",
-    "delivery",
-    "checksum",
-    "format",
-    "file_name",
-    "entry_count",
-    "currency",
-    "opening",
-    "closing",
-    "loaded_at_ms",
-    "loaded_by",
-)
-ENTRY_COLUMNS = (
-    "account",
-    "statement_date",
-    "delivery",
-    "entry_no",
-    "line_no",
-    "direction",
-    "amount",
-    "currency",
-    "value_date",
-    "booking_date",
-    "entry_ref",
-    "bank_ref",
-    "customer_ref",
-    "remittance",
-    "booked",
-    "raw",
-)
 RUN_COLUMNS = (
     "run_id",
     "run_date",
@@ -98,238 +64,6 @@ RESULT_COLUMNS = (
 WINDOW_DAYS = 10
 # the suspense entry of a credit no channel claims
 UNCLAIMED = "bank"
-
-
-@dataclass
-class BankLoad:
-    status: str  # loaded | already_loaded
-    account: str
-    statement_date: date
-    delivery: int
-    format: str
-    file_name: str
-    entries: int
-    credits: Decimal
-    debits: Decimal
-    opening: Decimal
-    closing: Decimal
-    superseded: list[int] = field(default_factory=list)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "status": self.status,
-            "account": self.account,
-            "statement_date": self.statement_date.isoformat(),
-            "delivery": self.delivery,
-            "format": self.format,
-            "file_name": self.file_name,
-            "entries": self.entries,
-            "credits": str(self.credits),
-            "debits": str(self.debits),
-            "opening": str(self.opening),
-            "closing": str(self.closing),
-            "superseded": self.superseded,
-        }
-
-
-def bank_versions(db: Backend, account: str, day: date) -> list[dict[str, Any]]:
-    return db.query(
-        "SELECT delivery, checksum FROM {db}.bank_statement_versions FINAL "
-        "WHERE account = %(a)s AND statement_date = toDate(%(d)s) ORDER BY delivery",
-        {"a": account, "d": day.isoformat()},
-    )
-
-
-def store_bank_statement(
-    db: Backend, st: BankStatement, account: str, *, loaded_by: str = "", now_ms: int | None = None
-) -> BankLoad:
-    """Store a parsed, checked bank statement as a new version of (account, date)."""
-    versions = bank_versions(db, account, st.statement_date)
-    booked = [e for e in st.entries if e.booked]
-
-    def result(status: str, delivery: int, superseded: list[int]) -> BankLoad:
-        return BankLoad(
-            status=status,
-            account=account,
-            statement_date=st.statement_date,
-            delivery=delivery,
-            format=st.format,
-            file_name=st.file_name,
-            entries=len(st.entries),
-            credits=sum((e.amount for e in booked if e.direction == "C"), Decimal(0)),
-            debits=sum((e.amount for e in booked if e.direction == "D"), Decimal(0)),
-            opening=st.opening,
-            closing=st.closing,
-            superseded=superseded,
-        )
-
-    same = [v for v in versions if v["checksum"] == st.checksum]
-    if same:
-        return result("already_loaded", int(same[0]["delivery"]), [])
-    # past the highest delivery and any entries of an interrupted load
-    top = db.query(
-        "SELECT max(delivery) AS m FROM {db}.bank_entries "
-        "WHERE account = %(a)s AND statement_date = toDate(%(d)s)",
-        {"a": account, "d": st.statement_date.isoformat()},
-    )
-    delivery = (
-        max([int(v["delivery"]) for v in versions] + [int(top[0]["m"] or 0) if top else 0]) + 1
-    )
-    db.insert(
-        "bank_entries",
-        ENTRY_COLUMNS,
-        [
-            (
-                account,
-                st.statement_date,
-                delivery,
-                e.entry_no,
-                e.line_no,
-                e.direction,
-                e.amount,
-                e.currency,
-                e.value_date,
-                e.booking_date,
-                e.ref,
-                e.bank_ref,
-                e.customer_ref,
-                e.remittance,
-                int(e.booked),
-                e.raw,
-            )
-            for e in st.entries
-        ],
-    )
-    db.insert(
-        "bank_statement_versions",
-        VERSION_COLUMNS,
-        [
-            (
-                account,
-                st.statement_date,
-                delivery,
-                st.checksum,
-                st.format,
-                st.file_name,
-                len(st.entries),
-                st.currency,
-                st.opening,
-                st.closing,
-                int(time.time() * 1000) if now_ms is None else now_ms,
-                loaded_by,
-            )
-        ],
-    )
-    return result("loaded", delivery, [int(v["delivery"]) for v in versions])
-
-
-# --------------------------------------------------------------------- reading
-
-
-def _in_force(table: str, keys: str, date_col: str) -> str:
-    return (
-        f"({keys}, delivery) IN (SELECT {keys}, max(delivery) FROM {{db}}.{table} FINAL "
-        f"WHERE {date_col} BETWEEN toDate(%(a)s) AND toDate(%(b)s) GROUP BY {keys})"
-    )
-
-
-def read_credits(db: Backend, start: date, end: date) -> tuple[list[Credit], dict[str, int]]:
-    """Booked credits with a value date in [start, end] of the bank statements in
-    force, and the deliveries read (account/date -> delivery)."""
-    # a credit's statement date is at or after its value date, at most a few days
-    rows = db.query(
-        "SELECT account, statement_date, delivery, entry_ref, value_date, currency, "
-        "toString(amount) AS amount, remittance, line_no FROM {db}.bank_entries FINAL "
-        "WHERE statement_date BETWEEN toDate(%(a)s) AND toDate(%(b)s) "
-        "AND direction = 'C' AND booked = 1 "
-        "AND value_date BETWEEN toDate(%(s)s) AND toDate(%(e)s) AND "
-        + _in_force("bank_statement_versions", "account, statement_date", "statement_date"),
-        {
-            "a": (start - timedelta(days=7)).isoformat(),
-            "b": (end + timedelta(days=7)).isoformat(),
-            "s": start.isoformat(),
-            "e": end.isoformat(),
-        },
-    )
-    used: dict[str, int] = {}
-    credits = []
-    for r in rows:
-        used[f"{r['account']}/{r['statement_date']}"] = int(r["delivery"])
-        credits.append(
-            Credit(
-                account=r["account"],
-                ref=r["entry_ref"],
-                value_date=r["value_date"],
-                currency=r["currency"],
-                amount=Decimal(r["amount"]),
-                remittance=r["remittance"],
-                statement_date=r["statement_date"],
-                line_no=int(r["line_no"]),
-            )
-        )
-    return credits, used
-
-
-def statement_totals(db: Backend, start: date, end: date) -> list[DayTotals]:
-    """Per channel, business date and currency, what the statement in force says
-    moved: payments collected (success, or refunded later), refunds paid, fees."""
-    ok = (
-        "((kind = 'payment' AND status IN ('success', 'refunded')) "
-        "OR (kind = 'refund' AND status = 'success'))"
-    )
-    rows = db.query(
-        "SELECT channel_id, business_date, currency, "
-        "toString(sumIf(amount, kind = 'payment' AND status IN ('success', 'refunded'))) AS gross, "
-        "toString(sumIf(amount, kind = 'refund' AND status = 'success')) AS refunds, "
-        f"toString(sumIf(assumeNotNull(fee), {ok} AND isNotNull(fee))) AS fees "
-        "FROM {db}.statement_lines FINAL "
-        "WHERE business_date BETWEEN toDate(%(a)s) AND toDate(%(b)s) AND "
-        + _in_force("statement_versions", "channel_id, business_date", "business_date")
-        + " GROUP BY channel_id, business_date, currency",
-        {"a": start.isoformat(), "b": end.isoformat()},
-    )
-    return [_totals(r, "statement") for r in rows]
-
-
-def ledger_totals(db: Backend, start: date, end: date) -> list[DayTotals]:
-    """The same from our ledger (order_states), for days without a statement."""
-    zero = "toDecimal64(0, 4)"
-    rows = db.query(
-        "SELECT ch AS channel_id, bd AS business_date, cur AS currency, "
-        f"toString(sumIf(amt - ifNull(coupon_amount, {zero}), typ = 'payment')) AS gross, "
-        "toString(sumIf(amt, typ = 'refund')) AS refunds, "
-        f"toString(sum(ifNull(fee, {zero}))) AS fees FROM ("
-        "SELECT assumeNotNull(channel_id) AS ch, assumeNotNull(business_date) AS bd, "
-        "assumeNotNull(currency) AS cur, assumeNotNull(amount) AS amt, coupon_amount, fee, "
-        "assumeNotNull(type) AS typ, our_status, reversed "
-        "FROM {db}.order_states FINAL WHERE known = 1) "
-        "WHERE our_status = 'success' AND reversed = 0 AND typ IN ('payment', 'refund') "
-        "AND bd BETWEEN toDate(%(a)s) AND toDate(%(b)s) "
-        "GROUP BY ch, bd, cur",
-        {"a": start.isoformat(), "b": end.isoformat()},
-    )
-    return [_totals(r, "ledger") for r in rows]
-
-
-def _totals(r: dict[str, Any], source: str) -> DayTotals:
-    return DayTotals(
-        channel_id=r["channel_id"],
-        business_date=r["business_date"],
-        currency=r["currency"],
-        gross=Decimal(r["gross"]),
-        refunds=Decimal(r["refunds"]),
-        fees=Decimal(r["fees"]),
-        source=source,
-    )
-
-
-def day_totals(db: Backend, start: date, end: date) -> list[DayTotals]:
-    """Statement totals, and ledger totals for a channel and day with no statement."""
-    st = statement_totals(db, start, end)
-    have = {(t.channel_id, t.business_date) for t in st}
-    return st + [
-        t for t in ledger_totals(db, start, end) if (t.channel_id, t.business_date) not in have
-    ]
 
 
 # ------------------------------------------------------------------------ runs
