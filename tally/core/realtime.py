@@ -9,8 +9,13 @@ Faust table) and directly by tests, the simulator's oracle and the benchmark
   2. merges it into the `OrderState` (`tally.core.orders`);
   3. raises breaks the new state reveals (`tally.core.breaks`), each once;
   4. reposts the order's position if its standing changed (`tally.core.ledger`);
-  5. arms the order's timers and advances the partition's event-time watermark,
-     firing due timers: status queries, pending_timeout, orphan_callback.
+  5. arms the order's timers and advances the partition's event-time watermark
+     (`tally.core.timers`), firing due timers: status queries, pending_timeout,
+     orphan_callback.
+
+In: `Transaction`s, `Callback`s, `ReversalLink`s (and `on_tick`'s idle advances).
+Out: `Outputs` (`tally.core.outputs`): breaks, postings, status queries, links and
+success claims; `ChannelTxnIndex` turns the claims into duplicate_success breaks.
 
 Time is event time. A partition's watermark is the *smaller* of the latest
 `occurred_at` seen on its two input topics (transactions, callbacks), less the
@@ -26,10 +31,7 @@ been idle, so replaying yesterday's log gives the same breaks as the live run di
 
 from __future__ import annotations
 
-import heapq
-from collections.abc import Callable, Iterable, MutableMapping
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable, MutableMapping
 
 from tally.core.breaks import (
     Break,
@@ -41,8 +43,8 @@ from tally.core.breaks import (
     duplicate_channel_txn,
     stamp,
 )
-from tally.core.events import Callback, Transaction, iso_ms
-from tally.core.ledger import Posting, repost
+from tally.core.events import Callback, Transaction
+from tally.core.ledger import repost
 from tally.core.orders import (
     OrderState,
     Standing,
@@ -51,157 +53,27 @@ from tally.core.orders import (
     apply_transaction,
     view,
 )
+from tally.core.outputs import Outputs, ReversalLink, StatusQuery, SuccessClaim
 from tally.core.policy import Policies
+from tally.core.timers import _ORPHAN, _QUERY, WATERMARK_PERSIST_STEP_MS, Timers
 
-
-@dataclass(frozen=True, slots=True)
-class StatusQuery:
-    """S4/S3: a request for the channel gateway to query an order's status."""
-
-    txn_id: str
-    channel_id: str
-    merchant_id: str | None
-    channel_txn_id: str | None
-    attempt: int
-    reason: str  # sla | verify_success
-    requested_at_ms: int  # event time
-
-    @property
-    def query_id(self) -> str:
-        return f"{self.txn_id}:q{self.attempt}"
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "query_id": self.query_id,
-            "txn_id": self.txn_id,
-            "channel_id": self.channel_id,
-            "merchant_id": self.merchant_id,
-            "channel_txn_id": self.channel_txn_id,
-            "attempt": self.attempt,
-            "reason": self.reason,
-            "requested_at": iso_ms(self.requested_at_ms),
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class ReversalLink:
-    """Internal message from a reversal order to its original (keyed by the original)."""
-
-    original_txn_id: str
-    reversal_txn_id: str
-    status: str  # pending | success | failed
-    occurred_at_ms: int
-
-    @property
-    def event_id(self) -> str:
-        return f"link:{self.reversal_txn_id}:{self.status}:{self.occurred_at_ms}"
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "original_txn_id": self.original_txn_id,
-            "reversal_txn_id": self.reversal_txn_id,
-            "status": self.status,
-            "occurred_at_ms": self.occurred_at_ms,
-        }
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> ReversalLink:
-        return cls(d["original_txn_id"], d["reversal_txn_id"], d["status"], d["occurred_at_ms"])
-
-
-@dataclass(frozen=True, slots=True)
-class SuccessClaim:
-    """Internal message: a channel transaction id reported as success for an order
-    (keyed by channel/channel_txn_id), to catch one id on two orders."""
-
-    channel_id: str
-    channel_txn_id: str
-    txn_id: str
-    merchant_id: str | None
-    currency: str
-    amount: int
-    occurred_at_ms: int
-
-    @property
-    def key(self) -> str:
-        return f"{self.channel_id}/{self.channel_txn_id}"
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "channel_id": self.channel_id,
-            "channel_txn_id": self.channel_txn_id,
-            "txn_id": self.txn_id,
-            "merchant_id": self.merchant_id,
-            "currency": self.currency,
-            "amount": self.amount,
-            "occurred_at_ms": self.occurred_at_ms,
-        }
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> SuccessClaim:
-        return cls(**d)
-
-
-@dataclass(slots=True)
-class Outputs:
-    breaks: list[Break] = field(default_factory=list)
-    postings: list[Posting] = field(default_factory=list)
-    queries: list[StatusQuery] = field(default_factory=list)
-    links: list[ReversalLink] = field(default_factory=list)
-    claims: list[SuccessClaim] = field(default_factory=list)
-    duplicate: bool = False  # the message had been applied already
-
-    def __init__(
-        self,
-        breaks: list[Break] | None = None,
-        postings: list[Posting] | None = None,
-        queries: list[StatusQuery] | None = None,
-        links: list[ReversalLink] | None = None,
-        claims: list[SuccessClaim] | None = None,
-        duplicate: bool = False,
-    ) -> None:
-        # written out: one per message, the dataclass default factories cost more
-        self.breaks = [] if breaks is None else breaks
-        self.postings = [] if postings is None else postings
-        self.queries = [] if queries is None else queries
-        self.links = [] if links is None else links
-        self.claims = [] if claims is None else claims
-        self.duplicate = duplicate
-
-    def extend(self, other: Outputs) -> None:
-        self.breaks += other.breaks
-        self.postings += other.postings
-        self.queries += other.queries
-        self.links += other.links
-        self.claims += other.claims
-
-    def __bool__(self) -> bool:
-        return bool(self.breaks or self.postings or self.queries or self.links or self.claims)
-
-
-# Timer kinds kept in the per-partition heap.
-_QUERY = 0
-_ORPHAN = 1
-WATERMARK_PERSIST_STEP_MS = 1000
-_SOURCES = ("transactions", "callbacks")
+# names other modules import from here
+__all__ = [
+    "WATERMARK_PERSIST_STEP_MS",
+    "ChannelTxnIndex",
+    "Outputs",
+    "Reconciler",
+    "ReversalLink",
+    "StatusQuery",
+    "SuccessClaim",
+]
 _PROVISIONAL = Standing.PROVISIONAL
-_partition_keys: dict[int, str] = {}
 
 
-def _partition_key(partition: int) -> str:
-    """The watermarks store's key of a partition."""
-    key = _partition_keys.get(partition)
-    if key is None:
-        key = _partition_keys[partition] = str(partition)
-    return key
+class Reconciler(Timers):
+    """One order's evidence in; breaks, postings, status queries, links and claims out
+    (see the module docstring). Event time and timers: `tally.core.timers.Timers`."""
 
-
-def _always_caught_up(_partition: int, _source: str) -> bool:
-    """No `caught_up` hook: one ordered log, every input counts as caught up."""
-    return True
-
-
-class Reconciler:
     def __init__(
         self,
         policies: Policies,
@@ -212,15 +84,8 @@ class Reconciler:
         partition_of: Callable[[str], int] | None = None,
         caught_up: Callable[[int, str], bool] | None = None,
     ) -> None:
+        super().__init__(orders, watermarks, allowed_lateness_ms, partition_of, caught_up)
         self.policies = policies
-        self.orders = orders
-        self.watermarks: MutableMapping[str, int] = watermarks if watermarks is not None else {}
-        self.lateness = allowed_lateness_ms
-        self.caught_up = caught_up or _always_caught_up
-        self._hw: dict[int, dict[str, int]] = {}  # latest event time per input topic
-        self.partition_of = partition_of or (lambda _k: 0)
-        self._wm: dict[int, int] = {}
-        self._timers: dict[int, list[tuple[int, int, str]]] = {}
 
     # ----------------------------------------------------------------- inputs
 
@@ -286,21 +151,6 @@ class Reconciler:
         out = Outputs()
         self._settle(state, link.occurred_at_ms, partition, out)
         return out
-
-    def on_tick(self, partition: int, advance_ms: int) -> Outputs:
-        """Wall clock kept the partition idle for `advance_ms`: move its watermark on."""
-        self._ensure_partition(partition)
-        hw = self._hw.setdefault(partition, {})
-        if not hw or advance_ms <= 0:
-            return Outputs()
-        # idle: both inputs are caught up; event time moves on with the wall clock
-        top = max(hw.values()) + advance_ms
-        for source in _SOURCES:
-            hw[source] = top
-        return self._advance(partition, top - self.lateness)
-
-    def watermark(self, partition: int = 0) -> int | None:
-        return self._wm.get(partition)
 
     # --------------------------------------------------------------- settling
 
@@ -371,63 +221,6 @@ class Reconciler:
             )
         )
 
-    # ----------------------------------------------------------------- timers
-
-    def _push(self, partition: int, due: int, kind: int, txn_id: str) -> None:
-        heapq.heappush(self._timers.setdefault(partition, []), (due, kind, txn_id))
-
-    def _observe(self, partition: int, source: str, event_ms: int, out: Outputs) -> None:
-        hw = self._hw.get(partition)
-        if hw is None:
-            hw = self._hw[partition] = {}
-        if event_ms > hw.get(source, -1):
-            hw[source] = event_ms
-        top = max(hw.values())
-        low = top
-        caught_up = self.caught_up
-        if caught_up is not _always_caught_up:
-            for src in _SOURCES:
-                v = hw.get(src)
-                if (v is None or v < top) and not caught_up(partition, src):
-                    if v is None:
-                        self._advance_into(partition, None, out)  # wait for the other input
-                        return
-                    low = min(low, v)
-        to_ms = low - self.lateness
-        wm = self._wm.get(partition)
-        if wm is not None and to_ms <= wm:
-            heap = self._timers.get(partition)
-            if not heap or heap[0][0] > wm:
-                return  # the watermark stays, no timer is due
-        self._advance_into(partition, to_ms, out)
-
-    def _advance(self, partition: int, to_ms: int | None) -> Outputs:
-        out = Outputs()
-        self._advance_into(partition, to_ms, out)
-        return out
-
-    def _advance_into(self, partition: int, to_ms: int | None, out: Outputs) -> None:
-        wm = self._wm.get(partition)
-        if to_ms is not None and (wm is None or to_ms > wm):
-            self._wm[partition] = wm = to_ms
-            key = _partition_keys.get(partition) or _partition_key(partition)
-            if to_ms - self.watermarks.get(key, 0) >= WATERMARK_PERSIST_STEP_MS:
-                self.watermarks[key] = to_ms
-        if wm is None:
-            return
-        # timers armed behind the watermark (their order arrived late) fire now: the
-        # outcome depends on event time, not arrival order
-        heap = self._timers.get(partition)
-        while heap and heap[0][0] <= wm:
-            due, kind, txn_id = heapq.heappop(heap)
-            state = self.orders.get(txn_id)
-            if state is None:
-                continue
-            if kind == _ORPHAN and state.orphan_due_ms == due:
-                self._fire_orphan(state, due, out)
-            elif kind == _QUERY and state.query_due_ms == due:
-                self._fire_query(state, due, partition, out)
-
     def _fire_orphan(self, state: OrderState, due: int, out: Outputs) -> None:
         state.orphan_due_ms = None
         if not state.known:
@@ -465,41 +258,6 @@ class Reconciler:
                     out,
                 )
         self.orders[state.txn_id] = state
-
-    # ----------------------------------------------------- recovery / rebalance
-
-    def _ensure_partition(self, partition: int) -> None:
-        if partition in self._timers:
-            return
-        self._timers[partition] = []
-        persisted = self.watermarks.get(str(partition))
-        if persisted is not None:
-            self._wm[partition] = persisted
-            self._hw[partition] = {src: persisted + self.lateness for src in _SOURCES}
-        self.rebuild(partition, self._states_of(partition))
-
-    def _states_of(self, partition: int) -> Iterable[OrderState]:
-        for k, s in list(self.orders.items()):
-            if self.partition_of(k) == partition:
-                yield s
-
-    def rebuild(self, partition: int, states: Iterable[OrderState]) -> None:
-        """Re-arm the timers of a partition from its stored orders (after a restart
-        or when the partition is assigned to this worker)."""
-        heap: list[tuple[int, int, str]] = []
-        for s in states:
-            if s.query_due_ms is not None:
-                heap.append((s.query_due_ms, _QUERY, s.txn_id))
-            if s.orphan_due_ms is not None:
-                heap.append((s.orphan_due_ms, _ORPHAN, s.txn_id))
-        heapq.heapify(heap)
-        self._timers[partition] = heap
-
-    def forget_partitions(self) -> None:
-        """Called on rebalance: timers are rebuilt lazily for whatever is assigned."""
-        self._timers.clear()
-        self._wm.clear()
-        self._hw.clear()
 
 
 # -------------------------------------------------------- cross-order index
