@@ -34,8 +34,10 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
 
+from recon.run import run
 from recon.statements.load import VERSION_COLUMNS
-from sinks.backend import Backend
+from sinks.backend import Backend, render
+from sinks.schema import migrate
 from tally.core.eod import CLASSES
 from tally.core.policy import ChannelPolicy
 
@@ -106,8 +108,6 @@ def expected_counts(n: int) -> dict[str, int]:
 
 def build(db: Backend, n: int, policy: ChannelPolicy) -> None:
     """Fresh tables in the backend's database, both sides generated in ClickHouse."""
-    from sinks.schema import migrate
-
     db.execute("DROP DATABASE IF EXISTS {db}")
     migrate(db)
     start = policy.cutoff_ms(DAY - timedelta(days=1))
@@ -172,8 +172,6 @@ def build(db: Backend, n: int, policy: ChannelPolicy) -> None:
 
 
 def run_sql(db: Backend, policy: ChannelPolicy) -> tuple[float, dict[str, int]]:
-    from recon.run import run
-
     t0 = time.perf_counter()
     out = run(db, CHANNEL, DAY, policy, sync_suspense=False)
     return time.perf_counter() - t0, out.counts()
@@ -189,8 +187,6 @@ def _frame(db: Backend, sql: str) -> Any:
 
     session = getattr(db, "session", None)
     if session is not None:
-        from sinks.backend import render
-
         return session.query(render(sql, db.database, None), "DataFrame")
     return pd.DataFrame(db.query(sql))
 

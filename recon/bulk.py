@@ -42,11 +42,13 @@ from recon.suspense import (
     listing,
     parked_in_memory,
     state,
+    sync_breaks,
     unknown_entry,
     write_off_action,
     write_off_problems,
 )
 from sinks.backend import Backend
+from sinks.queries import money
 
 REQUIRED = ("entry", "action", "reason", "by")
 # the export's columns: what a person needs to decide, then the decision to fill in
@@ -291,9 +293,6 @@ def export_rows(
     parked first), each with what its breaks say (`detail`: the real-time break's
     detail, the end-of-day class with our and the statement's amounts from the
     day's latest run) and empty action, reason, by, link to fill in."""
-    from recon.suspense import sync_breaks
-    from sinks.queries import money
-
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     sync_breaks(db, now_ms=now_ms)
     rows = listing(db, channel=channel, day=day, include_closed=include_closed, now_ms=now_ms)
@@ -326,8 +325,6 @@ def export_rows(
 
 
 def _details(db: Backend, break_ids: Sequence[str]) -> dict[str, str]:
-    from sinks.queries import money
-
     out: dict[str, str] = {}
     rt = [b for b in break_ids if not b.startswith("eod:")]
     for chunk in _chunks(sorted(set(rt))):

@@ -30,7 +30,13 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+from recon import suspense
+from recon.report import build, render
+from recon.run import results, run
+from recon.settle import settle
 from recon.simday import SimDay, file_name
+from recon.statements import write
+from recon.statements.load import load_file
 from sinks.backend import Backend
 from tally.config import Settings
 
@@ -107,8 +113,6 @@ def scores(
 
 def _statement_file(day: SimDay, channel: str, d: date) -> tuple[str, str, bytes]:
     """(format, why the channel's own format was not used or "", file bytes)."""
-    from recon.statements import write
-
     fmt = CHANNEL_FORMATS.get(channel, FALLBACK_FORMAT)
     try:
         return fmt, "", write(day.statement(channel, d, fmt))
@@ -122,12 +126,6 @@ def end_of_day(
     db: Backend, settings: Settings, day: SimDay, out_dir: Path, now_ms: int | None = None
 ) -> EndOfDay:
     """Steps 1-6 of the module doc; files go under `out_dir` (statements/, reports)."""
-    from recon import suspense
-    from recon.report import build, render
-    from recon.run import results, run
-    from recon.settle import settle
-    from recon.statements.load import load_file
-
     t0 = time.monotonic()
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     out = EndOfDay(expected=day.expected_set())
