@@ -141,7 +141,11 @@ def test_values_round_trip_exactly(backend: Backend) -> None:
     raw = backend.query("SELECT amount, event_time FROM {db}.breaks FINAL")[0]
     assert raw["amount"] == Decimal(big) and isinstance(raw["amount"], Decimal)
     assert raw["event_time"].isoformat() == "2026-11-24T16:00:00+00:00"
+    _postings_and_balances_round_trip(backend)
+    _orders_queries_and_dead_letters_round_trip(backend)
 
+
+def _postings_and_balances_round_trip(backend: Backend) -> None:
     # JPY has no minor unit, KWD three; negative legs
     p = Posting(
         posting_id="o-2:1",
@@ -168,6 +172,8 @@ def test_values_round_trip_exactly(backend: Backend) -> None:
     [m9] = queries.balances(backend, merchant="m9")
     assert m9["confirmed"] == "500" and m9["provisional"] == "-3" and m9["net"] == "497"
 
+
+def _orders_queries_and_dead_letters_round_trip(backend: Backend) -> None:
     # an order with a nullable-rich state
     store(backend, R.ORDER_STATES, [order_state_message()], partition=3)
     o = queries.order(backend, "o-1")
