@@ -126,28 +126,7 @@ def scan(data: bytes, file_name: str, env: Statement) -> Iterator[StatementLine]
     lines = F.physical_lines(text)
     if not lines or lines[0] != TITLE:
         raise where.error(1, None, f"not an Alipay bill: it must start with {TITLE}")
-    i = 1
-    while i < len(lines) and lines[i].startswith("#"):
-        line = lines[i]
-        if line.startswith("#账号："):
-            env.meta["account"] = line[4:].strip("[]")
-        elif line.startswith("#起始日期："):
-            m = re.fullmatch(r"#起始日期：\[(.+?)\]\s+终止日期：\[(.+?)\]", line)
-            if m is None:
-                raise where.error(i + 1, "起始日期", "expected #起始日期：[...]   终止日期：[...]")
-            start = _cn_time(where, i + 1, "起始日期", m[1])
-            end = _cn_time(where, i + 1, "终止日期", m[2])
-            if end - start != timedelta(days=1):
-                raise where.error(
-                    i + 1, "终止日期", f"the bill covers {m[1]} to {m[2]}: not one business day"
-                )
-            env.business_date = (
-                (end - timedelta(seconds=1)).date()
-                if (end.time().hour == end.time().minute == end.time().second == 0)
-                else end.date()
-            )
-            env.meta["start"] = m[1]
-        i += 1
+    i = _head(where, lines, env)
     if i >= len(lines):
         raise where.error(i + 1, None, "truncated: the column header and rows are missing")
     if lines[i] != HEADER:
@@ -180,8 +159,51 @@ def scan(data: bytes, file_name: str, env: Statement) -> Iterator[StatementLine]
         raise where.error(
             i + 1, None, "truncated: the line #-----业务明细列表结束----- is missing after the rows"
         )
-    i += 1
-    declared: dict[str, tuple[int, Decimal, Decimal | None, int]] = {}
+    declared = _footer(where, lines, i + 1, env)
+    _check_totals(where, len(lines), declared, counts, collected, coupons)
+    pay, ref = declared["交易"], declared["退款"]
+    env.declared = Totals(
+        count=pay[0] + ref[0],
+        amount=pay[1] - ref[1],
+        fee=None,
+        items=(("交易合计", f"{pay[0]}笔 {pay[1]}"), ("退款合计", f"{ref[0]}笔 {ref[1]}")),
+    )
+
+
+def _head(where: F.Where, lines: list[str], env: Statement) -> int:
+    """The `#` lines before the header (account, the day covered); the index after."""
+    i = 1
+    while i < len(lines) and lines[i].startswith("#"):
+        line = lines[i]
+        if line.startswith("#账号："):
+            env.meta["account"] = line[4:].strip("[]")
+        elif line.startswith("#起始日期："):
+            m = re.fullmatch(r"#起始日期：\[(.+?)\]\s+终止日期：\[(.+?)\]", line)
+            if m is None:
+                raise where.error(i + 1, "起始日期", "expected #起始日期：[...]   终止日期：[...]")
+            start = _cn_time(where, i + 1, "起始日期", m[1])
+            end = _cn_time(where, i + 1, "终止日期", m[2])
+            if end - start != timedelta(days=1):
+                raise where.error(
+                    i + 1, "终止日期", f"the bill covers {m[1]} to {m[2]}: not one business day"
+                )
+            env.business_date = (
+                (end - timedelta(seconds=1)).date()
+                if (end.time().hour == end.time().minute == end.time().second == 0)
+                else end.date()
+            )
+            env.meta["start"] = m[1]
+        i += 1
+    return i
+
+
+# kind -> (count, 商家实收, 商家优惠 or None, line number) as the footer declares them
+_Declared = dict[str, tuple[int, Decimal, Decimal | None, int]]
+
+
+def _footer(where: F.Where, lines: list[str], i: int, env: Statement) -> _Declared:
+    """The `#` lines after the rows, from index i: the totals and the export time."""
+    declared: _Declared = {}
     while i < len(lines):
         line = lines[i]
         m = _TOTAL.fullmatch(line)
@@ -200,10 +222,22 @@ def scan(data: bytes, file_name: str, env: Statement) -> Iterator[StatementLine]
         elif not line.startswith("#"):
             raise where.error(i + 1, None, "unexpected content after the rows")
         i += 1
+    return declared
+
+
+def _check_totals(
+    where: F.Where,
+    n_lines: int,
+    declared: _Declared,
+    counts: dict[str, int],
+    collected: dict[str, Decimal],
+    coupons: dict[str, Decimal],
+) -> None:
+    """The footer's totals against the rows."""
     for kind in ("交易", "退款"):
         if kind not in declared:
             raise where.error(
-                len(lines) + 1, f"{kind}合计", f"truncated: the #{kind}合计 line is missing"
+                n_lines + 1, f"{kind}合计", f"truncated: the #{kind}合计 line is missing"
             )
         n, total, coupon, line_no = declared[kind]
         cnt, rows_sum, got_coupon = counts[kind], collected[kind], coupons[kind]
@@ -221,13 +255,6 @@ def scan(data: bytes, file_name: str, env: Statement) -> Iterator[StatementLine]
                 f"{kind}合计 商家优惠 (coupon_amount)",
                 f"declares {coupon}, the rows add up to {got_coupon}",
             )
-    pay, ref = declared["交易"], declared["退款"]
-    env.declared = Totals(
-        count=pay[0] + ref[0],
-        amount=pay[1] - ref[1],
-        fee=None,
-        items=(("交易合计", f"{pay[0]}笔 {pay[1]}"), ("退款合计", f"{ref[0]}笔 {ref[1]}")),
-    )
 
 
 def _item(where: F.Where, line_no: int, raw: str, v: list[str]) -> StatementLine:
@@ -312,66 +339,11 @@ def write(statement: Statement) -> bytes:
     got = {"交易": Decimal(0), "退款": Decimal(0)}
     cpn = {"交易": Decimal(0), "退款": Decimal(0)}
     for line in statement.lines:
-        if line.currency != "CNY":
-            raise ValueError(f"Alipay bills are in CNY, not {line.currency}")
-        t = F.format_local_time(line.occurred_at_ms)
-        fee = line.fee if line.fee is not None else Decimal(0)
-        coupon = line.coupon_amount or Decimal(0)
-        if line.kind == "payment":
-            kind, collected, order, ours, refund_no = (
-                "交易",
-                line.amount,
-                line.amount + coupon,
-                line.txn_id,
-                "",
-            )
-        elif line.kind == "refund":
-            kind, collected, order, ours, refund_no = (
-                "退款",
-                -line.amount,
-                -line.amount,
-                line.original_txn_id,
-                line.txn_id,
-            )
-            coupon = Decimal(0)
-        else:
-            raise ValueError("Alipay bills have no reversal rows (业务类型 交易 / 退款)")
+        kind, collected, coupon, row = _row(statement, line)
         n[kind] += 1
         got[kind] += collected
         cpn[kind] += coupon
-        z = "0.00"
-        cells = [
-            line.channel_txn_id,
-            ours,
-            kind,
-            statement.meta.get("body", "商品"),
-            t,
-            t,
-            line.merchant_ref,
-            "",
-            "",
-            "",
-            "",
-            F.fmt_amount(order, "CNY"),
-            F.fmt_amount(collected, "CNY")
-            if collected >= 0
-            else "-" + F.fmt_amount(-collected, "CNY"),
-            z,
-            z,
-            z,
-            F.fmt_amount(coupon, "CNY"),
-            z,
-            "",
-            z,
-            z,
-            refund_no,
-            _signed(-fee),
-            z,
-            "",
-        ]
-        if order < 0:
-            cells[11] = "-" + F.fmt_amount(-order, "CNY")
-        out.append(",".join(c + "\t" for c in cells))
+        out.append(row)
     out.append(END_RULE)
     out.append(
         f"#交易合计：{n['交易']}笔，商家实收共{_signed(got['交易'])}元，"
@@ -383,6 +355,65 @@ def write(statement: Statement) -> bytes:
     )
     out.append(f"#导出时间：[{exported}]")
     return ("\r\n".join(out) + "\r\n").encode("gbk")
+
+
+def _row(statement: Statement, line: StatementLine) -> tuple[str, Decimal, Decimal, str]:
+    """(业务类型, 商家实收, 商家优惠, the row's text) of a line."""
+    if line.currency != "CNY":
+        raise ValueError(f"Alipay bills are in CNY, not {line.currency}")
+    t = F.format_local_time(line.occurred_at_ms)
+    fee = line.fee if line.fee is not None else Decimal(0)
+    coupon = line.coupon_amount or Decimal(0)
+    if line.kind == "payment":
+        kind, collected, order, ours, refund_no = (
+            "交易",
+            line.amount,
+            line.amount + coupon,
+            line.txn_id,
+            "",
+        )
+    elif line.kind == "refund":
+        kind, collected, order, ours, refund_no = (
+            "退款",
+            -line.amount,
+            -line.amount,
+            line.original_txn_id,
+            line.txn_id,
+        )
+        coupon = Decimal(0)
+    else:
+        raise ValueError("Alipay bills have no reversal rows (业务类型 交易 / 退款)")
+    z = "0.00"
+    cells = [
+        line.channel_txn_id,
+        ours,
+        kind,
+        statement.meta.get("body", "商品"),
+        t,
+        t,
+        line.merchant_ref,
+        "",
+        "",
+        "",
+        "",
+        F.fmt_amount(order, "CNY"),
+        F.fmt_amount(collected, "CNY") if collected >= 0 else "-" + F.fmt_amount(-collected, "CNY"),
+        z,
+        z,
+        z,
+        F.fmt_amount(coupon, "CNY"),
+        z,
+        "",
+        z,
+        z,
+        refund_no,
+        _signed(-fee),
+        z,
+        "",
+    ]
+    if order < 0:
+        cells[11] = "-" + F.fmt_amount(-order, "CNY")
+    return kind, collected, coupon, ",".join(c + "\t" for c in cells)
 
 
 def _signed(v: Decimal) -> str:
