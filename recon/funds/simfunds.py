@@ -1,4 +1,4 @@
-"""The simulator's funds side (issue 11, part 6): for the days of a `SimDay`, the
+"""The simulator's funds side (issue 11, part 6): for the days of a `StatementDay`, the
 platform's bank statements (MT940 and camt.053) with the channels' settlement credits
 and the merchant payout debits, the payout batch files, the injected anomalies and the
 class every item must get (the oracle, by construction, not by running the matcher).
@@ -50,12 +50,13 @@ from recon.funds.settlement import (
     grace_end,
     reference_pattern,
 )
-from recon.settle import SettleItem, settlement
-from recon.simday import SimDay, _last_time
+from tally.core.clearing import SettleItem, settlement
 from tally.core.messages import order_snapshot
 from tally.core.money import to_decimal, to_minor
 from tally.core.orders import view
 from tally.core.policy import Policies
+from tally.sim.day import StatementDay
+from tally.sim.statements import last_time
 
 ACCOUNT = "6222021001112223334"
 OPENING = Decimal("5000000.00")
@@ -121,7 +122,7 @@ class FundsSim:
         }
 
 
-def day_totals(day: SimDay) -> list[DayTotals]:
+def day_totals(day: StatementDay) -> list[DayTotals]:
     """Each channel day's totals from its statement as delivered (the same sums as
     `recon.funds.store.statement_totals` over the loaded file)."""
     sums: dict[tuple[str, date, str], list[int]] = defaultdict(lambda: [0, 0, 0])
@@ -144,13 +145,13 @@ def day_totals(day: SimDay) -> list[DayTotals]:
     ]
 
 
-def settle_items(day: SimDay) -> dict[date, list[SettleItem]]:
+def settle_items(day: StatementDay) -> dict[date, list[SettleItem]]:
     """The confirmed payments and refunds per business date, as `tally settle` reads
     them from `order_states`."""
     out: dict[date, list[SettleItem]] = defaultdict(list)
     for s in day.pipeline.orders.values():
         ch = s.channel_id or (s.evidence[0].channel_id if s.evidence else "")
-        snap = order_snapshot(s, view(s, day.policies[ch]), _last_time(s))
+        snap = order_snapshot(s, view(s, day.policies[ch]), last_time(s))
         if not (
             snap["known"]
             and snap["standing"] == "confirmed"
@@ -189,7 +190,7 @@ def _rolled(e: Expected, policies: Policies) -> bool:
 
 
 def simulate_funds(
-    day: SimDay,
+    day: StatementDay,
     *,
     seed: int = 11,
     account: str = ACCOUNT,
@@ -205,6 +206,40 @@ def simulate_funds(
     classes: dict[str, str] = {}
     causes: dict[str, str] = {}
     skipped: dict[str, str] = {}
+    pick = _pick_settlements(exp, policies, rng, skipped)
+    entries = _credits(exp, pick, policies, account, classes, causes, skipped)
+    payouts = _payouts(day, held, rng, classes, causes, skipped)
+    for ps in payouts.values():
+        for p in ps:
+            text = f"PAYOUT TO MERCHANT {p.merchant_id} {p.ref}"
+            entries[p.value_date].append(
+                ("D", to_decimal(p.amount, p.currency), p.value_date, f"B{p.ref}", text)
+            )
+    statements, balance = [], OPENING
+    for d in sorted(entries):
+        st = statement_of(account, d, entries[d], opening=balance)
+        balance = st.closing
+        statements.append(st)
+    last = max((grace_end(e.due_date, policies[e.channel_id]) for e in exp), default=None)
+    as_of = (last + timedelta(days=1)) if last else max(entries, default=date.today())
+    start = min(entries, default=as_of)
+    return FundsSim(
+        account=account,
+        expected=exp,
+        statements=statements,
+        payouts=payouts,
+        classes=classes,
+        causes=causes,
+        run_as_of=as_of,
+        window_days=max(1, (as_of - start).days),
+        skipped=skipped,
+    )
+
+
+def _pick_settlements(
+    exp: list[Expected], policies: Policies, rng: random.Random, skipped: dict[str, str]
+) -> dict[str, Expected]:
+    """The settlement each settlement anomaly is injected on (cause -> settlement)."""
     rolled = [e for e in exp if _rolled(e, policies)]
     plain = [e for e in exp if not _rolled(e, policies)]
     rng.shuffle(rolled)
@@ -221,8 +256,25 @@ def simulate_funds(
             pick[cause] = pool.pop()
         else:
             skipped[cause] = "fewer channel settlements than anomalies"
+    return pick
+
+
+BankEntry = tuple[str, Decimal, date, str, str]  # (C/D, amount, value date, ref, text)
+
+
+def _credits(
+    exp: list[Expected],
+    pick: dict[str, Expected],
+    policies: Policies,
+    account: str,
+    classes: dict[str, str],
+    causes: dict[str, str],
+    skipped: dict[str, str],
+) -> dict[date, list[BankEntry]]:
+    """The channels' settlement credits per bank date, with the anomalies picked, and
+    one credit that no channel claims."""
     by_key = {e.key: c for c, e in pick.items()}
-    entries: dict[date, list[tuple[str, Decimal, date, str, str]]] = defaultdict(list)
+    entries: dict[date, list[BankEntry]] = defaultdict(list)
     patterns = {ch: reference_pattern(ch, policies[ch]) for ch in {e.channel_id for e in exp}}
     for i, e in enumerate(sorted(exp, key=lambda e: e.key), start=1):
         cause = by_key.get(e.key, "")
@@ -257,36 +309,11 @@ def simulate_funds(
             classes[key], causes[key] = "unexpected_credit", "unexpected_credit"
     else:
         skipped["unexpected_credit"] = "no settlement in the simulated days"
-    payouts = _payouts(day, held, rng, classes, causes, skipped)
-    for ps in payouts.values():
-        for p in ps:
-            text = f"PAYOUT TO MERCHANT {p.merchant_id} {p.ref}"
-            entries[p.value_date].append(
-                ("D", to_decimal(p.amount, p.currency), p.value_date, f"B{p.ref}", text)
-            )
-    statements, balance = [], OPENING
-    for d in sorted(entries):
-        st = statement_of(account, d, entries[d], opening=balance)
-        balance = st.closing
-        statements.append(st)
-    last = max((grace_end(e.due_date, policies[e.channel_id]) for e in exp), default=None)
-    as_of = (last + timedelta(days=1)) if last else max(entries, default=date.today())
-    start = min(entries, default=as_of)
-    return FundsSim(
-        account=account,
-        expected=exp,
-        statements=statements,
-        payouts=payouts,
-        classes=classes,
-        causes=causes,
-        run_as_of=as_of,
-        window_days=max(1, (as_of - start).days),
-        skipped=skipped,
-    )
+    return entries
 
 
 def _payouts(
-    day: SimDay,
+    day: StatementDay,
     held: Iterable[str] | None,
     rng: random.Random,
     classes: dict[str, str],

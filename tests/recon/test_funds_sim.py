@@ -17,10 +17,12 @@ import pytest
 from click.testing import CliRunner
 
 from recon.funds.simfunds import FundsSim, simulate_funds
+from recon.report import build, render
 from recon.simday import SimDay, simulate_day
 from tally.cli import main
 from tally.sim.traffic import SimConfig
 from tests.clickhouse import connect_to, env_of
+from tests.recon.test_report import parse, rows_of
 
 pytest_plugins = ("tests.clickhouse",)
 
@@ -81,31 +83,7 @@ def test_simulated_funds_end_to_end(
     finally:
         db.close()
     env = env_of(storage)
-    for ch, _, name, data in sim.files("csv"):
-        (tmp_path / name).write_bytes(data)
-        _cli(env, "statements", "load", str(tmp_path / name), "--channel", ch, "--format", "csv")
-    doc = funds.write_files(tmp_path / "funds")
-    assert json.loads((tmp_path / "funds" / "expected-funds.json").read_text()) == doc
-    # the bank days alternately in MT940 and camt.053
-    for i, (sta, xml) in enumerate(
-        zip(doc["files"]["mt940"], doc["files"]["camt053"], strict=True)
-    ):
-        f = tmp_path / "funds" / (xml if i % 2 else sta)
-        r = _cli(env, "statements", "load", str(f), "--kind", "bank", "--account", funds.account)
-        assert "as delivery 1" in r.output
-    for name in doc["files"]["payouts"]:
-        d = name.split("payouts-", 1)[1].removesuffix(".csv")
-        _cli(
-            env,
-            "statements",
-            "load",
-            str(tmp_path / "funds" / name),
-            "--kind",
-            "payouts",
-            "--date",
-            d,
-        )
-
+    _load_files(env, sim, funds, tmp_path)
     want = funds.classes
     run = json.loads(
         _cli(
@@ -121,6 +99,33 @@ def test_simulated_funds_end_to_end(
     )
     got = {r["item_key"]: r["class"] for r in run["results"]}
     assert got == {k: c for k, c in want.items() if not k.startswith("po:")}
+    assert _merchant_classes(env, funds) == {k: c for k, c in want.items() if k.startswith("po:")}
+    _check_the_report(storage, funds)
+
+
+def _load_files(env: dict[str, str], sim: SimDay, funds: FundsSim, tmp_path: Path) -> None:
+    """The day's statements (csv), the bank days alternately in MT940 and camt.053, and
+    the payout files, loaded through the CLI."""
+    for ch, _, name, data in sim.files("csv"):
+        (tmp_path / name).write_bytes(data)
+        _cli(env, "statements", "load", str(tmp_path / name), "--channel", ch, "--format", "csv")
+    doc = funds.write_files(tmp_path / "funds")
+    assert json.loads((tmp_path / "funds" / "expected-funds.json").read_text()) == doc
+    for i, (sta, xml) in enumerate(
+        zip(doc["files"]["mt940"], doc["files"]["camt053"], strict=True)
+    ):
+        f = tmp_path / "funds" / (xml if i % 2 else sta)
+        r = _cli(env, "statements", "load", str(f), "--kind", "bank", "--account", funds.account)
+        assert "as delivery 1" in r.output
+    for name in doc["files"]["payouts"]:
+        d = name.split("payouts-", 1)[1].removesuffix(".csv")
+        path = str(tmp_path / "funds" / name)
+        _cli(env, "statements", "load", path, "--kind", "payouts", "--date", d)
+
+
+def _merchant_classes(env: dict[str, str], funds: FundsSim) -> dict[str, str]:
+    """`tally recon merchants` of every payout date; the bank's payout debits give the
+    same classes as the payout file."""
     merchants: dict[str, str] = {}
     for d in sorted(funds.payouts):
         out = json.loads(_cli(env, "recon", "merchants", "--date", d.isoformat(), "--json").output)
@@ -139,11 +144,12 @@ def test_simulated_funds_end_to_end(
         assert {r["item_key"]: r["class"] for r in json.loads(bank)["results"]} == {
             r["item_key"]: r["class"] for r in out["results"]
         }
-    assert merchants == {k: c for k, c in want.items() if k.startswith("po:")}
-    # the morning report of the first business date shows both
-    from recon.report import build, render
-    from tests.recon.test_report import parse, rows_of
+    return merchants
 
+
+def _check_the_report(storage: dict[str, Any], funds: FundsSim) -> None:
+    """The morning report of the first business date shows both sides."""
+    want = funds.classes
     first = min(funds.payouts)
     db = connect_to(storage)
     try:
