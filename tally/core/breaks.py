@@ -27,14 +27,19 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 
-from tally.core.events import iso_ms
+from tally.core.eventtime import iso_ms
 from tally.core.money import format_minor
 from tally.core.orders import FINAL_CHANNEL, Evidence, OrderState, OrderView
 from tally.core.policy import ChannelPolicy
+from tally.core.records import ChannelStatus, OrderStatus
+
+# plain values, compared with what messages carry (see `tally.core.orders`)
+_SUCCESS, _FAILED = OrderStatus.SUCCESS.value, OrderStatus.FAILED.value
+_CLOSED, _REVERSED = OrderStatus.CLOSED.value, ChannelStatus.REVERSED.value
 
 
 class BreakKind(StrEnum):
@@ -114,128 +119,17 @@ def expected_channel_amount(state: OrderState) -> int:
 def detect(state: OrderState, v: OrderView, policy: ChannelPolicy) -> list[Finding]:
     """Event-driven findings for an order's current state (not yet de-duplicated)."""
     out: list[Finding] = []
-    ev_all = state.evidence
-    if not ev_all and state.reversal is None:
+    if not state.evidence and state.reversal is None:
         return out
-
-    known = state.type is not None
-    currency = state.currency
-    expected = state.amount - state.coupon_amount  # expected_channel_amount
     cutoff: int | None = None
-    if known and state.created_at_ms is not None:
+    if state.type is not None and state.created_at_ms is not None:
         assert state.business_date is not None
         cutoff = policy.cutoff_ms_iso(state.business_date)
-
-    # one pass over the witnesses; each rule below wants the first that fits it
-    cur_off: Evidence | None = None  # currency differs from the order's
-    amt_off: Evidence | None = None  # same currency, amount differs from expected
-    succ: Evidence | None = None  # final success-like word
-    fail: Evidence | None = None  # final failed word
-    late: Evidence | None = None  # final word at or after the cutoff
-    ids: set[str] | None = None  # channel txn ids that succeeded
-    first_id = ""
-    any_reversed = False
-    for ev in ev_all:
-        status = ev.status
-        if known:
-            if ev.currency != currency:
-                if cur_off is None:
-                    cur_off = ev
-            elif amt_off is None and ev.amount != expected:
-                amt_off = ev
-        if status in FINAL_CHANNEL:
-            if status == "reversed":
-                any_reversed = True
-            elif status == "failed":
-                if fail is None:
-                    fail = ev
-            elif succ is None:  # success or refunded
-                succ = ev
-            if late is None and cutoff is not None and ev.occurred_at_ms >= cutoff:
-                late = ev
-        if status == "success":
-            if ids is None:
-                first_id = ev.channel_txn_id
-                ids = {first_id}
-            elif ev.channel_txn_id != first_id:
-                ids.add(ev.channel_txn_id)
-
-    if cur_off is not None:
-        out.append(
-            Finding(
-                BreakKind.CURRENCY_MISMATCH,
-                "",
-                f"{cur_off.source} says {cur_off.currency}, order is {currency}",
-            )
-        )
-    if amt_off is not None:
-        out.append(
-            Finding(
-                BreakKind.AMOUNT_MISMATCH,
-                "",
-                f"{amt_off.source} says {amt_off.amount} minor units, expected {expected}",
-                channel_amount=amt_off.amount,
-            )
-        )
-
-    # channel witnesses against each other and against our final status
-    ours = state.our_status
-    if succ is not None and fail is not None:
-        out.append(
-            Finding(
-                BreakKind.STATUS_CONFLICT,
-                "",
-                f"channel {succ.source} says {succ.status}, {fail.source} says failed",
-            )
-        )
-    elif succ is not None and ours in ("failed", "closed"):
-        out.append(
-            Finding(
-                BreakKind.STATUS_CONFLICT,
-                "",
-                f"we hold the order {ours}, channel {succ.source} says {succ.status}",
-            )
-        )
-    elif fail is not None and ours == "success":
-        out.append(
-            Finding(
-                BreakKind.STATUS_CONFLICT,
-                "",
-                f"we hold the order success, channel {fail.source} says failed",
-            )
-        )
-
-    # S1: more than one channel transaction succeeded for this order
-    if ids is not None and len(ids) > 1:
-        out.append(
-            Finding(
-                BreakKind.DUPLICATE_SUCCESS,
-                "",
-                f"channel transactions {', '.join(sorted(ids))} all succeeded for one order",
-            )
-        )
-
-    # S2: a reversal for an order we reported as success
-    if ours == "success":
-        if state.reversal is not None and state.reversal.status != "failed":
-            out.append(
-                Finding(
-                    BreakKind.REVERSAL_AFTER_SUCCESS,
-                    "",
-                    f"reversal {state.reversal.txn_id} ({state.reversal.status}) "
-                    "for an order reported as success",
-                )
-            )
-        elif any_reversed:
-            out.append(
-                Finding(
-                    BreakKind.REVERSAL_AFTER_SUCCESS,
-                    "",
-                    "channel reversed an order reported as success",
-                )
-            )
-
+    w = _scan(state, cutoff)
+    _money_findings(state, w, out)
+    _status_findings(state, w, out)
     # S12: final evidence after the cutoff of the order's business day
+    late = w.late
     if late is not None:
         assert cutoff is not None
         out.append(
@@ -247,6 +141,141 @@ def detect(state: OrderState, v: OrderView, policy: ChannelPolicy) -> list[Findi
             )
         )
     return out
+
+
+class _Witnesses(NamedTuple):
+    """For each rule, the first witness that fits it (one pass over the evidence)."""
+
+    cur_off: Evidence | None  # currency differs from the order's
+    amt_off: Evidence | None  # same currency, amount differs from expected
+    succ: Evidence | None  # final success-like word
+    fail: Evidence | None  # final failed word
+    late: Evidence | None  # final word at or after the cutoff
+    ids: set[str] | None  # channel txn ids that succeeded
+    any_reversed: bool
+
+
+def _scan(state: OrderState, cutoff: int | None) -> _Witnesses:
+    known = state.type is not None
+    currency = state.currency
+    expected = state.amount - state.coupon_amount  # expected_channel_amount
+    cur_off: Evidence | None = None
+    amt_off: Evidence | None = None
+    succ: Evidence | None = None
+    fail: Evidence | None = None
+    late: Evidence | None = None
+    ids: set[str] | None = None
+    first_id = ""
+    any_reversed = False
+    for ev in state.evidence:
+        status = ev.status
+        if known:
+            if ev.currency != currency:
+                if cur_off is None:
+                    cur_off = ev
+            elif amt_off is None and ev.amount != expected:
+                amt_off = ev
+        if status in FINAL_CHANNEL:
+            if status == _REVERSED:
+                any_reversed = True
+            elif status == _FAILED:
+                if fail is None:
+                    fail = ev
+            elif succ is None:  # success or refunded
+                succ = ev
+            if late is None and cutoff is not None and ev.occurred_at_ms >= cutoff:
+                late = ev
+        if status == _SUCCESS:
+            if ids is None:
+                first_id = ev.channel_txn_id
+                ids = {first_id}
+            elif ev.channel_txn_id != first_id:
+                ids.add(ev.channel_txn_id)
+    return _Witnesses(cur_off, amt_off, succ, fail, late, ids, any_reversed)
+
+
+def _money_findings(state: OrderState, w: _Witnesses, out: list[Finding]) -> None:
+    """S6: the evidence's currency or amount against the order's (S11: less the
+    platform coupon)."""
+    if w.cur_off is not None:
+        out.append(
+            Finding(
+                BreakKind.CURRENCY_MISMATCH,
+                "",
+                f"{w.cur_off.source} says {w.cur_off.currency}, order is {state.currency}",
+            )
+        )
+    if w.amt_off is not None:
+        expected = state.amount - state.coupon_amount  # expected_channel_amount
+        out.append(
+            Finding(
+                BreakKind.AMOUNT_MISMATCH,
+                "",
+                f"{w.amt_off.source} says {w.amt_off.amount} minor units, expected {expected}",
+                channel_amount=w.amt_off.amount,
+            )
+        )
+
+
+def _status_findings(state: OrderState, w: _Witnesses, out: list[Finding]) -> None:
+    """Channel witnesses against each other and against our final status; S1 two
+    channel transactions; S2 a reversal of an order reported as success."""
+    ours = state.our_status
+    succ, fail = w.succ, w.fail
+    if succ is not None and fail is not None:
+        out.append(
+            Finding(
+                BreakKind.STATUS_CONFLICT,
+                "",
+                f"channel {succ.source} says {succ.status}, {fail.source} says failed",
+            )
+        )
+    elif succ is not None and ours in (_FAILED, _CLOSED):
+        out.append(
+            Finding(
+                BreakKind.STATUS_CONFLICT,
+                "",
+                f"we hold the order {ours}, channel {succ.source} says {succ.status}",
+            )
+        )
+    elif fail is not None and ours == _SUCCESS:
+        out.append(
+            Finding(
+                BreakKind.STATUS_CONFLICT,
+                "",
+                f"we hold the order success, channel {fail.source} says failed",
+            )
+        )
+
+    # S1: more than one channel transaction succeeded for this order
+    if w.ids is not None and len(w.ids) > 1:
+        out.append(
+            Finding(
+                BreakKind.DUPLICATE_SUCCESS,
+                "",
+                f"channel transactions {', '.join(sorted(w.ids))} all succeeded for one order",
+            )
+        )
+
+    # S2: a reversal for an order we reported as success
+    if ours == _SUCCESS:
+        if state.reversal is not None and state.reversal.status != _FAILED:
+            out.append(
+                Finding(
+                    BreakKind.REVERSAL_AFTER_SUCCESS,
+                    "",
+                    f"reversal {state.reversal.txn_id} ({state.reversal.status}) "
+                    "for an order reported as success",
+                )
+            )
+        elif w.any_reversed:
+            out.append(
+                Finding(
+                    BreakKind.REVERSAL_AFTER_SUCCESS,
+                    "",
+                    "channel reversed an order reported as success",
+                )
+            )
 
 
 def stamp(state: OrderState, f: Finding, event_time_ms: int) -> Break:

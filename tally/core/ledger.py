@@ -34,7 +34,7 @@ the property tests hold tally to that after every event.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,9 +43,11 @@ import msgspec
 from tally.core.eventtime import iso_ms
 from tally.core.money import format_minor
 from tally.core.orders import STANDING_VALUE, OrderState, OrderView, Standing
+from tally.core.records import OrderType
 from tally.core.validation import parse_timestamp
 
 _NONE = Standing.NONE
+_PAYMENT, _REFUND = OrderType.PAYMENT.value, OrderType.REFUND.value
 
 BUCKETS = ("provisional", "confirmed")
 COMPONENTS = ("gross", "refund", "fee", "coupon")
@@ -67,7 +69,7 @@ def position(state: OrderState, v: OrderView) -> dict[str, int]:
     if v.standing is _NONE or state.type is None:
         return {}
     legs: dict[str, int] = {}
-    if state.type == "payment":
+    if state.type == _PAYMENT:
         k_ch, k_coupon, k_m_gross, k_m_fee, k_fees = _payment_legs(
             state.channel_id, state.merchant_id, STANDING_VALUE[v.standing]
         )
@@ -82,7 +84,7 @@ def position(state: OrderState, v: OrderView) -> dict[str, int]:
         if f:
             legs[k_m_fee] = f
             legs[k_fees] = -f
-    elif state.type == "refund":
+    elif state.type == _REFUND:
         k_ch, k_m = _refund_legs(state.channel_id, state.merchant_id, STANDING_VALUE[v.standing])
         if state.amount:
             legs[k_ch] = -state.amount
@@ -97,7 +99,7 @@ _leg_keys: dict[tuple[str, str | None, str | None, str], _LegKeys] = {}
 
 
 def _payment_legs(ch: str | None, m: str | None, bucket: str) -> _LegKeys:
-    k = ("payment", ch, m, bucket)
+    k = (_PAYMENT, ch, m, bucket)
     keys = _leg_keys.get(k)
     if keys is None:
         keys = _remember_legs(
@@ -114,7 +116,7 @@ def _payment_legs(ch: str | None, m: str | None, bucket: str) -> _LegKeys:
 
 
 def _refund_legs(ch: str | None, m: str | None, bucket: str) -> _LegKeys:
-    k = ("refund", ch, m, bucket)
+    k = (_REFUND, ch, m, bucket)
     keys = _leg_keys.get(k)
     if keys is None:
         keys = _remember_legs(
@@ -240,13 +242,16 @@ def repost(state: OrderState, v: OrderView, event_time_ms: int) -> Posting | Non
     delta = diff(target, state.posted)
     if not delta:
         return None
-    state.posting_seq += 1
-    state.posted = target
     assert state.currency is not None
+    seq = state.posting_seq + 1
+    posting_id = f"{state.txn_id}:{seq}"
+    assert_nets_to_zero(posting_id, state.currency, delta)  # before the state moves
+    state.posting_seq = seq
+    state.posted = target
     return Posting(
-        posting_id=f"{state.txn_id}:{state.posting_seq}",
+        posting_id=posting_id,
         txn_id=state.txn_id,
-        seq=state.posting_seq,
+        seq=seq,
         merchant_id=state.merchant_id,
         channel_id=state.channel_id,
         currency=state.currency,
@@ -255,6 +260,36 @@ def repost(state: OrderState, v: OrderView, event_time_ms: int) -> Posting | Non
         event_time_ms=event_time_ms,
         business_date=state.business_date,
     )
+
+
+def assert_nets_to_zero(posting_id: str, currency: str, legs: Mapping[str, int]) -> None:
+    """The writing side of the double-entry invariant: a posting's legs (`leg_key` ->
+    minor units, one currency) sum to zero in each bucket. `ImbalanceError` (an
+    AssertionError) names the posting otherwise. Raised, not `assert`ed: it holds
+    under `python -O` too."""
+    sums: dict[str, int] = {}
+    for k, v in legs.items():
+        bucket = _bucket_of(k)
+        sums[bucket] = sums.get(bucket, 0) + v
+    off = {b: n for b, n in sums.items() if n}
+    if off:
+        raise ImbalanceError(
+            f"posting {posting_id} does not net to zero: "
+            + ", ".join(f"{currency} {b} {n:+d}" for b, n in sorted(off.items()))
+        )
+
+
+_buckets: dict[str, str] = {}
+
+
+def _bucket_of(key: str) -> str:
+    """A leg key's bucket, remembered."""
+    b = _buckets.get(key)
+    if b is None:
+        if len(_buckets) >= 65536:
+            _buckets.clear()
+        b = _buckets[key] = split_leg(key)[1]
+    return b
 
 
 # ------------------------------------------------------------------ balances
@@ -399,7 +434,7 @@ class BalanceBook:
 
 
 class ImbalanceError(AssertionError):
-    pass
+    """The double-entry invariant broken: by a posting, or by the balances."""
 
 
 def invariant_sums(balances: Iterable[Balance]) -> dict[tuple[str, str], dict[str, int]]:

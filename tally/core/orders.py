@@ -25,12 +25,27 @@ from typing import Any
 
 import msgspec
 
-from tally.core.events import Callback, Transaction
 from tally.core.policy import ChannelPolicy, Mode
+from tally.core.records import Callback, ChannelStatus, EvidenceSource, OrderStatus, Transaction
 
-FINAL_OURS = frozenset({"success", "failed", "closed"})
-FINAL_CHANNEL = frozenset({"success", "failed", "reversed", "refunded"})
-SUCCESS_LIKE = frozenset({"success", "refunded"})  # "refunded": it had succeeded
+# The enums' values as plain strings: the hot path compares the statuses a message
+# carries (plain strings) with these, and a string against an enum member costs twice
+# as much as against a string.
+_PENDING, _SUCCESS = OrderStatus.PENDING.value, OrderStatus.SUCCESS.value
+_FAILED, _CLOSED = OrderStatus.FAILED.value, OrderStatus.CLOSED.value
+_REVERSED, _SYNC = ChannelStatus.REVERSED.value, EvidenceSource.SYNC.value
+FINAL_OURS = frozenset({_SUCCESS, _FAILED, _CLOSED})
+FINAL_CHANNEL = frozenset(
+    s.value
+    for s in (
+        ChannelStatus.SUCCESS,
+        ChannelStatus.FAILED,
+        ChannelStatus.REVERSED,
+        ChannelStatus.REFUNDED,
+    )
+)
+# "refunded": it had succeeded
+SUCCESS_LIKE = frozenset({ChannelStatus.SUCCESS.value, ChannelStatus.REFUNDED.value})
 
 
 class Standing(StrEnum):
@@ -238,13 +253,13 @@ def apply_transaction(state: OrderState, txn: Transaction, policy: ChannelPolicy
     current = state.our_status
     if (
         current is None
-        or (current == "pending" and txn.status in FINAL_OURS)
+        or (current == _PENDING and txn.status in FINAL_OURS)
         or (
             txn.status in FINAL_OURS
             and txn.status != current
             and txn.occurred_at_ms >= state.our_status_at_ms
         )
-        or (current == "pending" and txn.status == "pending")
+        or (current == _PENDING and txn.status == _PENDING)
     ):
         state.our_status = txn.status
         state.our_status_at_ms = txn.occurred_at_ms
@@ -276,7 +291,7 @@ class OrderView:
 
 
 def _confirming(ev: Evidence, policy: ChannelPolicy) -> bool:
-    return ev.source != "sync" or not policy.query_before_final_success
+    return ev.source != _SYNC or not policy.query_before_final_success
 
 
 # OrderViews are immutable and few distinct ones occur: they are shared.
@@ -333,20 +348,20 @@ def _compute_view(state: OrderState, policy: ChannelPolicy) -> OrderView:
             if final is None or o > fo or (o == fo and ev.seq >= fs):
                 final, fo, fs = ev, o, ev.seq
         if status in SUCCESS_LIKE:
-            if sync_confirms or ev.source != "sync":
+            if sync_confirms or ev.source != _SYNC:
                 confirming_success = True
             if ev.fee is not None:
                 o = ev.occurred_at_ms
                 if not has_fee or o > fee_o or (o == fee_o and ev.seq >= fee_s):
                     fee, fee_o, fee_s, has_fee = ev.fee, o, ev.seq, True
     rev = state.reversal
-    reversed_ = (final is not None and final.status == "reversed") or (
-        rev is not None and rev.status == "success"
+    reversed_ = (final is not None and final.status == _REVERSED) or (
+        rev is not None and rev.status == _SUCCESS
     )
     if final is not None:
         channel_success = final.status in SUCCESS_LIKE
         confirmed = channel_success and confirming_success
-        failed = final.status == "failed"
+        failed = final.status == _FAILED
     else:
         channel_success = confirmed = failed = False
 
@@ -359,16 +374,16 @@ def _compute_view(state: OrderState, policy: ChannelPolicy) -> OrderView:
         standing = _PROVISIONAL  # success not yet confirmed (S3)
     elif final is not None:
         standing = _NONE  # the channel said failed
-    elif ours == "success" or (ours == "pending" and policy.mode is _OPTIMISTIC):
+    elif ours == _SUCCESS or (ours == _PENDING and policy.mode is _OPTIMISTIC):
         standing = _PROVISIONAL
     else:
         standing = _NONE
 
-    ours_over = final is None and (ours == "failed" or ours == "closed")
+    ours_over = final is None and ours in (_FAILED, _CLOSED)
     resolved = (
         confirmed or failed or reversed_ or (final is not None and not channel_success) or ours_over
     )
-    succeeded = confirmed or channel_success or (final is None and ours == "success")
+    succeeded = confirmed or channel_success or (final is None and ours == _SUCCESS)
     failed = failed or ours_over
     k = (standing, resolved, reversed_, succeeded, failed, fee)  # as `_order_view`
     v = _views.get(k)

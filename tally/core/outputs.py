@@ -10,11 +10,19 @@ In: values from `tally.core.realtime`. Out: frozen records with their JSON form
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from tally.core.breaks import Break
 from tally.core.eventtime import iso_ms
 from tally.core.ledger import Posting
+
+
+class QueryReason(StrEnum):
+    """Why a status query is sent."""
+
+    SLA = "sla"  # S4: no final status within the channel's SLA (then every interval)
+    VERIFY_SUCCESS = "verify_success"  # S3: a sync success the channel must confirm
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,7 +34,7 @@ class StatusQuery:
     merchant_id: str | None
     channel_txn_id: str | None
     attempt: int
-    reason: str  # sla | verify_success
+    reason: str  # a QueryReason value
     requested_at_ms: int  # event time
 
     @property

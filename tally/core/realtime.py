@@ -53,8 +53,9 @@ from tally.core.orders import (
     apply_transaction,
     view,
 )
-from tally.core.outputs import Outputs, ReversalLink, StatusQuery, SuccessClaim
+from tally.core.outputs import Outputs, QueryReason, ReversalLink, StatusQuery, SuccessClaim
 from tally.core.policy import Policies
+from tally.core.records import ChannelStatus, EvidenceSource, OrderStatus, OrderType
 from tally.core.timers import _ORPHAN, _QUERY, WATERMARK_PERSIST_STEP_MS, Timers
 
 # names other modules import from here
@@ -62,12 +63,22 @@ __all__ = [
     "WATERMARK_PERSIST_STEP_MS",
     "ChannelTxnIndex",
     "Outputs",
+    "QueryReason",
     "Reconciler",
     "ReversalLink",
     "StatusQuery",
     "SuccessClaim",
 ]
 _PROVISIONAL = Standing.PROVISIONAL
+# plain values, compared with what messages carry (see `tally.core.orders`)
+_SUCCESS, _SYNC = ChannelStatus.SUCCESS.value, EvidenceSource.SYNC.value
+_REFUND, _REVERSAL = OrderType.REFUND.value, OrderType.REVERSAL.value
+_SLA, _VERIFY_SUCCESS = QueryReason.SLA.value, QueryReason.VERIFY_SUCCESS.value
+_LINK_SUCCESS, _LINK_FAILED, _LINK_PENDING = (
+    OrderStatus.SUCCESS.value,
+    OrderStatus.FAILED.value,
+    OrderStatus.PENDING.value,
+)
 
 
 class Reconciler(Timers):
@@ -110,11 +121,11 @@ class Reconciler(Timers):
         if cb.event_id in state.seen:
             return Outputs(duplicate=True)
         state.seen.add(cb.event_id)
-        first_success = cb.status == "success"
+        first_success = cb.status == _SUCCESS
         if first_success:
             ctid = cb.channel_txn_id
             for ev in state.evidence:
-                if ev.status == "success" and ev.channel_txn_id == ctid:
+                if ev.status == _SUCCESS and ev.channel_txn_id == ctid:
                     first_success = False
                     break
         apply_callback(state, cb)
@@ -173,20 +184,20 @@ class Reconciler(Timers):
                 policy.query_before_final_success
                 and state.queries_sent == 0
                 and v.standing is _PROVISIONAL
-                and any(ev.status == "success" and ev.source == "sync" for ev in state.evidence)
+                and any(ev.status == _SUCCESS and ev.source == _SYNC for ev in state.evidence)
             ):
-                self._query(state, event_time_ms, "verify_success", out)
+                self._query(state, event_time_ms, _VERIFY_SUCCESS, out)
                 state.query_due_ms = event_time_ms + policy.query_interval_seconds * 1000
                 self._push(partition, state.query_due_ms, _QUERY, state.txn_id)
             elif state.query_due_ms is None:
                 assert state.created_at_ms is not None
-                sla = policy.refund_sla_seconds if state.type == "refund" else policy.sla_seconds
+                sla = policy.refund_sla_seconds if state.type == _REFUND else policy.sla_seconds
                 state.query_due_ms = state.created_at_ms + sla * 1000
                 self._push(partition, state.query_due_ms, _QUERY, state.txn_id)
 
         # a reversal order tells its original how it stands
-        if state.type == "reversal" and state.original_txn_id:
-            status = "success" if v.succeeded else "failed" if v.failed else "pending"
+        if state.type == _REVERSAL and state.original_txn_id:
+            status = _LINK_SUCCESS if v.succeeded else _LINK_FAILED if v.failed else _LINK_PENDING
             if status != state.last_link_status:
                 state.last_link_status = status
                 out.links.append(
@@ -243,7 +254,7 @@ class Reconciler(Timers):
         state.query_due_ms = None
         if not view(state, policy).resolved:
             if state.queries_sent < policy.max_queries:
-                self._query(state, due, "sla", out)
+                self._query(state, due, _SLA, out)
                 state.query_due_ms = due + policy.query_interval_seconds * 1000
                 self._push(partition, state.query_due_ms, _QUERY, state.txn_id)
             else:

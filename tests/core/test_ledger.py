@@ -16,10 +16,12 @@ from tally.core.ledger import (
     ImbalanceError,
     Posting,
     assert_balanced,
+    assert_nets_to_zero,
     diff,
     invariant_sums,
     leg_key,
     position,
+    repost,
 )
 from tally.core.orders import OrderState, OrderView, Standing
 from tally.core.pipeline import CALLBACKS, TRANSACTIONS, LocalPipeline
@@ -443,6 +445,24 @@ def test_imbalance_is_detected() -> None:
     ]
     with pytest.raises(ImbalanceError):
         assert_balanced(cross_cur)
+
+
+def test_repost_refuses_a_posting_that_does_not_net_to_zero() -> None:
+    """The writing side of the invariant: each posting nets to zero per bucket when
+    `repost` writes it. A stored position that lost a leg (crafted here) would make
+    the next posting unbalanced: it is refused, naming the posting, and not counted."""
+    st = _state()
+    first = repost(st, _view(Standing.PROVISIONAL), T0)
+    assert first is not None and first.posting_id == "P1:1"
+    del st.posted[leg_key("merchant:m1", "provisional", "gross")]  # half of a pair lost
+    with pytest.raises(ImbalanceError, match=r"posting P1:2 .*CNY provisional -10000"):
+        repost(st, _view(Standing.CONFIRMED), T0 + 1)
+    assert st.posting_seq == 1  # the order's state did not move either
+    assert_nets_to_zero("ok", "CNY", first.legs)
+    with pytest.raises(AssertionError, match=r"posting X:1 .*CNY confirmed \+1"):
+        assert_nets_to_zero(
+            "X:1", "CNY", {"channel:wx|confirmed|gross": 500, "merchant:m1|confirmed|gross": -499}
+        )
 
 
 def test_balances_are_the_sum_of_the_orders_positions() -> None:
