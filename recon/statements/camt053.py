@@ -20,6 +20,7 @@ import io
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
 from xml.sax.saxutils import escape
@@ -98,6 +99,39 @@ def _amt(
     return F.amount(where, line_no, field, v, cur)
 
 
+@dataclass
+class _Scan:
+    """What scan has seen so far: the document's figures and the entries' sums."""
+
+    n_entry: int = 0
+    stmt_count: int = 0
+    cur: str = ""
+    balances: dict[str, tuple[Decimal, date, int]] = field(default_factory=dict)
+    summary: ET.Element | None = None
+    net: Decimal = Decimal(0)
+    total: Decimal = Decimal(0)
+    fees: Decimal = Decimal(0)
+    any_fee: bool = False
+    n_cdt: int = 0
+    n_dbt: int = 0
+    sum_cdt: Decimal = Decimal(0)
+    sum_dbt: Decimal = Decimal(0)
+
+    def add(self, line: StatementLine) -> None:
+        if line.kind == "payment":
+            self.net += line.amount
+            self.n_cdt += 1
+            self.sum_cdt += line.amount
+        else:
+            self.net -= line.amount
+            self.n_dbt += 1
+            self.sum_dbt += line.amount
+        self.total += line.amount
+        if line.fee is not None:
+            self.fees += line.fee
+            self.any_fee = True
+
+
 def scan(data: bytes, file_name: str, env: Statement) -> Iterator[StatementLine]:
     where = F.Where(file_name)
     bad = _DTD.search(data)
@@ -108,92 +142,85 @@ def scan(data: bytes, file_name: str, env: Statement) -> Iterator[StatementLine]
             "refused: the XML declares a DTD or entities (not allowed in a statement)",
         )
     spans = _entry_spans(data)
-    n_entry = 0
-    stmt_count = 0
-    cur = ""
-    ns = ""
-    balances: dict[str, tuple[Decimal, date, int]] = {}
-    summary: ET.Element | None = None
-    net = Decimal(0)
-    total = Decimal(0)
-    fees = Decimal(0)
-    any_fee = False
-    n_cdt = n_dbt = 0
-    sum_cdt = sum_dbt = Decimal(0)
+    st = _Scan()
     try:
         stream = ET.iterparse(io.BytesIO(data), events=("start", "end"))
         for event, el in stream:
             name = _local(el.tag)
             if event == "start":
-                if name == "Document":
-                    ns = el.tag[1:].split("}")[0] if el.tag.startswith("{") else ""
-                    if ns not in NAMESPACES.values():
-                        raise where.error(1, "Document xmlns", f"{ns!r} is not camt.053.001.02/08")
-                    env.meta["version"] = ns.rsplit(".", 2)[-2] + "." + ns.rsplit(".", 1)[-1]
-                elif name == "Stmt":
-                    stmt_count += 1
-                    if stmt_count > 1:
-                        raise where.error(
-                            None,
-                            "Stmt",
-                            "more than one statement in the file: load them one by one",
-                        )
-                continue
-            if name == "Acct":
-                cur = cur or _text(el, "Ccy")
-                env.meta["account"] = _text(el, "Id/Othr/Id") or _text(el, "Id/IBAN")
-            elif name == "Bal":
-                code = _text(el, "Tp/CdOrPrtry/Cd")
-                a = _find(el, "Amt")
-                ccy = a.get("Ccy", "") if a is not None else ""
-                cur = cur or ccy
-                F.currency(where, None, f"Bal {code} Amt Ccy", cur)
-                v = _amt(where, None, f"Bal {code} Amt", a, cur)
-                if _text(el, "CdtDbtInd") == "DBIT":
-                    v = -v
-                d_txt = _text(el, "Dt/Dt") or _text(el, "Dt/DtTm")[:10]
-                try:
-                    d = date.fromisoformat(d_txt)
-                except ValueError:
-                    raise where.error(None, f"Bal {code} Dt", f"{d_txt!r} is not a date") from None
-                balances[code] = (v, d, 0)
-            elif name == "TxsSummry":
-                summary = el
-                continue  # kept whole for the checks below
+                _start(where, el, name, env, st)
             elif name == "Ntry":
-                line_no, s0, s1 = spans[n_entry] if n_entry < len(spans) else (0, 0, 0)
-                n_entry += 1
-                if not cur:
+                line_no, s0, s1 = spans[st.n_entry] if st.n_entry < len(spans) else (0, 0, 0)
+                st.n_entry += 1
+                if not st.cur:
                     raise where.error(line_no, "Acct Ccy", "the statement's currency is unknown")
-                line = _entry(where, line_no, el, cur, data[s0:s1].decode("utf-8", "replace"))
-                if line.kind == "payment":
-                    net += line.amount
-                    n_cdt += 1
-                    sum_cdt += line.amount
-                else:
-                    net -= line.amount
-                    n_dbt += 1
-                    sum_dbt += line.amount
-                total += line.amount
-                if line.fee is not None:
-                    fees += line.fee
-                    any_fee = True
+                line = _entry(where, line_no, el, st.cur, data[s0:s1].decode("utf-8", "replace"))
+                st.add(line)
                 yield line
                 el.clear()
-            elif name == "Stmt":
-                env.meta["stmt_id"] = _text(el, "Id")
-                el.clear()
+            else:
+                _end(where, el, name, env, st)
     except ET.ParseError as exc:
         err_line, _col = exc.position
         raise where.error(
             err_line, None, f"not well-formed XML (truncated?): {str(exc).split(':')[0]}"
         ) from None
-    if stmt_count == 0:
+    _finish(where, env, st)
+
+
+def _start(where: F.Where, el: ET.Element, name: str, env: Statement, st: _Scan) -> None:
+    """An element opens: the document's namespace (version); one statement only."""
+    if name == "Document":
+        ns = el.tag[1:].split("}")[0] if el.tag.startswith("{") else ""
+        if ns not in NAMESPACES.values():
+            raise where.error(1, "Document xmlns", f"{ns!r} is not camt.053.001.02/08")
+        env.meta["version"] = ns.rsplit(".", 2)[-2] + "." + ns.rsplit(".", 1)[-1]
+    elif name == "Stmt":
+        st.stmt_count += 1
+        if st.stmt_count > 1:
+            raise where.error(
+                None,
+                "Stmt",
+                "more than one statement in the file: load them one by one",
+            )
+
+
+def _end(where: F.Where, el: ET.Element, name: str, env: Statement, st: _Scan) -> None:
+    """An element other than an entry closes: account, balances, summary, statement."""
+    if name == "Acct":
+        st.cur = st.cur or _text(el, "Ccy")
+        env.meta["account"] = _text(el, "Id/Othr/Id") or _text(el, "Id/IBAN")
+    elif name == "Bal":
+        code = _text(el, "Tp/CdOrPrtry/Cd")
+        a = _find(el, "Amt")
+        ccy = a.get("Ccy", "") if a is not None else ""
+        st.cur = st.cur or ccy
+        F.currency(where, None, f"Bal {code} Amt Ccy", st.cur)
+        v = _amt(where, None, f"Bal {code} Amt", a, st.cur)
+        if _text(el, "CdtDbtInd") == "DBIT":
+            v = -v
+        d_txt = _text(el, "Dt/Dt") or _text(el, "Dt/DtTm")[:10]
+        try:
+            d = date.fromisoformat(d_txt)
+        except ValueError:
+            raise where.error(None, f"Bal {code} Dt", f"{d_txt!r} is not a date") from None
+        st.balances[code] = (v, d, 0)
+    elif name == "TxsSummry":
+        st.summary = el  # kept whole for the checks at the end
+    elif name == "Stmt":
+        env.meta["stmt_id"] = _text(el, "Id")
+        el.clear()
+
+
+def _finish(where: F.Where, env: Statement, st: _Scan) -> None:
+    """After the last entry: the balances and the summary against the entries."""
+    if st.stmt_count == 0:
         raise where.error(None, "Stmt", "no statement in the document")
-    if "OPBD" not in balances or "CLBD" not in balances:
+    if "OPBD" not in st.balances or "CLBD" not in st.balances:
         raise where.error(None, "Bal", "needs an opening (OPBD) and a closing (CLBD) balance")
-    op, cl = balances["OPBD"][0], balances["CLBD"][0]
-    env.business_date = balances["CLBD"][1]
+    op, cl = st.balances["OPBD"][0], st.balances["CLBD"][0]
+    net = st.net
+    env.business_date = st.balances["CLBD"][1]
     env.meta["opening_balance"] = str(op)
     if op + net != cl:
         raise where.error(
@@ -203,47 +230,53 @@ def scan(data: bytes, file_name: str, env: Statement) -> Iterator[StatementLine]
             f"(off by {cl - op - net})",
         )
     items: list[tuple[str, str]] = [("OPBD", str(op)), ("CLBD", str(cl))]
-    if summary is not None:
-        for path, n_got, s_got in (
-            ("TtlNtries", n_cdt + n_dbt, sum_cdt + sum_dbt),
-            ("TtlCdtNtries", n_cdt, sum_cdt),
-            ("TtlDbtNtries", n_dbt, sum_dbt),
-        ):
-            part = _find(summary, path)
-            if part is None:
-                continue
-            nb = _text(part, "NbOfNtries")
-            if nb and (not nb.isdigit() or int(nb) != n_got):
-                raise where.error(
-                    None, f"TxsSummry/{path}/NbOfNtries", f"declares {nb}, the entries are {n_got}"
-                )
-            s = _text(part, "Sum")
-            if s:
-                if not _AMOUNT.fullmatch(s):
-                    raise where.error(None, f"TxsSummry/{path}/Sum", f"{s[:40]!r} is not an amount")
-                if Decimal(s) != s_got:
-                    raise where.error(
-                        None,
-                        f"TxsSummry/{path}/Sum",
-                        f"declares {s}, the entries add up to {s_got} "
-                        f"(off by {Decimal(s) - s_got})",
-                    )
-            items.append((path, f"{nb} {s}"))
-        net_el = _find(summary, "TtlNtries/TtlNetNtry")
-        if net_el is not None:
-            nv = _text(net_el, "Amt")
-            if not _AMOUNT.fullmatch(nv):
-                raise where.error(None, "TxsSummry/TtlNtries/TtlNetNtry/Amt", f"{nv!r}")
-            signed = Decimal(nv) * (-1 if _text(net_el, "CdtDbtInd") == "DBIT" else 1)
-            if signed != net:
+    if st.summary is not None:
+        items += _check_summary(where, st.summary, st)
+    env.declared = Totals(
+        count=st.n_entry, amount=st.total, fee=st.fees if st.any_fee else None, items=tuple(items)
+    )
+
+
+def _check_summary(where: F.Where, summary: ET.Element, st: _Scan) -> list[tuple[str, str]]:
+    """TxsSummry's counts, sums and net against the entries; its items for Totals."""
+    items: list[tuple[str, str]] = []
+    for path, n_got, s_got in (
+        ("TtlNtries", st.n_cdt + st.n_dbt, st.sum_cdt + st.sum_dbt),
+        ("TtlCdtNtries", st.n_cdt, st.sum_cdt),
+        ("TtlDbtNtries", st.n_dbt, st.sum_dbt),
+    ):
+        part = _find(summary, path)
+        if part is None:
+            continue
+        nb = _text(part, "NbOfNtries")
+        if nb and (not nb.isdigit() or int(nb) != n_got):
+            raise where.error(
+                None, f"TxsSummry/{path}/NbOfNtries", f"declares {nb}, the entries are {n_got}"
+            )
+        s = _text(part, "Sum")
+        if s:
+            if not _AMOUNT.fullmatch(s):
+                raise where.error(None, f"TxsSummry/{path}/Sum", f"{s[:40]!r} is not an amount")
+            if Decimal(s) != s_got:
                 raise where.error(
                     None,
-                    "TxsSummry/TtlNtries/TtlNetNtry",
-                    f"declares {signed}, the entries net to {net}",
+                    f"TxsSummry/{path}/Sum",
+                    f"declares {s}, the entries add up to {s_got} (off by {Decimal(s) - s_got})",
                 )
-    env.declared = Totals(
-        count=n_entry, amount=total, fee=fees if any_fee else None, items=tuple(items)
-    )
+        items.append((path, f"{nb} {s}"))
+    net_el = _find(summary, "TtlNtries/TtlNetNtry")
+    if net_el is not None:
+        nv = _text(net_el, "Amt")
+        if not _AMOUNT.fullmatch(nv):
+            raise where.error(None, "TxsSummry/TtlNtries/TtlNetNtry/Amt", f"{nv!r}")
+        signed = Decimal(nv) * (-1 if _text(net_el, "CdtDbtInd") == "DBIT" else 1)
+        if signed != st.net:
+            raise where.error(
+                None,
+                "TxsSummry/TtlNtries/TtlNetNtry",
+                f"declares {signed}, the entries net to {st.net}",
+            )
+    return items
 
 
 def _entry(where: F.Where, line_no: int, el: ET.Element, cur: str, raw: str) -> StatementLine:
@@ -351,68 +384,12 @@ def write(statement: Statement) -> bytes:
     created = meta.get("created") or f"{date.fromordinal(d.toordinal() + 1)}T09:00:00+08:00"
     stmt_id = meta.get("stmt_id") or f"STMT{d:%Y%m%d}"
     account = meta.get("account") or "CN0000000000000000"
-    entries = []
-    net = Decimal(0)
-    n_c = n_d = 0
-    s_c = s_d = Decimal(0)
-    for x in statement.lines:
-        if x.kind == "payment":
-            ind, rv = "CRDT", ""
-            net += x.amount
-            n_c += 1
-            s_c += x.amount
-        else:
-            ind = "DBIT"
-            rv = "<RvslInd>true</RvslInd>" if x.kind == "reversal" else ""
-            net -= x.amount
-            n_d += 1
-            s_d += x.amount
-        pending = x.status == "pending"
-        sts_code = "PDNG" if pending else "BOOK"
-        sts = f"<Sts><Cd>{sts_code}</Cd></Sts>" if version == "001.08" else f"<Sts>{sts_code}</Sts>"
-        chrgs = ""
-        if x.fee is not None:
-            if x.fee < 0:
-                raise ValueError("camt.053 charges are not negative")
-            amt = f'<Amt Ccy="{cur}">{_a(x.fee, cur)}</Amt>'
-            chrgs = (
-                f"<Chrgs><Rcrd>{amt}</Rcrd></Chrgs>"
-                if version == "001.08"
-                else f"<Chrgs>{amt}</Chrgs>"
-            )
-        info = ""
-        if x.original_txn_id:
-            info += f"/ORIG/{x.original_txn_id}"
-        if x.status not in ("success", "pending"):
-            info += f"/STAT/{x.status}"
-        if x.coupon_amount is not None:
-            info += f"/CPN/{cur}{_a(x.coupon_amount, cur)}"
-        if x.merchant_ref:
-            info += f"/MREF/{x.merchant_ref}"
-        addtl = f"<AddtlTxInf>{escape(info)}</AddtlTxInf>" if info else ""
-        e2e = escape(x.txn_id) if x.txn_id else "NOTPROVIDED"
-        entries.append(
-            "<Ntry>"
-            f'<Amt Ccy="{cur}">{_a(x.amount, cur)}</Amt><CdtDbtInd>{ind}</CdtDbtInd>{rv}{sts}'
-            f"<BookgDt><DtTm>{F.utc_iso(x.occurred_at_ms)}</DtTm></BookgDt>"
-            f"<ValDt><Dt>{d.isoformat()}</Dt></ValDt>"
-            f"<AcctSvcrRef>{escape(x.channel_txn_id)}</AcctSvcrRef>"
-            "<BkTxCd><Prtry><Cd>PMNT</Cd></Prtry></BkTxCd>"
-            f"{chrgs}"
-            f"<NtryDtls><TxDtls><Refs><EndToEndId>{e2e}</EndToEndId></Refs>{addtl}</TxDtls></NtryDtls>"
-            "</Ntry>"
-        )
+    entries = [_ntry(x, cur, version, d) for x in statement.lines]
+    credits = [x.amount for x in statement.lines if x.kind == "payment"]
+    debits = [x.amount for x in statement.lines if x.kind != "payment"]
+    s_c, s_d = sum(credits, Decimal(0)), sum(debits, Decimal(0))
+    net = s_c - s_d
     closing = opening + net
-    net_ind = "DBIT" if net < 0 else "CRDT"
-    summary = (
-        "<TxsSummry>"
-        f"<TtlNtries><NbOfNtries>{n_c + n_d}</NbOfNtries><Sum>{_a(s_c + s_d, cur)}</Sum>"
-        f"<TtlNetNtry><Amt>{_a(abs(net), cur)}</Amt><CdtDbtInd>{net_ind}</CdtDbtInd></TtlNetNtry>"
-        "</TtlNtries>"
-        f"<TtlCdtNtries><NbOfNtries>{n_c}</NbOfNtries><Sum>{_a(s_c, cur)}</Sum></TtlCdtNtries>"
-        f"<TtlDbtNtries><NbOfNtries>{n_d}</NbOfNtries><Sum>{_a(s_d, cur)}</Sum></TtlDbtNtries>"
-        "</TxsSummry>"
-    )
     parts = [
         '<?xml version="1.0" encoding="UTF-8"?>',
         f'<Document xmlns="{ns}">',
@@ -423,10 +400,66 @@ def write(statement: Statement) -> bytes:
         f"<Acct><Id><Othr><Id>{escape(account)}</Id></Othr></Id><Ccy>{cur}</Ccy></Acct>",
         _bal("OPBD", opening, cur, d),
         _bal("CLBD", closing, cur, d),
-        summary,
+        _summary(cur, len(credits), s_c, len(debits), s_d),
         *entries,
         "</Stmt>",
         "</BkToCstmrStmt>",
         "</Document>",
     ]
     return ("\n".join(parts) + "\n").encode("utf-8")
+
+
+def _summary(cur: str, n_c: int, s_c: Decimal, n_d: int, s_d: Decimal) -> str:
+    net = s_c - s_d
+    net_ind = "DBIT" if net < 0 else "CRDT"
+    return (
+        "<TxsSummry>"
+        f"<TtlNtries><NbOfNtries>{n_c + n_d}</NbOfNtries><Sum>{_a(s_c + s_d, cur)}</Sum>"
+        f"<TtlNetNtry><Amt>{_a(abs(net), cur)}</Amt><CdtDbtInd>{net_ind}</CdtDbtInd></TtlNetNtry>"
+        "</TtlNtries>"
+        f"<TtlCdtNtries><NbOfNtries>{n_c}</NbOfNtries><Sum>{_a(s_c, cur)}</Sum></TtlCdtNtries>"
+        f"<TtlDbtNtries><NbOfNtries>{n_d}</NbOfNtries><Sum>{_a(s_d, cur)}</Sum></TtlDbtNtries>"
+        "</TxsSummry>"
+    )
+
+
+def _ntry(x: StatementLine, cur: str, version: str, d: date) -> str:
+    """One <Ntry> of a line."""
+    if x.kind == "payment":
+        ind, rv = "CRDT", ""
+    else:
+        ind = "DBIT"
+        rv = "<RvslInd>true</RvslInd>" if x.kind == "reversal" else ""
+    pending = x.status == "pending"
+    sts_code = "PDNG" if pending else "BOOK"
+    sts = f"<Sts><Cd>{sts_code}</Cd></Sts>" if version == "001.08" else f"<Sts>{sts_code}</Sts>"
+    chrgs = ""
+    if x.fee is not None:
+        if x.fee < 0:
+            raise ValueError("camt.053 charges are not negative")
+        amt = f'<Amt Ccy="{cur}">{_a(x.fee, cur)}</Amt>'
+        chrgs = (
+            f"<Chrgs><Rcrd>{amt}</Rcrd></Chrgs>" if version == "001.08" else f"<Chrgs>{amt}</Chrgs>"
+        )
+    info = ""
+    if x.original_txn_id:
+        info += f"/ORIG/{x.original_txn_id}"
+    if x.status not in ("success", "pending"):
+        info += f"/STAT/{x.status}"
+    if x.coupon_amount is not None:
+        info += f"/CPN/{cur}{_a(x.coupon_amount, cur)}"
+    if x.merchant_ref:
+        info += f"/MREF/{x.merchant_ref}"
+    addtl = f"<AddtlTxInf>{escape(info)}</AddtlTxInf>" if info else ""
+    e2e = escape(x.txn_id) if x.txn_id else "NOTPROVIDED"
+    return (
+        "<Ntry>"
+        f'<Amt Ccy="{cur}">{_a(x.amount, cur)}</Amt><CdtDbtInd>{ind}</CdtDbtInd>{rv}{sts}'
+        f"<BookgDt><DtTm>{F.utc_iso(x.occurred_at_ms)}</DtTm></BookgDt>"
+        f"<ValDt><Dt>{d.isoformat()}</Dt></ValDt>"
+        f"<AcctSvcrRef>{escape(x.channel_txn_id)}</AcctSvcrRef>"
+        "<BkTxCd><Prtry><Cd>PMNT</Cd></Prtry></BkTxCd>"
+        f"{chrgs}"
+        f"<NtryDtls><TxDtls><Refs><EndToEndId>{e2e}</EndToEndId></Refs>{addtl}</TxDtls></NtryDtls>"
+        "</Ntry>"
+    )
