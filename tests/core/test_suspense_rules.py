@@ -18,8 +18,12 @@ DAY = date(2026, 11, 24)
 BASE = S.Sighting("up", "X", "X", "", "m1", "short", "b1", "CNY", D("5"), DAY)
 
 
-def sighting(kind: str = "short", break_id: str = "b1", **kw: str) -> S.Sighting:
-    return replace(BASE, kind=kind, break_id=break_id, **kw)
+def sighting(
+    kind: str = "short", break_id: str = "b1", key: str = "X", channel_txn_id: str = ""
+) -> S.Sighting:
+    return replace(
+        BASE, kind=kind, break_id=break_id, item_key=key, txn_id=key, channel_txn_id=channel_txn_id
+    )
 
 
 def act(entry: S.Entry, name: str, at: int) -> S.Action:
@@ -92,7 +96,7 @@ def test_write_off_checks() -> None:
 
 def test_closed_entries_and_links() -> None:
     a = S.attach(None, sighting(), 1)
-    b = S.attach(None, sighting(item_key="Y", txn_id="Y", channel_txn_id="CY", break_id="b2"), 1)
+    b = S.attach(None, sighting(key="Y", channel_txn_id="CY", break_id="b2"), 1)
     assert S.closed_problem(a, []) is None
     msg = S.closed_problem(a, [act(a, "channel_confirmed", 0)])
     assert msg is not None and "already closed: channel_confirmed by me at 1970-01-01" in msg
@@ -110,7 +114,7 @@ def test_closed_entries_and_links() -> None:
 
 def test_an_ident_naming_several_entries_is_refused() -> None:
     a = S.attach(None, sighting(break_id="shared"), 1)
-    b = S.attach(None, sighting(item_key="Y", txn_id="Y", break_id="shared"), 1)
+    b = S.attach(None, sighting(key="Y", break_id="shared"), 1)
     index = S.EntryIndex({a.entry_id: a, b.entry_id: b})
     with pytest.raises(S.SuspenseError, match="names 2 suspense entries"):
         index.find("shared")

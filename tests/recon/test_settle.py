@@ -15,8 +15,12 @@ from zoneinfo import ZoneInfo
 import pytest
 from click.testing import CliRunner
 
+from recon.run import run
 from recon.settle import posted_totals, read_items, settle
 from recon.simday import SimDay, StatementAnomalies, simulate_day
+from recon.statements.load import load_file
+from recon.suspense import open_entries
+from tally.cli import main
 from tally.config import Settings
 from tally.core.ledger import split_leg
 from tally.core.orders import Standing, view
@@ -137,10 +141,6 @@ def test_settlement_equals_the_streams_postings_and_balances(
 def test_payments_under_open_suspense_are_held_back(
     request: pytest.FixtureRequest, day: SimDay
 ) -> None:
-    from recon.run import run
-    from recon.statements.load import load_file
-    from recon.suspense import open_entries
-
     values = storage_values(request, "chdb")
     db = connect_to(values)
     try:
@@ -182,8 +182,6 @@ def test_payments_under_open_suspense_are_held_back(
         # the command line: the same figures
         env = env_of(values)
         d = sorted({d for _, d in day.days})[0]
-        from tally.cli import main
-
         res = CliRunner().invoke(
             main, ["settle", "--date", d.isoformat(), "--format", "json"], env=env
         )
