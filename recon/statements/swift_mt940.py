@@ -71,17 +71,7 @@ def scan(data: bytes, file_name: str, env: Statement) -> Iterator[StatementLine]
         )
     if sum(1 for x in lines if x.startswith(":20:")) > 1:
         raise where.error(None, ":20:", "more than one statement in the file: load them one by one")
-    # where each :61: starts and what belongs to it (its :86:), for line numbers
-    entries: list[tuple[int, str, re.Match[str]]] = []
-    for i, x in enumerate(lines):
-        if x.startswith(":61:"):
-            m = _LINE61.fullmatch(x)
-            if m is None:
-                raise where.error(i + 1, ":61: (statement line)", f"{x[:60]!r} is not a valid :61:")
-            j = i + 1
-            while j < len(lines) and not lines[j].startswith((":61:", ":62", ":64", ":65")):
-                j += 1
-            entries.append((i + 1, "\n".join(lines[i:j]), m))
+    entries = _entries(where, lines)
     try:
         parsed = mt940.parse(text, options=mt940.Options.all())
     except Exception as exc:  # the package raises RuntimeError / ValueError / KeyError
@@ -110,81 +100,13 @@ def scan(data: bytes, file_name: str, env: Statement) -> Iterator[StatementLine]
     fees = Decimal(0)
     any_fee = False
     for tx, (line_no, raw, m) in zip(parsed, entries, strict=True):
-        d = tx.data
-        mark = m["mark"]
-        kind = _MARK_KIND.get(mark)
-        if kind is None:
-            raise where.error(line_no, ":61: mark", f"{mark!r}: only C, D and RC are used")
-        amt = F.amount(
-            where, line_no, ":61: amount", m["amount"].replace(",", ".").rstrip("."), cur
-        )
-        if amt <= 0:
-            raise where.error(line_no, ":61: amount", f"{m['amount']!r} must be greater than zero")
-        signed = Decimal(d["amount"].amount)
-        if abs(signed) != amt:
-            raise where.error(line_no, ":61: amount", "the MT940 reader disagrees on the amount")
-        net += amt if kind == "payment" else -amt
-        total += amt
-        info = F.parse_info(str(d.get("transaction_details") or ""))
-        cref = (m["cref"] or "").strip()
-        bref = (m["bref"] or "").strip()
-        for code, fname in (
-            ("EREF", "txn_id"),
-            ("CREF", "channel_txn_id"),
-            ("ORIG", "original_txn_id"),
-            ("MREF", "merchant_ref"),
-        ):
-            F.text(where, line_no, f"/{code}/ ({fname})", info.get(code, ""))
-        F.text(where, line_no, ":61: customer reference (txn_id)", cref)
-        F.text(where, line_no, ":61: bank reference (channel_txn_id)", bref)
-        txn = info.get("EREF", "")
-        if cref and cref != "NONREF":
-            if txn and txn != cref:
-                raise where.error(line_no, "/EREF/ (txn_id)", f"{txn!r} but :61: says {cref!r}")
-            txn = txn or cref
-        ctid = info.get("CREF", "")
-        if bref and bref != "NONREF":
-            if ctid and ctid != bref:
-                raise where.error(
-                    line_no, "/CREF/ (channel_txn_id)", f"{ctid!r} but :61: says {bref!r}"
-                )
-            ctid = ctid or bref
-        if not ctid:
-            raise where.error(line_no, ":61: bank reference (channel_txn_id)", "empty")
-        status = info.get("STAT", "success")
-        if status not in STATUSES:
-            raise where.error(line_no, "/STAT/ (status)", f"{status[:20]!r} is not a status")
-        if "TIME" in info:
-            occurred = F.info_time_ms(where, line_no, "/TIME/ (occurred_at)", info["TIME"])
-        else:
-            vd = d["date"]
-            occurred = F.noon_utc_ms(date(vd.year, vd.month, vd.day))
-        fee = coupon = None
-        if "FEE" in info:
-            fcur, fee = _money(where, line_no, "/FEE/ (fee)", info["FEE"])
-            if fcur != cur:
-                raise where.error(line_no, "/FEE/ (fee)", f"in {fcur}, the statement is in {cur}")
-            fees += fee
+        line = _line(where, cur, tx.data, line_no, raw, m)
+        net += line.amount if line.kind == "payment" else -line.amount
+        total += line.amount
+        if line.fee is not None:
+            fees += line.fee
             any_fee = True
-        if "CPN" in info:
-            ccur, coupon = _money(where, line_no, "/CPN/ (coupon_amount)", info["CPN"])
-            if ccur != cur or coupon < 0:
-                raise where.error(line_no, "/CPN/ (coupon_amount)", f"{info['CPN']!r}")
-        yield StatementLine(
-            line_no=line_no,
-            txn_id=txn,
-            channel_txn_id=ctid,
-            original_txn_id=info.get("ORIG", ""),
-            kind=kind,
-            status=status,
-            currency=cur,
-            amount=amt,
-            fee=fee,
-            coupon_amount=coupon,
-            merchant_ref=info.get("MREF", ""),
-            occurred_at_ms=occurred,
-            raw=raw,
-        )
+        yield line
     op = Decimal(opening.amount.amount)
     cl = Decimal(closing.amount.amount)
     if op + net != cl:
@@ -201,6 +123,101 @@ def scan(data: bytes, file_name: str, env: Statement) -> Iterator[StatementLine]
         fee=fees if any_fee else None,
         items=(("opening", str(op)), ("closing", str(cl))),
     )
+
+
+def _entries(where: F.Where, lines: list[str]) -> list[tuple[int, str, re.Match[str]]]:
+    """Where each :61: starts and what belongs to it (its :86:), for line numbers."""
+    entries: list[tuple[int, str, re.Match[str]]] = []
+    for i, x in enumerate(lines):
+        if x.startswith(":61:"):
+            m = _LINE61.fullmatch(x)
+            if m is None:
+                raise where.error(i + 1, ":61: (statement line)", f"{x[:60]!r} is not a valid :61:")
+            j = i + 1
+            while j < len(lines) and not lines[j].startswith((":61:", ":62", ":64", ":65")):
+                j += 1
+            entries.append((i + 1, "\n".join(lines[i:j]), m))
+    return entries
+
+
+def _line(
+    where: F.Where, cur: str, d: Any, line_no: int, raw: str, m: re.Match[str]
+) -> StatementLine:
+    """One entry: its :61: line (m), the reader's fields (d) and the :86: codes."""
+    mark = m["mark"]
+    kind = _MARK_KIND.get(mark)
+    if kind is None:
+        raise where.error(line_no, ":61: mark", f"{mark!r}: only C, D and RC are used")
+    amt = F.amount(where, line_no, ":61: amount", m["amount"].replace(",", ".").rstrip("."), cur)
+    if amt <= 0:
+        raise where.error(line_no, ":61: amount", f"{m['amount']!r} must be greater than zero")
+    signed = Decimal(d["amount"].amount)
+    if abs(signed) != amt:
+        raise where.error(line_no, ":61: amount", "the MT940 reader disagrees on the amount")
+    info = F.parse_info(str(d.get("transaction_details") or ""))
+    txn, ctid = _refs(where, line_no, info, m)
+    status = info.get("STAT", "success")
+    if status not in STATUSES:
+        raise where.error(line_no, "/STAT/ (status)", f"{status[:20]!r} is not a status")
+    if "TIME" in info:
+        occurred = F.info_time_ms(where, line_no, "/TIME/ (occurred_at)", info["TIME"])
+    else:
+        vd = d["date"]
+        occurred = F.noon_utc_ms(date(vd.year, vd.month, vd.day))
+    fee = coupon = None
+    if "FEE" in info:
+        fcur, fee = _money(where, line_no, "/FEE/ (fee)", info["FEE"])
+        if fcur != cur:
+            raise where.error(line_no, "/FEE/ (fee)", f"in {fcur}, the statement is in {cur}")
+    if "CPN" in info:
+        ccur, coupon = _money(where, line_no, "/CPN/ (coupon_amount)", info["CPN"])
+        if ccur != cur or coupon < 0:
+            raise where.error(line_no, "/CPN/ (coupon_amount)", f"{info['CPN']!r}")
+    return StatementLine(
+        line_no=line_no,
+        txn_id=txn,
+        channel_txn_id=ctid,
+        original_txn_id=info.get("ORIG", ""),
+        kind=kind,
+        status=status,
+        currency=cur,
+        amount=amt,
+        fee=fee,
+        coupon_amount=coupon,
+        merchant_ref=info.get("MREF", ""),
+        occurred_at_ms=occurred,
+        raw=raw,
+    )
+
+
+def _refs(where: F.Where, line_no: int, info: dict[str, str], m: re.Match[str]) -> tuple[str, str]:
+    """(txn_id, channel txn id): the :86: codes, else the :61: references."""
+    cref = (m["cref"] or "").strip()
+    bref = (m["bref"] or "").strip()
+    for code, fname in (
+        ("EREF", "txn_id"),
+        ("CREF", "channel_txn_id"),
+        ("ORIG", "original_txn_id"),
+        ("MREF", "merchant_ref"),
+    ):
+        F.text(where, line_no, f"/{code}/ ({fname})", info.get(code, ""))
+    F.text(where, line_no, ":61: customer reference (txn_id)", cref)
+    F.text(where, line_no, ":61: bank reference (channel_txn_id)", bref)
+    txn = info.get("EREF", "")
+    if cref and cref != "NONREF":
+        if txn and txn != cref:
+            raise where.error(line_no, "/EREF/ (txn_id)", f"{txn!r} but :61: says {cref!r}")
+        txn = txn or cref
+    ctid = info.get("CREF", "")
+    if bref and bref != "NONREF":
+        if ctid and ctid != bref:
+            raise where.error(
+                line_no, "/CREF/ (channel_txn_id)", f"{ctid!r} but :61: says {bref!r}"
+            )
+        ctid = ctid or bref
+    if not ctid:
+        raise where.error(line_no, ":61: bank reference (channel_txn_id)", "empty")
+    return txn, ctid
 
 
 # -------------------------------------------------------------------- writer
