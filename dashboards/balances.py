@@ -170,7 +170,13 @@ def build() -> Any:
         .with_variable(CURRENCIES.builder())
         .with_variable(database_variable())
     )
+    d = _channels(d)
+    d = _merchants(d)
+    return d
 
+
+def _channels(d: Any) -> Any:
+    """Row "Channels": live and stored channel balances, movement."""
     d = d.with_row(dash.Row("Channels"))
     d = d.with_panel(
         ts(
@@ -212,7 +218,11 @@ def build() -> Any:
             w=24,
         )
     )
+    return d
 
+
+def _merchants(d: Any) -> Any:
+    """Row "Merchants": top payables, payable per interval."""
     d = d.with_row(dash.Row("Merchants"))
     d = d.with_panel(
         grid(

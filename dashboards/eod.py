@@ -291,7 +291,15 @@ def build() -> Any:
         .with_variable(MERCHANTS.builder())
         .with_variable(database_variable())
     )
+    d = _reconciliation(d)
+    d = _suspense(d)
+    d = _settlement(d)
+    d = _funds(d)
+    return d
 
+
+def _reconciliation(d: Any) -> Any:
+    """Row "Reconciliation": classes by channel and day, breaks per day."""
     d = d.with_row(dash.Row("Reconciliation"))
     d = d.with_panel(
         grid(
@@ -318,7 +326,11 @@ def build() -> Any:
             h=10,
         )
     )
+    return d
 
+
+def _suspense(d: Any) -> Any:
+    """Row "Suspense": open entries by age and by channel."""
     d = d.with_row(dash.Row("Suspense"))
     d = d.with_panel(
         grid(
@@ -339,7 +351,11 @@ def build() -> Any:
             decimals=2,
         )
     )
+    return d
 
+
+def _settlement(d: Any) -> Any:
+    """Row "Settlement and statements"."""
     d = d.with_row(dash.Row("Settlement and statements"))
     d = d.with_panel(
         grid(
@@ -364,7 +380,11 @@ def build() -> Any:
             w=24,
         )
     )
+    return d
 
+
+def _funds(d: Any) -> Any:
+    """Row "Funds and merchant payouts"."""
     d = d.with_row(dash.Row("Funds and merchant payouts"))
     d = d.with_panel(
         grid(

@@ -113,7 +113,19 @@ def build() -> Any:
         )
     )
     d = d.with_variable(MERCHANTS.builder()).with_variable(database_variable())
+    d = _health(d)
+    d = _throughput(d)
+    d = _lag(d)
+    d = _breaks(d)
+    d = _breaks_stored(d)
+    d = _dead_letters(d)
+    d = _sink(d)
+    d = _sink_health(d)
+    return d
 
+
+def _health(d: Any) -> Any:
+    """Row "Health": workers up, dead letters, pending past SLA, consumer lag."""
     d = d.with_row(dash.Row("Health"))
     d = d.with_panel(
         single(
@@ -160,7 +172,11 @@ def build() -> Any:
             steps((None, "green"), (1000, "yellow"), (10000, "red")),
         )
     )
+    return d
 
+
+def _throughput(d: Any) -> Any:
+    """Row "Throughput and latency": events in and out, processing latency."""
     d = d.with_row(dash.Row("Throughput and latency"))
     d = d.with_panel(
         ts(
@@ -214,6 +230,11 @@ def build() -> Any:
             show_thresholds=True,
         )
     )
+    return d
+
+
+def _lag(d: Any) -> Any:
+    """Event time to output, consumer lag by topic, status queries."""
     d = d.with_panel(
         ts(
             "Event time to output p50 / p99",
@@ -262,7 +283,11 @@ def build() -> Any:
             "cpm",
         )
     )
+    return d
 
+
+def _breaks(d: Any) -> Any:
+    """Row "Breaks and pending orders": the Prometheus panels."""
     d = d.with_row(dash.Row("Breaks and pending orders"))
     d = d.with_panel(
         ts(
@@ -314,6 +339,11 @@ def build() -> Any:
             show_thresholds=True,
         )
     )
+    return d
+
+
+def _breaks_stored(d: Any) -> Any:
+    """The breaks as stored in ClickHouse."""
     d = d.with_panel(
         ts(
             "Breaks stored (ClickHouse)",
@@ -337,7 +367,11 @@ def build() -> Any:
             h=10,
         )
     )
+    return d
 
+
+def _dead_letters(d: Any) -> Any:
+    """Row "Dead letters"."""
     d = d.with_row(dash.Row("Dead letters"))
     d = d.with_panel(
         ts(
@@ -362,7 +396,11 @@ def build() -> Any:
             [DEAD_LETTERS_STORED],
         )
     )
+    return d
 
+
+def _sink(d: Any) -> Any:
+    """Row "ClickHouse sink": rows, batch sizes, insert latency."""
     d = d.with_row(dash.Row("ClickHouse sink"))
     d = d.with_panel(
         ts(
@@ -416,6 +454,11 @@ def build() -> Any:
             w=8,
         )
     )
+    return d
+
+
+def _sink_health(d: Any) -> Any:
+    """Sink failures, retries, buffer and ClickHouse up."""
     d = d.with_panel(
         ts(
             "Sink failures and retries",
