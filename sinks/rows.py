@@ -187,14 +187,19 @@ BREAKS = Table(
 
 
 def _posting(_key: Any, d: dict[str, Any], _p: int) -> list[Row]:
+    """One row per leg. A posting whose legs do not net to zero in each bucket (it
+    has one currency) is not stored: a `BadMessage`, as any message that does not fit
+    (the workers check the same when they make it: `tally.core.ledger`)."""
     at = _ms(d["event_time"])
     bd = _date(d.get("business_date"))
     out: list[Row] = []
+    net: dict[str, int] = {}
     for leg in d["legs"]:
         minor = int(leg["amount_minor"])
         amount = _money(leg["amount"])
         if amount != to_decimal(minor, d["currency"]):
             raise BadMessage(f"posting {d['posting_id']}: amount and amount_minor disagree")
+        net[leg["bucket"]] = net.get(leg["bucket"], 0) + minor
         out.append(
             (
                 d["posting_id"],
@@ -213,6 +218,12 @@ def _posting(_key: Any, d: dict[str, Any], _p: int) -> list[Row]:
                 amount,
                 minor,
             )
+        )
+    unbalanced = {bucket: v for bucket, v in sorted(net.items()) if v}
+    if unbalanced:
+        raise BadMessage(
+            f"posting {d['posting_id']}: legs do not net to zero per bucket in "
+            f"{d['currency']}: {unbalanced} (minor units)"
         )
     return out
 

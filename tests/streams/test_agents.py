@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+from importlib.resources import files
 from typing import Any
 
 import pytest
+from jsonschema import Draft202012Validator
 
 from streams.app import Tally, account_balances, create_app
 from tally.config import Settings
@@ -197,6 +199,46 @@ async def test_postings_update_the_partition_balance_shards(tally: Tally) -> Non
     }
     assert merchant.summary()["net"] == "99.40"
     assert merchant.summary()["provisional"] == "0.00"
+
+
+def validator(name: str) -> Draft202012Validator:
+    """The JSON Schema of an output topic (`tally/schemas/`, docs/events.md)."""
+    schema = json.loads((files("tally.schemas") / f"{name}.schema.json").read_text("utf-8"))
+    Draft202012Validator.check_schema(schema)
+    return Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
+
+
+async def test_every_message_the_worker_sends_validates_against_its_schema(tally: Tally) -> None:
+    """What the worker emits on its output topics, snapshots included (the order
+    states and balance shards are its tables' changelog records)."""
+    async with tally.agents["reconcile"].test_context() as agent:
+        await feed(
+            tally,
+            agent,
+            ("transactions", txn("e1", "o5", "success", T0), "o5"),
+            ("callbacks", cb("e2", "o5", "success", T1), "o5"),
+            ("callbacks", cb("e3", "o6", "success", T1), "o6"),  # unknown order
+            ("transactions", txn("e4", "o7", "pending", T0, amount="20.00"), "o7"),
+            ("callbacks", cb("e5", "o7", "success", T2, amount="19.00"), "o7"),
+            ("callbacks", b"{not json", "x"),
+        )
+    s = tally.settings
+    topics = {
+        s.topic_order_states: "order-state",
+        s.topic_balances: "balance",
+        s.topic_breaks: "break",
+        s.topic_postings: "posting",
+        s.topic_dead_letter: "dead-letter",
+    }
+    for topic, name in topics.items():
+        messages = tally.extra.on(topic)  # type: ignore[attr-defined]
+        assert messages, topic
+        v = validator(name)
+        for message in messages:
+            errors = [e.message for e in v.iter_errors(message)]
+            assert not errors, (name, message, errors)
+    states = tally.extra.on(s.topic_order_states)  # type: ignore[attr-defined]
+    assert {m["known"] for m in states} == {True, False}
 
 
 async def test_claims_agent_flags_one_channel_txn_on_two_orders(tally: Tally) -> None:
