@@ -127,6 +127,66 @@ def seed(db: Any) -> dict[str, Any]:
     stored as the sink stores it, plus a reconciled business day (statements, runs,
     results, suspense) built from it."""
     migrate(db)
+    p = _seed_stream(db)
+    # the end of day, for DAY: per channel two statement deliveries, two runs (the
+    # later in force), results by class, suspense entries with write-offs and a reopen
+    known = [s for s in p.orders.values() if s.known and s.business_date == DAY.isoformat()]
+    channels = sorted({s.channel_id for s in known if s.channel_id})
+    assert len(channels) >= 3
+    day_ms = int(datetime(DAY.year, DAY.month, DAY.day, tzinfo=UTC).timestamp() * 1000)
+    versions, lines, runs, results, entries, actions = [], [], [], [], [], []
+    for ci, ch in enumerate(channels):
+        mine = [s for s in known if s.channel_id == ch]
+        v, ls = _statements(ch, mine, day_ms)
+        versions += v
+        lines += ls
+        for r, finished in enumerate((day_ms + 31 * 3600_000, day_ms + 35 * 3600_000)):
+            run_id = f"run-{ch}-{r}"
+            runs.append(
+                (
+                    run_id,
+                    ch,
+                    DAY,
+                    2,
+                    f"sha-{ch}-2",
+                    len(mine),
+                    len(mine),
+                    "{}",
+                    finished - 60_000,
+                    finished,
+                )
+            )
+            for n, s in enumerate(mine):
+                cls = _CLASSES[(n + ci + r) % len(_CLASSES)]
+                results.append(_result(run_id, ch, n, s, cls))
+                if r == 1 and cls not in ("matched", "carried"):
+                    e, acts = _suspense(ch, n, s, cls, day_ms)
+                    entries.append(e)
+                    actions += acts
+    db.insert("statement_versions", VERSION_COLUMNS, versions)
+    db.insert("statement_lines", LINE_COLUMNS, lines)
+    db.insert("recon_runs", RUN_COLUMNS, runs)
+    db.insert("recon_results", RESULT_COLUMNS, results)
+    db.insert("suspense_entries", ENTRY_COLUMNS, entries)
+    db.insert("suspense_actions", ACTION_COLUMNS, actions)
+    merchant = next(s.merchant_id for s in known if s.merchant_id and s.channel_id == channels[0])
+    _seed_funds(db, channels, merchant, day_ms)
+    return {"channels": channels, "merchant": merchant}
+
+
+_CLASSES = ("matched",) * 6 + (
+    "long",
+    "short",
+    "amount_mismatch",
+    "fee_mismatch",
+    "status_mismatch",
+    "carried",
+)
+
+
+def _seed_stream(db: Any) -> Any:
+    """The simulated traffic through the in-memory pipeline, its outputs stored as the
+    sink stores them; the pipeline."""
     policies = Policies()
     sim = generate(SimConfig(events=3000, seed=11, start=START), policies)
     p = LocalPipeline(policies, partitions=2, clock=lambda: 0)
@@ -155,183 +215,112 @@ def seed(db: Any) -> dict[str, Any]:
         states.append(order_snapshot(s, view(s, policies[channel]), at))
     rows(R.ORDER_STATES, states)
     rows(R.BALANCES, [balance_snapshot(f"{k}|0", b, 0) for k, b in p.book.balances.items()])
+    return p
 
-    # the end of day, for DAY: per channel two statement deliveries, two runs (the
-    # later in force), results by class, suspense entries with write-offs and a reopen
-    known = [s for s in p.orders.values() if s.known and s.business_date == DAY.isoformat()]
-    channels = sorted({s.channel_id for s in known if s.channel_id})
-    assert len(channels) >= 3
-    day_ms = int(datetime(DAY.year, DAY.month, DAY.day, tzinfo=UTC).timestamp() * 1000)
-    classes = ("matched",) * 6 + (
-        "long",
-        "short",
-        "amount_mismatch",
-        "fee_mismatch",
-        "status_mismatch",
-        "carried",
-    )
-    versions, lines, runs, results, entries, actions = [], [], [], [], [], []
-    for ci, ch in enumerate(channels):
-        mine = [s for s in known if s.channel_id == ch]
-        for delivery in (1, 2):
-            loaded = day_ms + (26 + delivery * 4) * 3600_000
-            versions.append(
+
+def _statements(ch: str, mine: list[Any], day_ms: int) -> tuple[list[Any], list[Any]]:
+    """Two deliveries of the channel's statement for DAY: version rows and line rows."""
+    versions, lines = [], []
+    for delivery in (1, 2):
+        loaded = day_ms + (26 + delivery * 4) * 3600_000
+        versions.append(
+            (
+                ch,
+                DAY,
+                delivery,
+                f"sha-{ch}-{delivery}",
+                "generic_csv",
+                f"{ch}.csv",
+                len(mine),
+                Decimal("1000.50") * delivery,
+                Decimal("3.25"),
+                loaded,
+                "test",
+            )
+        )
+        for n, s in enumerate(mine[:20], 1):
+            lines.append(
                 (
                     ch,
                     DAY,
                     delivery,
-                    f"sha-{ch}-{delivery}",
-                    "generic_csv",
-                    f"{ch}.csv",
-                    len(mine),
-                    Decimal("1000.50") * delivery,
-                    Decimal("3.25"),
-                    loaded,
-                    "test",
-                )
-            )
-            for n, s in enumerate(mine[:20], 1):
-                lines.append(
-                    (
-                        ch,
-                        DAY,
-                        delivery,
-                        n,
-                        s.txn_id,
-                        f"c-{s.txn_id}",
-                        "",
-                        "payment",
-                        "success",
-                        s.currency or "CNY",
-                        Decimal("12.34"),
-                        Decimal("0.05"),
-                        None,
-                        s.merchant_id or "",
-                        s.created_at_ms or day_ms,
-                        "{}",
-                    )
-                )
-        for r, finished in enumerate((day_ms + 31 * 3600_000, day_ms + 35 * 3600_000)):
-            run_id = f"run-{ch}-{r}"
-            runs.append(
-                (
-                    run_id,
-                    ch,
-                    DAY,
-                    2,
-                    f"sha-{ch}-2",
-                    len(mine),
-                    len(mine),
+                    n,
+                    s.txn_id,
+                    f"c-{s.txn_id}",
+                    "",
+                    "payment",
+                    "success",
+                    s.currency or "CNY",
+                    Decimal("12.34"),
+                    Decimal("0.05"),
+                    None,
+                    s.merchant_id or "",
+                    s.created_at_ms or day_ms,
                     "{}",
-                    finished - 60_000,
-                    finished,
                 )
             )
-            for n, s in enumerate(mine):
-                cls = classes[(n + ci + r) % len(classes)]
-                results.append(
-                    (
-                        run_id,
-                        ch,
-                        DAY,
-                        s.txn_id,
-                        cls,
-                        s.txn_id,
-                        f"c-{s.txn_id}",
-                        s.merchant_id or "",
-                        s.type or "payment",
-                        s.currency or "CNY",
-                        Decimal("12.34"),
-                        None if cls == "long" else Decimal("12.30"),
-                        Decimal("0.05"),
-                        Decimal("0.05"),
-                        "success",
-                        "success",
-                        n,
-                        "",
-                        Decimal(0) if cls == "long" else Decimal("0.04"),
-                        Decimal(0),
-                        "exact",
-                        100,
-                    )
-                )
-                if r == 1 and cls not in ("matched", "carried"):
-                    entry = f"e-{ch}-{s.txn_id}"
-                    opened = day_ms + 31 * 3600_000 - n * 86_400_000 // 3
-                    entries.append(
-                        (
-                            entry,
-                            1,
-                            ch,
-                            s.merchant_id or "",
-                            s.txn_id,
-                            "",
-                            DAY,
-                            [cls],
-                            [],
-                            s.currency or "CNY",
-                            Decimal("12.34"),
-                            opened,
-                            opened,
-                        )
-                    )
-                    if n % 3 == 0:
-                        actions.append(
-                            (
-                                f"a-{entry}",
-                                entry,
-                                "refunded",
-                                "refund issued",
-                                "ops",
-                                "",
-                                opened + 3600_000,
-                            )
-                        )
-                    if n % 6 == 0:
-                        actions.append(
-                            (
-                                f"b-{entry}",
-                                entry,
-                                "reopened_by_rerun",
-                                "again",
-                                "tally",
-                                "",
-                                opened + 7200_000,
-                            )
-                        )
-    db.insert(
-        "statement_versions",
-        VERSION_COLUMNS,
-        versions,
+    return versions, lines
+
+
+def _result(run_id: str, ch: str, n: int, s: Any, cls: str) -> tuple[Any, ...]:
+    return (
+        run_id,
+        ch,
+        DAY,
+        s.txn_id,
+        cls,
+        s.txn_id,
+        f"c-{s.txn_id}",
+        s.merchant_id or "",
+        s.type or "payment",
+        s.currency or "CNY",
+        Decimal("12.34"),
+        None if cls == "long" else Decimal("12.30"),
+        Decimal("0.05"),
+        Decimal("0.05"),
+        "success",
+        "success",
+        n,
+        "",
+        Decimal(0) if cls == "long" else Decimal("0.04"),
+        Decimal(0),
+        "exact",
+        100,
     )
-    db.insert(
-        "statement_lines",
-        LINE_COLUMNS,
-        lines,
+
+
+def _suspense(
+    ch: str, n: int, s: Any, cls: str, day_ms: int
+) -> tuple[tuple[Any, ...], list[tuple[Any, ...]]]:
+    """A suspense entry of a break, with a write-off (every third) and a reopen (every
+    sixth)."""
+    entry = f"e-{ch}-{s.txn_id}"
+    opened = day_ms + 31 * 3600_000 - n * 86_400_000 // 3
+    row = (
+        entry,
+        1,
+        ch,
+        s.merchant_id or "",
+        s.txn_id,
+        "",
+        DAY,
+        [cls],
+        [],
+        s.currency or "CNY",
+        Decimal("12.34"),
+        opened,
+        opened,
     )
-    db.insert(
-        "recon_runs",
-        RUN_COLUMNS,
-        runs,
-    )
-    db.insert(
-        "recon_results",
-        RESULT_COLUMNS,
-        results,
-    )
-    db.insert(
-        "suspense_entries",
-        ENTRY_COLUMNS,
-        entries,
-    )
-    db.insert(
-        "suspense_actions",
-        ACTION_COLUMNS,
-        actions,
-    )
-    merchant = next(s.merchant_id for s in known if s.merchant_id and s.channel_id == channels[0])
-    _seed_funds(db, channels, merchant, day_ms)
-    return {"channels": channels, "merchant": merchant}
+    actions = []
+    if n % 3 == 0:
+        actions.append(
+            (f"a-{entry}", entry, "refunded", "refund issued", "ops", "", opened + 3600_000)
+        )
+    if n % 6 == 0:
+        actions.append(
+            (f"b-{entry}", entry, "reopened_by_rerun", "again", "tally", "", opened + 7200_000)
+        )
+    return row, actions
 
 
 def _seed_funds(db: Any, channels: list[str], merchant: str, day_ms: int) -> None:
