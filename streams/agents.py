@@ -62,7 +62,6 @@ class Reconcile:
         self, t: Tally, metrics: WorkerMetrics, emitter: Emitter, recovery: Recovery, intake: Intake
     ) -> None:
         self.t = t
-        self.settings = t.settings
         self.stats = t.stats
         self.metrics = metrics
         self.rec = t.reconciler
@@ -71,8 +70,11 @@ class Reconcile:
         self.balances = t.writers["balances"]
         self.writers = (self.orders, self.balances, t.writers["watermarks"])
         self.kinds = {emitter.names[k]: k for k in _KINDS}  # topic -> transactions | ...
+        self.max_bytes = t.settings.max_message_bytes
         self.emitter = emitter
+        self.emit = emitter.emit
         self.recovery = recovery
+        self.checked = recovery.checked  # partitions recovered since the assignment
         self.intake = intake
 
     def handle(self, msg: Any, now_ms: int) -> None:
@@ -80,9 +82,9 @@ class Reconcile:
         stats, rec = self.stats, self.rec
         kind = self.kinds[msg.topic]
         p = msg.partition
-        if p not in self.recovery.checked:
+        if p not in self.checked:
             self.recovery.recover(p)
-            self.recovery.checked.add(p)
+            self.checked.add(p)
         stats.seen(msg.topic, p, msg.offset, activity=kind != "ticks")
         self.ck.consumed(msg.topic, p, msg.offset)
         for w in self.writers:
@@ -91,14 +93,12 @@ class Reconcile:
             if kind == "transactions":
                 stats.partition_activity[p] = now_ms / 1000
                 txn = parse_transaction(
-                    msg.value, msg.key, check_key=True, max_bytes=self.settings.max_message_bytes
+                    msg.value, msg.key, check_key=True, max_bytes=self.max_bytes
                 )
                 out = rec.on_transaction(txn, p)
             elif kind == "callbacks":
                 stats.partition_activity[p] = now_ms / 1000
-                cb = parse_callback(
-                    msg.value, msg.key, check_key=True, max_bytes=self.settings.max_message_bytes
-                )
+                cb = parse_callback(msg.value, msg.key, check_key=True, max_bytes=self.max_bytes)
                 out = rec.on_callback(cb, p)
             elif kind == "links":
                 out = rec.on_link(ReversalLink.from_json(orjson.loads(msg.value)), p)
@@ -116,7 +116,7 @@ class Reconcile:
         if out.duplicate:
             stats.duplicates += 1
         if out:
-            self.emitter.emit(out, p, int(msg.timestamp * 1000), now_ms)
+            self.emit(out, p, int(msg.timestamp * 1000), now_ms)
 
     def changed(self, seq: int) -> list[Any]:
         """The orders the batch changed, each with its outbox: the batch's facts of it.
