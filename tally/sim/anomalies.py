@@ -41,6 +41,8 @@ __all__ = [
 
 
 def status_conflict(g: OrderGen, t: int) -> None:
+    """Ours success / channel failed, ours closed / notify success (S5), or the
+    channel's sync and notify disagree."""
     o = g.payment(t)
     fast = g.fast(g.policy(o.channel_id))
     v = g.rng.randrange(3)
@@ -64,6 +66,7 @@ def status_conflict(g: OrderGen, t: int) -> None:
 
 
 def amount_mismatch(g: OrderGen, t: int) -> None:
+    """The channel reports another amount, or ignores the platform coupon (S11)."""
     if g.rng.random() < 0.3:  # S11: the channel ignored the platform coupon
         o = g.payment(t, coupon=True)
         g.succeed(o, t)
@@ -83,6 +86,7 @@ def amount_mismatch(g: OrderGen, t: int) -> None:
 
 
 def currency_mismatch(g: OrderGen, t: int) -> None:
+    """One witness reports another currency."""
     only = g.cfg.currency_mismatch_channels
     o = g.payment(t, channel=g.rng.choice(only) if only else None)
     g.succeed(o, t)

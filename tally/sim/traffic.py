@@ -88,6 +88,7 @@ __all__ = [
 _TAIL_ORDERS = 200
 _TAIL_MIN_MS = 10_000
 
+# one kind of order: `unit(g, t)` builds one, created at event time t, and emits it
 Unit = Callable[[OrderGen, int], None]
 
 
@@ -95,6 +96,7 @@ Unit = Callable[[OrderGen, int], None]
 
 
 def plain(g: OrderGen, t: int) -> None:
+    """A successful payment; now and then our record lags the channel's evidence."""
     o = g.payment(t)
     g.succeed(o, t)
     pol = g.policy(o.channel_id)
@@ -109,6 +111,7 @@ def plain(g: OrderGen, t: int) -> None:
 
 
 def failed(g: OrderGen, t: int) -> None:
+    """A payment the channel declines (in the sync answer, or by a later notify)."""
     o = g.payment(t)
     pol = g.policy(o.channel_id)
     o.txn("pending", t)
@@ -249,6 +252,8 @@ class _Gen(OrderGen):
         ]
 
     def unit(self, t: int) -> None:
+        """One order created at `t`: a late callback near a cutoff at its rate, else
+        the kind the rate table draws (a timed anomaly only where traffic follows)."""
         rng = self.rng
         late = self.cfg.rates["late_callback"]
         if late > 0:
@@ -269,6 +274,7 @@ class _Gen(OrderGen):
         plain(self, t)
 
     def room(self, t: int, rel: int) -> bool:
+        """Whether enough traffic follows `t + rel` for every watermark to pass it."""
         return t + rel + self.tail_ms <= self.t_end_est
 
     def run(self, n_malformed: int, duplicates: int) -> int:
