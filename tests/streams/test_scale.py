@@ -18,52 +18,45 @@ What the embedded broker allows, and what it does not (docs/operations.md,
   (`streams.offsets.recover_to_true_log_ends`), as Apache Kafka answers it.
 - The mid-run takeover asserts completeness and prints differences from one worker
   (the interleaving of the two input topics differs); the between-bursts takeover
-  must be identical. tests/streams/test_crash.py kills a busy worker at random moments and
-  asserts that nothing is lost.
+  must be identical. tests/chaos/test_storm.py kills busy and recovering workers at
+  random moments and asserts that nothing is lost (`tally bench chaos` at full size).
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-import re
-import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer, TopicPartition
 
 from sinks.backend import Backend
 from sinks.runner import SinkRunner
-from streams.broker import EmbeddedBroker
+from streams.broker import EmbeddedBroker, ensure_topics
 from streams.offsets import log_ends
 from streams.worker import end_offsets
+from tally.chaos.cluster import PARTITIONS, Cluster, committed, drained, feed
 from tally.config import Settings
 from tally.core.ledger import Balance, Posting, assert_balanced
-from tally.core.pipeline import Envelope, partition_for
+from tally.core.pipeline import Envelope
 from tally.core.realtime import WATERMARK_PERSIST_STEP_MS
 from tally.sim.traffic import SimConfig, generate
 from tests.clickhouse import (
     connect_to,
     drop_database,
     expected_results,
+    read_values,
     storage_values,
     stored_results,
 )
-from tests.clickhouse import free_port as _free_port
 
 pytestmark = [pytest.mark.broker, pytest.mark.clickhouse]
-ROOT = Path(__file__).resolve().parents[2]
-PARTITIONS = 4
 EVENTS = 5000
-APP = "tally"
 
 
 # ----------------------------------------------------------------- the traffic
@@ -76,128 +69,8 @@ def traffic() -> list[Envelope]:
     return generate(cfg, s.policies()).envelopes
 
 
-async def feed(bootstrap: str, envelopes: list[Envelope]) -> None:
-    """Every run gets the same messages at the same partitions and offsets: keyed
-    ones by Kafka's partitioner, keyless ones (malformed input) round-robin, not at
-    random, so that dead-letter ids (topic:partition:offset) agree between runs."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all")
-    await producer.start()
-    try:
-        futures = []
-        for i, e in enumerate(envelopes):
-            p = partition_for(e.key, PARTITIONS) if e.key is not None else i % PARTITIONS
-            key = e.key.encode() if e.key is not None else None
-            futures.append(await producer.send(e.topic, e.value_bytes(), key=key, partition=p))
-        await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
-
-
 # ----------------------------------------------------------------- the workers
-
-_ASSIGNED = re.compile(r"Setting newly assigned partitions (\{.*\}) for group")
-_TP = re.compile(r"TopicPartition\(topic='([^']+)', partition=(\d+)\)")
-
-
-@dataclass
-class Worker:
-    name: str
-    proc: subprocess.Popen[bytes]
-    log: Path
-
-    def assigned(self) -> set[int] | None:
-        """Input partitions of its latest assignment, once that is recovered and
-        running ("Worker ready" after it); None while rebalancing."""
-        text = self.log.read_text(errors="replace")
-        found = list(_ASSIGNED.finditer(text))
-        if not found or "Worker ready" not in text[found[-1].end() :]:
-            return None
-        return {int(p) for t, p in _TP.findall(found[-1].group(1)) if t == "payments.transactions"}
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-
-@dataclass
-class Cluster:
-    """A fresh embedded broker and N worker processes of one consumer group."""
-
-    tmp: Path
-    broker: EmbeddedBroker = field(init=False)
-    workers: list[Worker] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self.broker = EmbeddedBroker("127.0.0.1", _free_port(), str(self.tmp))
-
-    @property
-    def settings(self) -> Settings:
-        return Settings(_env_file=None, broker=self.broker.url, app_id=APP)
-
-    def env(self) -> dict[str, str]:
-        base = {k: v for k, v in os.environ.items() if not k.startswith("TALLY_")}
-        return {
-            **base,
-            "TALLY_BROKER": self.broker.url,
-            "TALLY_APP_ID": APP,
-            "TALLY_PARTITIONS": str(PARTITIONS),
-            "TALLY_WEB_PORT": "0",  # several workers on one host
-            "TALLY_METRICS_PORT": "0",
-            "TALLY_IDLE_TICK_SECONDS": "3600",  # event time only: results are comparable
-            "TALLY_LOG_LEVEL": "info",
-            "TALLY_DATA_DIR": str(self.tmp),
-        }
-
-    def start_worker(self) -> Worker:
-        name = f"w{len(self.workers)}"
-        log = self.tmp / f"{name}.log"
-        cmd = [sys.executable, "-m", "tally"]
-        with open(log, "ab") as out:
-            proc = subprocess.Popen(
-                [*cmd, "run", "--no-sink"],
-                env=self.env(),
-                cwd=ROOT,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        w = Worker(name, proc, log)
-        self.workers.append(w)
-        return w
-
-    async def balanced(self, timeout: float = 90.0) -> dict[str, set[int]]:
-        """Until the live workers share every input partition, each recovered."""
-        deadline = time.monotonic() + timeout
-        while True:
-            live = [w for w in self.workers if w.alive()]
-            got = {w.name: w.assigned() for w in live}
-            parts = [p for p in got.values() if p is not None]
-            if len(parts) == len(live) and sorted(x for p in parts for x in p) == list(
-                range(PARTITIONS)
-            ):
-                return {k: v for k, v in got.items() if v is not None}
-            for w in self.workers:
-                if not w.alive() and w.proc.returncode != -signal.SIGKILL:
-                    raise RuntimeError(f"{w.name} exited: {w.log.read_text()[-2000:]}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"workers not balanced within {timeout}s: {got}")
-            await asyncio.sleep(0.5)
-
-    def kill9(self, w: Worker) -> None:
-        os.killpg(w.proc.pid, signal.SIGKILL)
-        w.proc.wait(10)
-
-    def stop(self) -> None:
-        for w in self.workers:
-            if w.alive():
-                os.killpg(w.proc.pid, signal.SIGTERM)
-        for w in self.workers:
-            try:
-                w.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(w.proc.pid, signal.SIGKILL)
-                w.proc.wait(10)
-        self.broker.stop()
+# (tally.chaos.cluster: worker processes of this tree on a fresh embedded broker)
 
 
 @pytest.fixture()
@@ -214,50 +87,6 @@ def cluster(tmp_path: Path) -> Iterator[Any]:
     yield make
     for c in made:
         c.stop()
-
-
-INPUTS = ("payments.transactions", "payments.callbacks", f"{APP}-links", f"{APP}-success-claims")
-OUTPUTS = ("payments.breaks", "payments.postings", "payments.order-states", "payments.balances")
-
-
-async def committed(bootstrap: str) -> dict[tuple[str, int], int]:
-    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=APP, enable_auto_commit=False)
-    await c.start()
-    try:
-        out = {}
-        for t in INPUTS:
-            for p in range(PARTITIONS):
-                off = await c.committed(TopicPartition(t, p))
-                if off is not None:
-                    out[(t, p)] = off
-        return out
-    finally:
-        await c.stop()
-
-
-async def drained(c: Cluster, timeout: float = 180.0) -> None:
-    """Until the group has committed every input partition to its true end and the
-    output topics stopped growing (two polls alike)."""
-    bootstrap = c.broker.bootstrap
-    deadline = time.monotonic() + timeout
-    last: dict[Any, int] | None = None
-    while True:
-        await asyncio.sleep(1.5)
-        ends = {
-            (tp.topic, tp.partition): o
-            for tp, o in (await log_ends(bootstrap, list(INPUTS))).items()
-        }
-        done = await committed(bootstrap)
-        behind = {tp: (done.get(tp), end) for tp, end in ends.items() if done.get(tp, 0) < end}
-        outs = {
-            (tp.topic, tp.partition): o
-            for tp, o in (await log_ends(bootstrap, list(OUTPUTS))).items()
-        }
-        if not behind and outs == last:
-            return
-        last = outs
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"not drained within {timeout}s; behind: {behind}")
 
 
 async def feed_in_two_bursts(c: Cluster, traffic: list[Envelope]) -> None:
@@ -328,8 +157,6 @@ async def results(c: Cluster, request: pytest.FixtureRequest) -> Results:
     finally:
         db.close()
         drop_database(values)
-    from tests.clickhouse import read_values
-
     postings = [
         Posting.from_json(d) for _, d in await read_values(c.broker.bootstrap, s.topic_postings)
     ]
@@ -476,7 +303,7 @@ async def test_kill9_one_of_two_the_survivor_takes_over(
     single-worker run and the differences are printed, not asserted: which postings
     and status queries an order gets follows how the two input topics interleave, and
     two workers interleave differently from one (docs/realtime.md). That nothing is
-    lost when a busy worker is killed is asserted by tests/streams/test_crash.py."""
+    lost when a busy worker is killed is asserted by tests/chaos/test_storm.py."""
     c = await cluster()
     info = await _takeover(c, traffic, kill_mid_run=True)
     r = await results(c, request)
@@ -513,8 +340,6 @@ async def test_kill9_between_bursts_identical(
 )
 async def test_tansu_list_offsets_answers_the_log_end(broker: EmbeddedBroker) -> None:
     topic = f"scale-lo-{uuid.uuid4().hex[:6]}"
-    from streams.broker import ensure_topics
-
     await ensure_topics(broker.bootstrap, [topic], 1)
     producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=200)
     await producer.start()
