@@ -309,60 +309,10 @@ def _classes(env: dict[str, str], day: date) -> dict[str, Any]:
 
 def test_cli_simulated_week(storage: dict[str, Any], tmp_path: Path) -> None:
     env = {**env_of(storage), "TALLY_CHANNELS": json.dumps(CHANNELS)}
-    week = [MON + timedelta(days=i) for i in range(7)]
-    # channel statements: wechat nets 1000 + 10 * i - 6, alipay (fees invoiced) 500 + i
-    net: dict[tuple[str, date], Decimal] = {}
-    for i, d in enumerate(week):
-        for ch, amount, fee in (
-            ("wechat", D(1000 + 10 * i), D(6)),
-            ("alipay", D(500 + i), D("2.5")),
-        ):
-            f = tmp_path / f"{ch}-{d}.csv"
-            f.write_bytes(_channel_statement(ch, d, amount, fee))
-            _cli(env, "statements", "load", str(f), "--channel", ch, "--format", "csv")
-            net[(ch, d)] = amount - fee if ch == "wechat" else amount
+    net = _load_week_of_statements(env, tmp_path)
     weekend_wx = net[("wechat", FRI)] + net[("wechat", SAT)] + net[("wechat", SUN)]
-    weekend_ali = net[("alipay", FRI)] + net[("alipay", SAT)] + net[("alipay", SUN)]
-    # the bank: what each day's statement shows, with the injected anomalies
-    credits: dict[date, list[tuple[str, Decimal, date, str, str]]] = {
-        TUE: [
-            ("C", net[("wechat", MON)], TUE, "W1", "TENPAY SETTLEMENT 20261123"),
-            ("C", net[("alipay", MON)], TUE, "A1", "ALIPAY SETTLEMENT 20261123"),
-            ("D", D("300.00"), TUE, "P1", "PAYOUT M001"),
-        ],
-        WED: [
-            # injected: a short credit
-            ("C", net[("wechat", TUE)] - D("4.00"), WED, "W2", "TENPAY SETTLEMENT 20261124"),
-            ("C", net[("alipay", TUE)], WED, "A2", "ALIPAY SETTLEMENT 20261124"),
-            # injected: an unexpected credit
-            ("C", D("77.00"), WED, "X1", "INCOMING TRANSFER SUPPLIER REBATE"),
-        ],
-        THU: [
-            # injected: wechat's Wednesday never comes (missing)
-            ("C", net[("alipay", WED)], THU, "A3", "ALIPAY SETTLEMENT 20261125"),
-        ],
-        FRI: [
-            ("C", net[("wechat", THU)], FRI, "W4", "TENPAY SETTLEMENT 20261126"),
-            ("C", net[("alipay", THU)], FRI, "A4", "ALIPAY SETTLEMENT 20261126"),
-        ],
-        NEXT_MON: [
-            # weekend roll-over: Friday to Sunday in one credit (wechat) / two (alipay)
-            ("C", weekend_wx, NEXT_MON, "W5", "TENPAY SETTLEMENT 20261127-29"),
-            ("C", weekend_ali - D(100), NEXT_MON, "A5", "ALIPAY SETTLEMENT 1/2"),
-            ("C", D(100), NEXT_MON, "A6", "ALIPAY SETTLEMENT 2/2"),
-        ],
-    }
-    balance = D("10000.00")
-    files: dict[date, Path] = {}
-    for i, d in enumerate(sorted(credits)):
-        st = statement_of(ACCOUNT, d, credits[d], opening=balance)
-        balance = st.closing
-        camt = i % 2 == 1
-        f = tmp_path / (f"bank-{d}.xml" if camt else f"bank-{d}.sta")
-        f.write_bytes(write_camt053(st) if camt else write_mt940(st))
-        files[d] = f
-        r = _cli(env, "statements", "load", str(f), "--kind", "bank", "--account", ACCOUNT)
-        assert "as delivery 1" in r.output
+    credits = _bank_credits(net)
+    files = _load_bank_statements(env, tmp_path, credits)
     as_of = NEXT_MON + timedelta(days=1)  # Tuesday: Wednesday's grace period is over
     injected = {
         f"stl:wechat:CNY:{WED}": "settlement_short",
@@ -395,6 +345,84 @@ def test_cli_simulated_week(storage: dict[str, Any], tmp_path: Path) -> None:
     run2 = _classes(env, as_of)
     assert run2["previous_run"] == run1["run_id"] and run2["changes"] == []
     assert run2["suspense"]["opened"] == 0
+    _refused_bank_files(env, tmp_path, files)
+    _redelivered_wednesday(env, tmp_path, credits, as_of)
+    _suspense_and_versions(storage, net)
+
+
+def _load_week_of_statements(env: dict[str, str], tmp_path: Path) -> dict[tuple[str, date], D]:
+    """Channel statements of the week: wechat nets 1000 + 10 * i - 6, alipay (fees
+    invoiced) 500 + i. The net each channel owes per day."""
+    week = [MON + timedelta(days=i) for i in range(7)]
+    net: dict[tuple[str, date], Decimal] = {}
+    for i, d in enumerate(week):
+        for ch, amount, fee in (
+            ("wechat", D(1000 + 10 * i), D(6)),
+            ("alipay", D(500 + i), D("2.5")),
+        ):
+            f = tmp_path / f"{ch}-{d}.csv"
+            f.write_bytes(_channel_statement(ch, d, amount, fee))
+            _cli(env, "statements", "load", str(f), "--channel", ch, "--format", "csv")
+            net[(ch, d)] = amount - fee if ch == "wechat" else amount
+    return net
+
+
+def _bank_credits(
+    net: dict[tuple[str, date], D],
+) -> dict[date, list[tuple[str, Decimal, date, str, str]]]:
+    """The bank: what each day's statement shows, with the injected anomalies."""
+    weekend_wx = net[("wechat", FRI)] + net[("wechat", SAT)] + net[("wechat", SUN)]
+    weekend_ali = net[("alipay", FRI)] + net[("alipay", SAT)] + net[("alipay", SUN)]
+    return {
+        TUE: [
+            ("C", net[("wechat", MON)], TUE, "W1", "TENPAY SETTLEMENT 20261123"),
+            ("C", net[("alipay", MON)], TUE, "A1", "ALIPAY SETTLEMENT 20261123"),
+            ("D", D("300.00"), TUE, "P1", "PAYOUT M001"),
+        ],
+        WED: [
+            # injected: a short credit
+            ("C", net[("wechat", TUE)] - D("4.00"), WED, "W2", "TENPAY SETTLEMENT 20261124"),
+            ("C", net[("alipay", TUE)], WED, "A2", "ALIPAY SETTLEMENT 20261124"),
+            # injected: an unexpected credit
+            ("C", D("77.00"), WED, "X1", "INCOMING TRANSFER SUPPLIER REBATE"),
+        ],
+        THU: [
+            # injected: wechat's Wednesday never comes (missing)
+            ("C", net[("alipay", WED)], THU, "A3", "ALIPAY SETTLEMENT 20261125"),
+        ],
+        FRI: [
+            ("C", net[("wechat", THU)], FRI, "W4", "TENPAY SETTLEMENT 20261126"),
+            ("C", net[("alipay", THU)], FRI, "A4", "ALIPAY SETTLEMENT 20261126"),
+        ],
+        NEXT_MON: [
+            # weekend roll-over: Friday to Sunday in one credit (wechat) / two (alipay)
+            ("C", weekend_wx, NEXT_MON, "W5", "TENPAY SETTLEMENT 20261127-29"),
+            ("C", weekend_ali - D(100), NEXT_MON, "A5", "ALIPAY SETTLEMENT 1/2"),
+            ("C", D(100), NEXT_MON, "A6", "ALIPAY SETTLEMENT 2/2"),
+        ],
+    }
+
+
+def _load_bank_statements(
+    env: dict[str, str], tmp_path: Path, credits: dict[date, list[Any]]
+) -> dict[date, Path]:
+    """One bank statement a day, MT940 and camt.053 in turn, each loaded."""
+    balance = D("10000.00")
+    files: dict[date, Path] = {}
+    for i, d in enumerate(sorted(credits)):
+        st = statement_of(ACCOUNT, d, credits[d], opening=balance)
+        balance = st.closing
+        camt = i % 2 == 1
+        f = tmp_path / (f"bank-{d}.xml" if camt else f"bank-{d}.sta")
+        f.write_bytes(write_camt053(st) if camt else write_mt940(st))
+        files[d] = f
+        r = _cli(env, "statements", "load", str(f), "--kind", "bank", "--account", ACCOUNT)
+        assert "as delivery 1" in r.output
+    return files
+
+
+def _refused_bank_files(env: dict[str, str], tmp_path: Path, files: dict[date, Path]) -> None:
+    """A bank file that does not balance, or names another account: nothing stored."""
     # a refused bank file: nothing stored
     bad = tmp_path / "bad.sta"
     bad.write_bytes(files[TUE].read_bytes().replace(b"D300,00", b"D301,00"))
@@ -405,6 +433,13 @@ def test_cli_simulated_week(storage: dict[str, Any], tmp_path: Path) -> None:
         env, "statements", "load", str(files[TUE]), "--kind", "bank", "--account", "X", ok=False
     )
     assert "field :25: (account)" in wrong.output
+
+
+def _redelivered_wednesday(
+    env: dict[str, str], tmp_path: Path, credits: dict[date, list[Any]], as_of: date
+) -> None:
+    """The bank re-delivers Wednesday's statement with the full credit: the short
+    settlement is settled and its suspense entry cleared."""
     # the bank re-delivers Wednesday's statement with the full credit
     fixed = [
         (d_, a + D("4.00") if ref == "W2" else a, v, ref, t) for d_, a, v, ref, t in credits[WED]
@@ -420,7 +455,11 @@ def test_cli_simulated_week(storage: dict[str, Any], tmp_path: Path) -> None:
         (f"stl:wechat:CNY:{WED}", "settlement_short", "settled")
     ]
     assert run3["suspense"]["cleared"] == 1
-    # suspense: the short one cleared by the re-run, the other two open
+
+
+def _suspense_and_versions(storage: dict[str, Any], net: dict[tuple[str, date], D]) -> None:
+    """Suspense: the short one cleared by the re-run, the other two open; one bank
+    statement version a day, two for the re-delivered one."""
     db = connect_to(storage)
     try:
         rows = db.query(
