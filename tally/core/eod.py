@@ -28,44 +28,50 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import date, timedelta
 from decimal import Decimal
+from enum import StrEnum
 from typing import Any
 
 from tally.core.matching import (
     Decisions,
-    Group,
     Link,
+    MatchMethod,
     Rules,
     excess_detail,
     find_links,
     line_key,
     refund_excess,
+    residue,
 )
+from tally.core.records import ChannelStatus, OrderStatus, OrderType
 
-CLASSES = (
-    "matched",
-    "status_mismatch",
-    "amount_mismatch",
-    "fee_mismatch",
-    "refund_excess",
-    "long",
-    "short",
-    "proposed",
-    "carried",
-)
-# classes that are breaks (a suspense entry each)
-BREAK_CLASSES = frozenset(
-    {
-        "status_mismatch",
-        "amount_mismatch",
-        "fee_mismatch",
-        "refund_excess",
-        "long",
-        "short",
-        "proposed",
-    }
-)
-KINDS = ("payment", "refund")
-SUCCESS = "success"
+
+class EodClass(StrEnum):
+    """What the end-of-day comparison makes of an item (domain.md, "End-of-day
+    classes"; docs/reconciliation.md). In this order: `CLASSES`, the report's columns."""
+
+    MATCHED = "matched"
+    STATUS_MISMATCH = "status_mismatch"
+    AMOUNT_MISMATCH = "amount_mismatch"
+    FEE_MISMATCH = "fee_mismatch"
+    REFUND_EXCESS = "refund_excess"  # the refunds of a payment exceed it
+    LONG = "long"  # the channel has a success, we have none
+    SHORT = "short"  # we have a success, the statement does not
+    PROPOSED = "proposed"  # a line with candidates for a person to accept
+    CARRIED = "carried"  # near a cutoff, on the neighbouring day's other side (S8)
+
+
+# the classes as plain strings, as results and rows carry them
+CLASSES = tuple(c.value for c in EodClass)
+# classes that are breaks (a suspense entry each): all but matched and carried
+BREAK_CLASSES = frozenset(CLASSES) - {EodClass.MATCHED.value, EodClass.CARRIED.value}
+_MATCHED, _CARRIED = EodClass.MATCHED.value, EodClass.CARRIED.value
+_STATUS_MISMATCH = EodClass.STATUS_MISMATCH.value
+_AMOUNT_MISMATCH = EodClass.AMOUNT_MISMATCH.value
+_FEE_MISMATCH = EodClass.FEE_MISMATCH.value
+_REFUND_EXCESS = EodClass.REFUND_EXCESS.value
+_LONG, _SHORT, _PROPOSED = EodClass.LONG.value, EodClass.SHORT.value, EodClass.PROPOSED.value
+KINDS = (OrderType.PAYMENT.value, OrderType.REFUND.value)
+SUCCESS = OrderStatus.SUCCESS.value
 
 
 @dataclass(frozen=True)
@@ -97,13 +103,13 @@ class LedgerOrder:
     @property
     def comparable_amount(self) -> Decimal:
         """What the channel moves for it: a payment less the platform coupon (S11)."""
-        if self.type == "payment":
+        if self.type == OrderType.PAYMENT:
             return self.amount - (self.coupon_amount or Decimal(0))
         return self.amount
 
     @property
     def status_text(self) -> str:
-        return "reversed" if self.reversed else self.our_status
+        return ChannelStatus.REVERSED.value if self.reversed else self.our_status
 
 
 @dataclass(frozen=True)
@@ -240,38 +246,6 @@ def _quoted_by(line: StatementLine, items: Iterable[LedgerOrder]) -> bool:
     return False
 
 
-def residue(
-    items: Mapping[str, LedgerOrder], statement: Sequence[StatementLine]
-) -> tuple[list[StatementLine], list[LedgerOrder], list[Group]]:
-    """What `tally.core.matching.find_links` looks at: the plain success lines no id
-    resolves, the items no line resolves to, the shared channel txn ids."""
-    by_ctid: dict[str, list[LedgerOrder]] = {}
-    for o in sorted(items.values(), key=lambda o: o.txn_id):
-        if o.channel_txn_id:
-            by_ctid.setdefault(o.channel_txn_id, []).append(o)
-    resolved: set[str] = set()
-    free_lines = []
-    carrying: dict[str, list[StatementLine]] = {}
-    quoted: set[str] = set()
-    for ln in statement:
-        if ln.txn_id:
-            quoted.add(ln.txn_id)
-        if ln.txn_id and ln.txn_id in items:
-            resolved.add(ln.txn_id)
-        elif ln.channel_txn_id and ln.channel_txn_id in by_ctid:
-            resolved.add(by_ctid[ln.channel_txn_id][0].txn_id)
-            carrying.setdefault(ln.channel_txn_id, []).append(ln)
-        elif ln.plain:
-            free_lines.append(ln)
-    free_items = [o for k, o in sorted(items.items()) if k not in resolved]
-    groups = [
-        Group(c, tuple(ms), tuple(carrying.get(c, ())), any(m.txn_id in quoted for m in ms))
-        for c, ms in sorted(by_ctid.items())
-        if len(ms) > 1
-    ]
-    return free_lines, free_items, groups
-
-
 def classify(
     d: Day,
     orders: Iterable[LedgerOrder],
@@ -291,33 +265,13 @@ def classify(
     rules = rules or Rules()
     orders = list(orders)
     items = {o.txn_id: o for o in orders if o.is_item_of(d.day)}
-    by_ctid: dict[str, str] = {}
-    for o in sorted(items.values(), key=lambda o: o.txn_id):
-        if o.channel_txn_id and o.channel_txn_id not in by_ctid:
-            by_ctid[o.channel_txn_id] = o.txn_id
     known = {o.txn_id: o for o in orders}
     prev_items = [o for o in orders if o.is_item_of(d.prev)]
     next_items = [o for o in orders if o.is_item_of(d.next)]
     links: dict[int, Link] = {}
     if rules.searching:
         links = find_links(*residue(items, statement), rules, decisions)
-
-    # group the lines by item, remembering how each line was resolved
-    groups: dict[str, list[StatementLine]] = {}
-    how: dict[tuple[str, int], str] = {}
-    for ln in statement:
-        link = links.get(ln.line_no)
-        if link is not None and link.members:
-            keys, method = list(link.members), link.method
-        elif ln.txn_id and ln.txn_id in items:
-            keys, method = [ln.txn_id], "id"
-        elif ln.channel_txn_id and ln.channel_txn_id in by_ctid:
-            keys, method = [by_ctid[ln.channel_txn_id]], "reference"
-        else:
-            keys, method = [line_key(ln)], ""
-        for key in keys:
-            groups.setdefault(key, []).append(ln)
-            how[(key, ln.line_no)] = method
+    groups, how = _group_lines(statement, items, links)
 
     out: list[Result] = []
     for key in sorted(set(items) | set(groups)):
@@ -326,92 +280,158 @@ def classify(
         first: StatementLine | None = lines[0] if lines else None
         n = len(lines)
         if item is not None and first is not None:
-            link = links.get(first.line_no)
             method = how[(key, first.line_no)]
-            combined = link is not None and method == "combined"
-            lead = not combined or (link is not None and link.members[0] == key)
-            amt = link.group_amount if combined and link else item.comparable_amount
-            our_fee = link.group_fee if combined and link else (item.fee or Decimal(0))
-            adiff = fdiff = Decimal(0)
-            excess = refund_excess(item, known, d.day)
-            if first.status != SUCCESS or first.kind != item.type:
-                cls = "status_mismatch"
-                detail = f"statement: {first.kind} {first.status}; ours: {item.type} success"
-            elif first.currency != item.currency or not rules.amount_ok(amt, first.amount):
-                cls, detail = "amount_mismatch", "amount or currency differs"
-            elif excess is not None:
-                cls, detail = "refund_excess", excess_detail(item.original_txn_id)
-                adiff = first.amount - amt
-            elif first.fee is not None and not rules.fee_ok(our_fee, first.fee):
-                # refund lines state the fee given back as negative (WeChat, Alipay)
-                cls, detail = "fee_mismatch", "fee differs"
-                adiff = first.amount - amt
-            else:
-                cls, detail = "matched", ""
-                adiff = first.amount - amt
-                if first.fee is not None:
-                    fdiff = abs(first.fee) - abs(our_fee)
-            if link is not None and method in ("combined", "accepted"):
-                detail = (detail + "; " if detail else "") + link.detail
-            r = _result(key, cls, detail + _lines_note(n), item, first)
-            out.append(
-                _with_match(
-                    r,
-                    adiff if lead else Decimal(0),
-                    fdiff if lead else Decimal(0),
-                    method,
-                    link.score if link is not None and method in ("scored", "accepted") else 0,
-                )
-            )
+            out.append(_both_sides(d, key, item, first, n, method, links, rules, known))
         elif item is not None:
-            detail = ""
-            if d.near_end(item.created_at_ms) and _found_in(item, next_statement):
-                detail = carried_ledger_detail(d.next, next_statement is not None)
-            elif d.near_start(item.created_at_ms) and _found_in(item, prev_statement):
-                detail = carried_ledger_detail(d.prev, prev_statement is not None)
-            if detail:
-                out.append(_result(key, "carried", detail, item, None))
-            else:
-                out.append(_result(key, "short", "not on the statement", item, None))
+            out.append(_ledger_only(d, key, item, prev_statement, next_statement))
         else:
             assert first is not None
             if not first.plain:
                 continue  # no money moved (or it was reversed), for an order we do not count
             link = links.get(first.line_no)
-            sc = 0
-            if d.near_end(first.occurred_at_ms) and _quoted_by(first, next_items):
-                cls, detail = "carried", carried_statement_detail(d.next)
-            elif d.near_start(first.occurred_at_ms) and _quoted_by(first, prev_items):
-                cls, detail = "carried", carried_statement_detail(d.prev)
-            elif link is not None and link.method == "proposed":
-                cls, detail, sc = "proposed", link.detail, link.score
-            else:
-                cls, detail = "long", "no success on our side"
-                ours = known.get(key)
-                if ours is not None and ours.status_text:
-                    detail += f" (ours: {ours.status_text})"
-            ours = known.get(key)
-            out.append(
-                Result(
-                    item_key=key,
-                    cls=cls,
-                    txn_id=first.txn_id,
-                    channel_txn_id=first.channel_txn_id,
-                    merchant_id=ours.merchant_id if ours is not None else "",
-                    kind=first.kind,
-                    currency=first.currency,
-                    ledger_amount=None,
-                    statement_amount=first.amount,
-                    ledger_fee=None,
-                    statement_fee=first.fee,
-                    ledger_status=ours.status_text if ours is not None else "",
-                    statement_status=first.status,
-                    statement_line=first.line_no,
-                    detail=detail + _lines_note(n),
-                    score=sc,
-                )
-            )
+            out.append(_statement_only(d, key, first, n, link, known, prev_items, next_items))
     return out
+
+
+def _group_lines(
+    statement: Sequence[StatementLine], items: Mapping[str, LedgerOrder], links: Mapping[int, Link]
+) -> tuple[dict[str, list[StatementLine]], dict[tuple[str, int], str]]:
+    """The lines by item key, and how each line was resolved: (key, line_no) -> the
+    match method ('' for a line that belongs to no item)."""
+    by_ctid: dict[str, str] = {}
+    for o in sorted(items.values(), key=lambda o: o.txn_id):
+        if o.channel_txn_id and o.channel_txn_id not in by_ctid:
+            by_ctid[o.channel_txn_id] = o.txn_id
+    groups: dict[str, list[StatementLine]] = {}
+    how: dict[tuple[str, int], str] = {}
+    for ln in statement:
+        link = links.get(ln.line_no)
+        if link is not None and link.members:
+            keys, method = list(link.members), link.method
+        elif ln.txn_id and ln.txn_id in items:
+            keys, method = [ln.txn_id], MatchMethod.ID.value
+        elif ln.channel_txn_id and ln.channel_txn_id in by_ctid:
+            keys, method = [by_ctid[ln.channel_txn_id]], MatchMethod.REFERENCE.value
+        else:
+            keys, method = [line_key(ln)], ""
+        for key in keys:
+            groups.setdefault(key, []).append(ln)
+            how[(key, ln.line_no)] = method
+    return groups, how
+
+
+def _both_sides(
+    d: Day,
+    key: str,
+    item: LedgerOrder,
+    first: StatementLine,
+    n: int,
+    method: str,
+    links: Mapping[int, Link],
+    rules: Rules,
+    known: Mapping[str, LedgerOrder],
+) -> Result:
+    """An item on both sides: status_mismatch > amount_mismatch > refund_excess >
+    fee_mismatch > matched, comparing the item with its first line."""
+    link = links.get(first.line_no)
+    combined = link is not None and method == MatchMethod.COMBINED
+    lead = not combined or (link is not None and link.members[0] == key)
+    amt = link.group_amount if combined and link else item.comparable_amount
+    our_fee = link.group_fee if combined and link else (item.fee or Decimal(0))
+    adiff = fdiff = Decimal(0)
+    excess = refund_excess(item, known, d.day)
+    if first.status != SUCCESS or first.kind != item.type:
+        cls = _STATUS_MISMATCH
+        detail = f"statement: {first.kind} {first.status}; ours: {item.type} success"
+    elif first.currency != item.currency or not rules.amount_ok(amt, first.amount):
+        cls, detail = _AMOUNT_MISMATCH, "amount or currency differs"
+    elif excess is not None:
+        cls, detail = _REFUND_EXCESS, excess_detail(item.original_txn_id)
+        adiff = first.amount - amt
+    elif first.fee is not None and not rules.fee_ok(our_fee, first.fee):
+        # refund lines state the fee given back as negative (WeChat, Alipay)
+        cls, detail = _FEE_MISMATCH, "fee differs"
+        adiff = first.amount - amt
+    else:
+        cls, detail = _MATCHED, ""
+        adiff = first.amount - amt
+        if first.fee is not None:
+            fdiff = abs(first.fee) - abs(our_fee)
+    if link is not None and method in (MatchMethod.COMBINED, MatchMethod.ACCEPTED):
+        detail = (detail + "; " if detail else "") + link.detail
+    r = _result(key, cls, detail + _lines_note(n), item, first)
+    return _with_match(
+        r,
+        adiff if lead else Decimal(0),
+        fdiff if lead else Decimal(0),
+        method,
+        link.score
+        if link is not None and method in (MatchMethod.SCORED, MatchMethod.ACCEPTED)
+        else 0,
+    )
+
+
+def _ledger_only(
+    d: Day,
+    key: str,
+    item: LedgerOrder,
+    prev_statement: Sequence[StatementLine] | None,
+    next_statement: Sequence[StatementLine] | None,
+) -> Result:
+    """An item no line resolves to: short, unless carried (S8)."""
+    detail = ""
+    if d.near_end(item.created_at_ms) and _found_in(item, next_statement):
+        detail = carried_ledger_detail(d.next, next_statement is not None)
+    elif d.near_start(item.created_at_ms) and _found_in(item, prev_statement):
+        detail = carried_ledger_detail(d.prev, prev_statement is not None)
+    if detail:
+        return _result(key, _CARRIED, detail, item, None)
+    return _result(key, _SHORT, "not on the statement", item, None)
+
+
+def _statement_only(
+    d: Day,
+    key: str,
+    first: StatementLine,
+    n: int,
+    link: Link | None,
+    known: Mapping[str, LedgerOrder],
+    prev_items: Iterable[LedgerOrder],
+    next_items: Iterable[LedgerOrder],
+) -> Result:
+    """A plain success line no item of the day claims: long, unless carried (S8) or
+    proposed (a candidate for a person to accept)."""
+    sc = 0
+    if d.near_end(first.occurred_at_ms) and _quoted_by(first, next_items):
+        cls, detail = _CARRIED, carried_statement_detail(d.next)
+    elif d.near_start(first.occurred_at_ms) and _quoted_by(first, prev_items):
+        cls, detail = _CARRIED, carried_statement_detail(d.prev)
+    elif link is not None and link.method == MatchMethod.PROPOSED:
+        cls, detail, sc = _PROPOSED, link.detail, link.score
+    else:
+        cls, detail = _LONG, "no success on our side"
+        ours = known.get(key)
+        if ours is not None and ours.status_text:
+            detail += f" (ours: {ours.status_text})"
+    ours = known.get(key)
+    return Result(
+        item_key=key,
+        cls=cls,
+        txn_id=first.txn_id,
+        channel_txn_id=first.channel_txn_id,
+        merchant_id=ours.merchant_id if ours is not None else "",
+        kind=first.kind,
+        currency=first.currency,
+        ledger_amount=None,
+        statement_amount=first.amount,
+        ledger_fee=None,
+        statement_fee=first.fee,
+        ledger_status=ours.status_text if ours is not None else "",
+        statement_status=first.status,
+        statement_line=first.line_no,
+        detail=detail + _lines_note(n),
+        score=sc,
+    )
 
 
 def _with_match(r: Result, adiff: Decimal, fdiff: Decimal, method: str, sc: int) -> Result:
@@ -443,9 +463,9 @@ def at_risk(r: Result) -> Decimal:
     whole amount when only the currency differs), the fee difference for a fee
     mismatch, else the item's amount (ours, or the statement's for a long)."""
     la, sa = r.ledger_amount, r.statement_amount
-    if r.cls == "fee_mismatch":
+    if r.cls == EodClass.FEE_MISMATCH:
         return abs((r.ledger_fee or Decimal(0)) - (r.statement_fee or Decimal(0)))
-    if r.cls == "amount_mismatch" and la is not None and sa is not None and la != sa:
+    if r.cls == EodClass.AMOUNT_MISMATCH and la is not None and sa is not None and la != sa:
         return abs(la - sa)
     if la is not None:
         return la

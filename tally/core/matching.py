@@ -16,14 +16,34 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any
+
+from tally.core.records import OrderStatus, OrderType
 
 if TYPE_CHECKING:
     from tally.core.eod import LedgerOrder, StatementLine
 
 CENT = Decimal("0.01")
+
+
+class MatchMethod(StrEnum):
+    """How a line was matched to an order (recon_results.match_method), or that it
+    was only proposed."""
+
+    ID = "id"  # the line quotes the order's txn id
+    REFERENCE = "reference"  # its channel txn id, or an id found in its free text
+    COMBINED = "combined"  # one line over several orders sharing a channel txn id
+    SCORED = "scored"  # the clear best candidate by score
+    ACCEPTED = "accepted"  # a person accepted a proposed candidate
+    PROPOSED = "proposed"  # no match: candidates for a person to review
+
+
 # methods a line is matched by (recon_results.match_method)
-METHODS = ("id", "reference", "combined", "scored", "accepted")
+METHODS = tuple(m.value for m in MatchMethod if m is not MatchMethod.PROPOSED)
+_REFERENCE, _COMBINED = MatchMethod.REFERENCE.value, MatchMethod.COMBINED.value
+_SCORED, _ACCEPTED = MatchMethod.SCORED.value, MatchMethod.ACCEPTED.value
+_PROPOSED = MatchMethod.PROPOSED.value
 # score parts (docs/reconciliation.md)
 AMOUNT_EXACT, AMOUNT_TOLERATED, TIME_MAX, REFERENCE = 40, 30, 20, 40
 MIN_REF = 8  # a reference token shorter than this proves nothing
@@ -94,11 +114,11 @@ class Link:
 
     @property
     def detail(self) -> str:
-        if self.method == "combined":
+        if self.method == MatchMethod.COMBINED:
             return "combined line: " + " + ".join(self.members)
-        if self.method == "proposed":
+        if self.method == MatchMethod.PROPOSED:
             return "proposed: " + ", ".join(f"{c.txn_id} ({c.score})" for c in self.candidates)
-        if self.method == "accepted":
+        if self.method == MatchMethod.ACCEPTED:
             return "accepted by a person"
         return ""
 
@@ -192,6 +212,38 @@ def score(ln: StatementLine, item: LedgerOrder, rules: Rules, toks: Sequence[str
     return s
 
 
+def residue(
+    items: Mapping[str, LedgerOrder], statement: Sequence[StatementLine]
+) -> tuple[list[StatementLine], list[LedgerOrder], list[Group]]:
+    """What `find_links` looks at: the plain success lines no id
+    resolves, the items no line resolves to, the shared channel txn ids."""
+    by_ctid: dict[str, list[LedgerOrder]] = {}
+    for o in sorted(items.values(), key=lambda o: o.txn_id):
+        if o.channel_txn_id:
+            by_ctid.setdefault(o.channel_txn_id, []).append(o)
+    resolved: set[str] = set()
+    free_lines = []
+    carrying: dict[str, list[StatementLine]] = {}
+    quoted: set[str] = set()
+    for ln in statement:
+        if ln.txn_id:
+            quoted.add(ln.txn_id)
+        if ln.txn_id and ln.txn_id in items:
+            resolved.add(ln.txn_id)
+        elif ln.channel_txn_id and ln.channel_txn_id in by_ctid:
+            resolved.add(by_ctid[ln.channel_txn_id][0].txn_id)
+            carrying.setdefault(ln.channel_txn_id, []).append(ln)
+        elif ln.plain:
+            free_lines.append(ln)
+    free_items = [o for k, o in sorted(items.items()) if k not in resolved]
+    groups = [
+        Group(c, tuple(ms), tuple(carrying.get(c, ())), any(m.txn_id in quoted for m in ms))
+        for c, ms in sorted(by_ctid.items())
+        if len(ms) > 1
+    ]
+    return free_lines, free_items, groups
+
+
 def find_links(
     free_lines: Iterable[StatementLine],
     free_items: Iterable[LedgerOrder],
@@ -223,21 +275,47 @@ def find_links(
     lines = sorted(free_lines, key=lambda x: x.line_no)
     if rules.window_ms <= 0:
         return out
+    pending = _named_links(lines, items, taken, decisions, out)
+    _scored_links(pending, items, taken, rules, decisions, out)
+    return out
+
+
+def _named_links(
+    lines: Iterable[StatementLine],
+    items: Mapping[str, LedgerOrder],
+    taken: set[str],
+    decisions: Decisions,
+    out: dict[int, Link],
+) -> list[tuple[StatementLine, list[str]]]:
+    """Links for the lines a person accepted, then for the lines whose free text names
+    one of the orders; the other lines with their tokens, for scoring."""
     pending: list[tuple[StatementLine, list[str]]] = []
     for ln in lines:
         want = decisions.accepted.get(line_key(ln))
         if want is not None and want in items and want not in taken:
-            out[ln.line_no] = Link(ln.line_no, "accepted", (want,), 100)
+            out[ln.line_no] = Link(ln.line_no, _ACCEPTED, (want,), 100)
             taken.add(want)
             continue
         toks = tokens(ln)
         exact = [t for t in toks if t in items and t not in taken]
         if exact:
-            out[ln.line_no] = Link(ln.line_no, "reference", (exact[0],), 100)
+            out[ln.line_no] = Link(ln.line_no, _REFERENCE, (exact[0],), 100)
             taken.add(exact[0])
             continue
         pending.append((ln, toks))
+    return pending
 
+
+def _scored_links(
+    pending: Iterable[tuple[StatementLine, list[str]]],
+    items: Mapping[str, LedgerOrder],
+    taken: set[str],
+    rules: Rules,
+    decisions: Decisions,
+    out: dict[int, Link],
+) -> None:
+    """Scored candidates, the best first: a clear best at or above the threshold is
+    linked, otherwise the line is proposed with its best candidates."""
     # candidates by (currency, kind), in time order: a line looks at the window only
     index: dict[tuple[str, str], tuple[list[int], list[LedgerOrder]]] = {}
     for o in sorted(items.values(), key=lambda o: (o.created_at_ms or 0, o.txn_id)):
@@ -268,12 +346,11 @@ def find_links(
         best = free[0] if free else None
         tie = len(free) > 1 and free[1].score == free[0].score
         if best is not None and best.score >= rules.threshold and not tie:
-            out[ln.line_no] = Link(ln.line_no, "scored", (best.txn_id,), best.score)
+            out[ln.line_no] = Link(ln.line_no, _SCORED, (best.txn_id,), best.score)
             taken.add(best.txn_id)
         else:
             shown = tuple((free or cands)[:PROPOSED_SHOWN])
-            out[ln.line_no] = Link(ln.line_no, "proposed", (), shown[0].score, shown)
-    return out
+            out[ln.line_no] = Link(ln.line_no, _PROPOSED, (), shown[0].score, shown)
 
 
 def _combined(g: Group, rules: Rules) -> Link | None:
@@ -283,16 +360,16 @@ def _combined(g: Group, rules: Rules) -> Link | None:
     if len(g.members) < 2 or len(g.lines) != 1 or g.quoted:
         return None
     ln = g.lines[0]
-    if not ln.plain or ln.kind != "payment":
+    if not ln.plain or ln.kind != OrderType.PAYMENT:
         return None
-    if any(m.type != "payment" or m.currency != ln.currency for m in g.members):
+    if any(m.type != OrderType.PAYMENT or m.currency != ln.currency for m in g.members):
         return None
     total = sum((m.comparable_amount for m in g.members), Decimal(0))
     if not rules.amount_ok(total, ln.amount):
         return None
     fee = sum((abs(m.fee or Decimal(0)) for m in g.members), Decimal(0))
     members = tuple(sorted(m.txn_id for m in g.members))
-    return Link(ln.line_no, "combined", members, 100, group_amount=total, group_fee=fee)
+    return Link(ln.line_no, _COMBINED, members, 100, group_amount=total, group_fee=fee)
 
 
 def refund_excess(
@@ -302,15 +379,15 @@ def refund_excess(
     payment, counted up to `day` (our successful, not reversed refunds of the same
     original), exceed the payment; None otherwise."""
     orig = orders.get(item.original_txn_id) if item.original_txn_id else None
-    if item.type != "refund" or orig is None or orig.type != "payment":
+    if item.type != OrderType.REFUND or orig is None or orig.type != OrderType.PAYMENT:
         return None
     total = sum(
         (
             o.amount
             for o in orders.values()
-            if o.type == "refund"
+            if o.type == OrderType.REFUND
             and o.original_txn_id == item.original_txn_id
-            and o.our_status == "success"
+            and o.our_status == OrderStatus.SUCCESS
             and not o.reversed
             and o.business_date is not None
             and o.business_date <= day
