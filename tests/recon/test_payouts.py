@@ -27,8 +27,10 @@ from recon.funds.payouts import (
     payout_ref,
     write_payouts,
 )
+from recon.run import run
 from recon.settle import MerchantSettlement, SettleItem, settle, settlement
 from recon.simday import SimDay, StatementAnomalies, simulate_day
+from recon.statements.load import load_file
 from recon.statements.model import StatementError
 from tally.cli import main
 from tally.config import Settings
@@ -194,21 +196,7 @@ def test_cli_payouts_simulated_day(
     sim: SimDay,
     tmp_path: Path,
 ) -> None:
-    from recon.run import run
-    from recon.statements.load import load_file
-
-    db = connect_to(storage)
-    try:
-        sim.store(db)
-        settings = Settings(_env_file=None, **storage)  # type: ignore[call-arg]
-        for ch, d_, name, data in sim.files("csv"):
-            load_file(db, settings, data, channel=ch, file_name=name, fmt="csv", day=d_)
-        for ch, d_ in sim.days:
-            run(db, ch, d_, sim.policies[ch], now_ms=0)
-        d = sorted({d_ for _, d_ in sim.days})[0]
-        owed = [m for m in settle(db, d).merchants if m.payable > 0]
-    finally:
-        db.close()
+    d, owed = _reconciled_day(storage, sim)
     held = [m for m in owed if m.held_amount]
     plain = [m for m in owed if not m.held_amount]
     assert held and len(plain) >= 4
@@ -219,17 +207,7 @@ def test_cli_payouts_simulated_day(
         held[0].merchant_id: "payout_over",  # the net paid, the hold-back ignored
         "M99999": "unexpected_payout",
     }
-    payouts = []
-    for m in owed:
-        amount = {"payout_short": m.payable - 100, "payout_over": m.net}.get(
-            injected.get(m.merchant_id, ""), m.payable
-        )
-        if injected.get(m.merchant_id) != "payout_missing":
-            # a merchant paid in several currencies: one payout reference each
-            n = sum(p.merchant_id == m.merchant_id for p in payouts)
-            ref = payout_ref(d, m.merchant_id, n)
-            payouts.append(Payout(m.merchant_id, m.currency, amount, value, ref))
-    payouts.append(Payout("M99999", "CNY", 4200, value, payout_ref(d, "M99999")))
+    payouts = _payouts(d, value, owed, injected)
     env = env_of(storage)
     f = tmp_path / f"payouts-{d}.csv"
     f.write_bytes(write_payouts(payouts))
@@ -266,10 +244,54 @@ def test_cli_payouts_simulated_day(
     assert r.exit_code != 0
     assert f"rejected, nothing loaded: bad.csv line {len(payouts) + 2}, field amount" in r.output
 
+    fixed, run3 = _redelivered(env, tmp_path, d, payouts, plain[0].merchant_id)
+    _from_bank(env, tmp_path, d, value, fixed, run3)
+    _suspense_and_versions(storage, injected)
+
+
+def _reconciled_day(storage: dict[str, Any], sim: SimDay) -> tuple[date, list[Any]]:
+    """The simulated day stored, its statements loaded and reconciled; its first date
+    and the merchants owed something that day."""
+    db = connect_to(storage)
+    try:
+        sim.store(db)
+        settings = Settings(_env_file=None, **storage)  # type: ignore[call-arg]
+        for ch, d_, name, data in sim.files("csv"):
+            load_file(db, settings, data, channel=ch, file_name=name, fmt="csv", day=d_)
+        for ch, d_ in sim.days:
+            run(db, ch, d_, sim.policies[ch], now_ms=0)
+        d = sorted({d_ for _, d_ in sim.days})[0]
+        owed = [m for m in settle(db, d).merchants if m.payable > 0]
+    finally:
+        db.close()
+    return d, owed
+
+
+def _payouts(d: date, value: date, owed: list[Any], injected: dict[str, str]) -> list[Payout]:
+    """What we paid each merchant owed, with the injected anomalies."""
+    payouts = []
+    for m in owed:
+        amount = {"payout_short": m.payable - 100, "payout_over": m.net}.get(
+            injected.get(m.merchant_id, ""), m.payable
+        )
+        if injected.get(m.merchant_id) != "payout_missing":
+            # a merchant paid in several currencies: one payout reference each
+            n = sum(p.merchant_id == m.merchant_id for p in payouts)
+            ref = payout_ref(d, m.merchant_id, n)
+            payouts.append(Payout(m.merchant_id, m.currency, amount, value, ref))
+    payouts.append(Payout("M99999", "CNY", 4200, value, payout_ref(d, "M99999")))
+    return payouts
+
+
+def _redelivered(
+    env: dict[str, str], tmp_path: Path, d: date, payouts: list[Payout], short: str
+) -> tuple[list[Payout], dict[str, Any]]:
+    """A re-delivered file with the short payout corrected supersedes; the payouts
+    and the run after it."""
     # a re-delivered file with the short payout corrected supersedes
     fixed = [
         Payout(p.merchant_id, p.currency, p.amount + 100, p.value_date, p.ref)
-        if p.merchant_id == plain[0].merchant_id
+        if p.merchant_id == short
         else p
         for p in payouts
     ]
@@ -278,12 +300,23 @@ def test_cli_payouts_simulated_day(
     r = _cli(env, "statements", "load", str(f2), "--kind", "payouts", "--date", d.isoformat())
     assert "as delivery 2, superseding 1" in r.output
     run3 = _run(env, d)
-    key = f"po:{plain[0].merchant_id}:CNY:{d}"
+    key = f"po:{short}:CNY:{d}"
     assert [(c["item_key"], c["old"], c["new"]) for c in run3["changes"]] == [
         (key, "payout_short", "payout_matched")
     ]
     assert run3["suspense"]["cleared"] == 1
 
+    return fixed, run3
+
+
+def _from_bank(
+    env: dict[str, str],
+    tmp_path: Path,
+    d: date,
+    value: date,
+    fixed: list[Payout],
+    run3: dict[str, Any],
+) -> None:
     # the bank statements' payout debits (an account per currency): the same classes
     accounts = {}
     for cur in sorted({p.currency for p in fixed}):
@@ -304,6 +337,10 @@ def test_cli_payouts_simulated_day(
     }
     assert from_bank["deliveries"] == accounts
 
+
+def _suspense_and_versions(storage: dict[str, Any], injected: dict[str, str]) -> None:
+    """One suspense entry per injected break, the short one cleared by the re-run;
+    two payout file versions."""
     db = connect_to(storage)
     try:
         rows = db.query(
