@@ -190,33 +190,11 @@ def test_export_edit_resolve_through_the_cli(storage: dict[str, Any], tmp_path: 
     R.run(db, "up", DAY, POLICY, now_ms=NOW)
     env = env_of(storage)
 
-    r = _cli(env, "breaks", "export", "--open", "--format", "csv")
-    assert r.exit_code == 0, r.output
-    rows = list(csv.DictReader(io.StringIO(r.stdout)))
-    assert list(rows[0]) == list(B.EXPORT_COLUMNS)
-    by_txn = {x["txn_id"]: x for x in rows}
-    assert set(by_txn) == {"C", "H", "F", "Z"}
-    assert all(x["action"] == x["reason"] == x["by"] == x["link"] == "" for x in rows)
-    assert all(x["state"] == "open" for x in rows)
-    assert by_txn["C"]["amount"] == "1.00" and by_txn["C"]["kinds"] == "amount_mismatch"
-    assert by_txn["C"]["detail"] == (
-        f"amount_mismatch {DAY}: ours 100.00, statement 99.00 CNY (amount or currency differs)"
-    )
-    assert by_txn["Z"]["detail"] == "pending_timeout: test"
-    js = json.loads(_cli(env, "breaks", "export", "--format", "json").stdout)
-    assert [x["entry"] for x in js] == [x["entry"] for x in rows]
+    rows = _exported(env)
 
     # the person fills some lines in; line 4 (F) has a typo in the action
     def write(decisions: dict[str, tuple[str, str, str, str]]) -> str:
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=B.EXPORT_COLUMNS, lineterminator="\n")
-        w.writeheader()
-        for x in rows:
-            a, reason, by, link = decisions.get(x["txn_id"], ("", "", "", ""))
-            w.writerow({**x, "action": a, "reason": reason, "by": by, "link": link})
-        path = tmp_path / "resolutions.csv"
-        path.write_text(buf.getvalue(), encoding="utf-8")
-        return str(path)
+        return _write(rows, tmp_path, decisions)
 
     line_of = {x["txn_id"]: i + 2 for i, x in enumerate(rows)}
     good = {
@@ -250,6 +228,55 @@ def test_export_edit_resolve_through_the_cli(storage: dict[str, Any], tmp_path: 
     ]
     after = _snapshot(db)
 
+    _again(env, db, path, line_of, after, write)
+    db.close()
+
+
+def _exported(env: dict[str, str]) -> list[dict[str, str]]:
+    """`tally breaks export --open`: every open entry, empty decisions, the details."""
+    r = _cli(env, "breaks", "export", "--open", "--format", "csv")
+    assert r.exit_code == 0, r.output
+    rows = list(csv.DictReader(io.StringIO(r.stdout)))
+    assert list(rows[0]) == list(B.EXPORT_COLUMNS)
+    by_txn = {x["txn_id"]: x for x in rows}
+    assert set(by_txn) == {"C", "H", "F", "Z"}
+    assert all(x["action"] == x["reason"] == x["by"] == x["link"] == "" for x in rows)
+    assert all(x["state"] == "open" for x in rows)
+    assert by_txn["C"]["amount"] == "1.00" and by_txn["C"]["kinds"] == "amount_mismatch"
+    assert by_txn["C"]["detail"] == (
+        f"amount_mismatch {DAY}: ours 100.00, statement 99.00 CNY (amount or currency differs)"
+    )
+    assert by_txn["Z"]["detail"] == "pending_timeout: test"
+    js = json.loads(_cli(env, "breaks", "export", "--format", "json").stdout)
+    assert [x["entry"] for x in js] == [x["entry"] for x in rows]
+    return rows
+
+
+def _write(
+    rows: list[dict[str, str]], tmp_path: Any, decisions: dict[str, tuple[str, str, str, str]]
+) -> str:
+    """The exported rows with the person's decisions filled in, as a file."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=B.EXPORT_COLUMNS, lineterminator="\n")
+    w.writeheader()
+    for x in rows:
+        a, reason, by, link = decisions.get(x["txn_id"], ("", "", "", ""))
+        w.writerow({**x, "action": a, "reason": reason, "by": by, "link": link})
+    path = tmp_path / "resolutions.csv"
+    path.write_text(buf.getvalue(), encoding="utf-8")
+    return str(path)
+
+
+def _again(
+    env: dict[str, str],
+    db: Backend,
+    path: str,
+    line_of: dict[str, int],
+    after: tuple[Any, ...],
+    write: Any,
+) -> None:
+    """The same file again changes nothing; a different decision on a closed entry is
+    refused; the open entry is left; the single-entry form."""
     # the same file again: nothing changes
     r = _cli(env, "breaks", "resolve", "--file", path)
     assert (
@@ -270,7 +297,6 @@ def test_export_edit_resolve_through_the_cli(storage: dict[str, Any], tmp_path: 
     assert r.exit_code == 2 and "drop ENTRY" in r.output
     r = _cli(env, "breaks", "resolve", "Z", "--action", "refunded")
     assert r.exit_code == 2 and "missing --reason, --by" in r.output
-    db.close()
 
 
 class Counting:
