@@ -7,7 +7,7 @@ evidence), or `InvalidEvent` with its reason code, which the caller turns into a
 `DeadLetter` (`tally.core.deadletter`).
 
 The JSON Schema files in `tally/schemas/` describe the same contract for producers;
-`tests/core/test_schemas.py` checks that this validator and the schemas agree.
+`tests/core/test_events.py` checks that this validator and the schemas agree.
 Validation is hand-written because it runs on every message (tens of thousands a
 second) and must say exactly which field is wrong: the field checks are
 `tally.core.validation`, the fast path for well-formed messages is below.
