@@ -139,6 +139,20 @@ async def test_clickhouse_killed_mid_run_loses_nothing_and_doubles_nothing(
     assert sink.stats.max_buffered <= s.sink_batch_size
     assert sink.stats.outages == 1
 
+    await _check_stored(s, db, values, tally, envelopes)
+    print(
+        f"\n100k run: {len(envelopes):,} events; ClickHouse down "
+        f"{caught_up_at - killed_at:.1f}s incl. catch-up; stream idle after "
+        f"{processed_at - t0:.1f}s, sink caught up {caught_up_at - processed_at:.1f}s later; "
+        f"{sum(sink.stats.rows.values()):,} rows in {sink.stats.batches} batches, "
+        f"{sink.stats.retries} retries, max {sink.stats.max_buffered:,} messages held"
+    )
+
+
+async def _check_stored(
+    s: Settings, db: Backend, values: dict[str, Any], tally: Any, envelopes: list[Any]
+) -> None:
+    """ClickHouse holds the output topics' results exactly once (then dropped)."""
     expected = await expected_results(s)
     try:
         stored = stored_results(db)
@@ -159,13 +173,6 @@ async def test_clickhouse_killed_mid_run_loses_nothing_and_doubles_nothing(
     finally:
         db.close()
         drop_database(values)
-    print(
-        f"\n100k run: {len(envelopes):,} events; ClickHouse down "
-        f"{caught_up_at - killed_at:.1f}s incl. catch-up; stream idle after "
-        f"{processed_at - t0:.1f}s, sink caught up {caught_up_at - processed_at:.1f}s later; "
-        f"{sum(sink.stats.rows.values()):,} rows in {sink.stats.batches} batches, "
-        f"{sink.stats.retries} retries, max {sink.stats.max_buffered:,} messages held"
-    )
 
 
 # ----------------------------------------------------------- sink process killed
@@ -175,7 +182,7 @@ def _sink_process(env: dict[str, str], group: str, log_path: Path) -> subprocess
     base = {k: v for k, v in os.environ.items() if not k.startswith("TALLY_")}
     out = open(log_path, "ab")  # noqa: SIM115 - the child owns it
     p = subprocess.Popen(
-        [sys.executable, "-m", "sinks", "sink", "--until-caught-up", "--group", group],
+        [sys.executable, "-m", "tally", "sink", "--until-caught-up", "--group", group],
         env={**base, **env},
         cwd=ROOT,
         stdout=subprocess.PIPE,
@@ -189,7 +196,7 @@ def _sink_process(env: dict[str, str], group: str, log_path: Path) -> subprocess
 def _cli_json(env: dict[str, str], *args: str) -> Any:
     base = {k: v for k, v in os.environ.items() if not k.startswith("TALLY_")}
     r = subprocess.run(
-        [sys.executable, "-m", "sinks", *args],
+        [sys.executable, "-m", "tally", *args],
         env={**base, **env},
         cwd=ROOT,
         capture_output=True,
@@ -228,7 +235,31 @@ async def test_sink_killed_mid_batch_shows_nothing_twice(
         values["data_dir"] = str(tmp_path / "data")
     s = outputs.model_copy(update={k: v for k, v in values.items() if k != "clickhouse_url"})
     group = f"{s.app_id}-sink-{values['clickhouse_database']}"
-    env = env_of(
+    env = _sink_env(s, values)
+    server_db: Backend | None = None
+    if backend_kind == "server":
+        server_db = connect_to(values)
+        migrate(server_db)
+        for t in TABLES:  # keep replayed rows visible: no background merges
+            server_db.execute(f"SYSTEM STOP MERGES {{db}}.{t}")
+    expected = await expected_results(s)
+    logs = tmp_path / "sink.log"
+    kills, replayed = await _kill_sink_mid_batch(env, group, logs, server_db)
+    p = _sink_process(env, group, logs)
+    out, _ = p.communicate(timeout=600)
+    assert p.returncode == 0, logs.read_text()[-3000:]
+    assert kills >= 2
+    final_stats = json.loads(out.decode().strip().splitlines()[-1])
+    if server_db is not None:
+        _check_server_after_kills(server_db, values, expected, kills, replayed)
+    else:
+        _check_chdb_after_kills(env, expected)
+    print(f"\nsink killed {kills}x; last run: {final_stats}")
+
+
+def _sink_env(s: Settings, values: dict[str, Any]) -> dict[str, str]:
+    """The environment of a sink process reading the outputs of `s` into `values`."""
+    return env_of(
         {
             **values,
             "broker": s.broker,
@@ -245,14 +276,13 @@ async def test_sink_killed_mid_batch_shows_nothing_twice(
             "log_level": "info",
         }
     )
-    server_db: Backend | None = None
-    if backend_kind == "server":
-        server_db = connect_to(values)
-        migrate(server_db)
-        for t in TABLES:  # keep replayed rows visible: no background merges
-            server_db.execute(f"SYSTEM STOP MERGES {{db}}.{t}")
-    expected = await expected_results(s)
-    logs = tmp_path / "sink.log"
+
+
+async def _kill_sink_mid_batch(
+    env: dict[str, str], group: str, logs: Path, server_db: Backend | None
+) -> tuple[int, bool]:
+    """Start the sink and SIGKILL it while it writes, a few times: (kills, whether
+    a replayed batch shows in the server's raw row counts)."""
     kills = 0
     replayed = False
     for delay in (0.5, 1.0, 0.3, 0.8, 0.4, 1.2):
@@ -279,45 +309,45 @@ async def test_sink_killed_mid_batch_shows_nothing_twice(
             replayed = replayed or raw > distinct
         if kills >= 3 and (replayed or server_db is None):
             break
-    p = _sink_process(env, group, logs)
-    out, _ = p.communicate(timeout=600)
-    assert p.returncode == 0, logs.read_text()[-3000:]
-    assert kills >= 2
-    final_stats = json.loads(out.decode().strip().splitlines()[-1])
+    return kills, replayed
 
-    if server_db is not None:
-        stored = stored_results(server_db)
-        raw = {
-            t: int(server_db.query(f"SELECT count() AS n FROM {{db}}.{t}")[0]["n"])
-            for t in ("order_states", "balances", "postings")
-        }
-        # the replays are in the tables (merges are stopped), and no query shows them
-        replayed = replayed or any(raw[t] > count(server_db, t) for t in raw)
-        assert replayed, f"no batch was replayed in {kills} kills: {raw}"
-        assert_same_results(expected, stored)
-        for t in TABLES:
-            server_db.execute(f"SYSTEM START MERGES {{db}}.{t}")
-            server_db.execute(f"OPTIMIZE TABLE {{db}}.{t} FINAL")
-        assert int(server_db.query("SELECT count() AS n FROM {db}.postings")[0]["n"]) == count(
-            server_db, "postings"
-        )
-        server_db.close()
-        drop_database(values)
-    else:
-        # chDB: read back through the CLI in another process, as an operator would
-        status = _cli_json(env, "db", "status", "--json")["tables"]
-        assert status["breaks"]["distinct"] == len(expected["breaks"])
-        assert status["status_queries"]["distinct"] == len(expected["queries"])
-        assert status["dead_letters"]["distinct"] == len(expected["dead_letters"])
-        assert status["order_states"]["distinct"] == len(expected["orders"])
-        breaks = _cli_json(env, "breaks", "--format", "json")
-        assert sorted(b["break_id"] for b in breaks) == sorted(expected["breaks"])
-        balances = {
-            (b["account"], b["currency"]): {k: b[k] for k in _summary_keys()}
-            for b in _cli_json(env, "balances", "--format", "json")
-        }
-        assert balances == expected["balances"]
-    print(f"\nsink killed {kills}x; last run: {final_stats}")
+
+def _check_server_after_kills(
+    server_db: Backend, values: dict[str, Any], expected: Any, kills: int, replayed: bool
+) -> None:
+    stored = stored_results(server_db)
+    raw = {
+        t: int(server_db.query(f"SELECT count() AS n FROM {{db}}.{t}")[0]["n"])
+        for t in ("order_states", "balances", "postings")
+    }
+    # the replays are in the tables (merges are stopped), and no query shows them
+    replayed = replayed or any(raw[t] > count(server_db, t) for t in raw)
+    assert replayed, f"no batch was replayed in {kills} kills: {raw}"
+    assert_same_results(expected, stored)
+    for t in TABLES:
+        server_db.execute(f"SYSTEM START MERGES {{db}}.{t}")
+        server_db.execute(f"OPTIMIZE TABLE {{db}}.{t} FINAL")
+    assert int(server_db.query("SELECT count() AS n FROM {db}.postings")[0]["n"]) == count(
+        server_db, "postings"
+    )
+    server_db.close()
+    drop_database(values)
+
+
+def _check_chdb_after_kills(env: dict[str, str], expected: Any) -> None:
+    # chDB: read back through the CLI in another process, as an operator would
+    status = _cli_json(env, "db", "status", "--json")["tables"]
+    assert status["breaks"]["distinct"] == len(expected["breaks"])
+    assert status["status_queries"]["distinct"] == len(expected["queries"])
+    assert status["dead_letters"]["distinct"] == len(expected["dead_letters"])
+    assert status["order_states"]["distinct"] == len(expected["orders"])
+    breaks = _cli_json(env, "breaks", "--format", "json")
+    assert sorted(b["break_id"] for b in breaks) == sorted(expected["breaks"])
+    balances = {
+        (b["account"], b["currency"]): {k: b[k] for k in _summary_keys()}
+        for b in _cli_json(env, "balances", "--format", "json")
+    }
+    assert balances == expected["balances"]
 
 
 def _summary_keys() -> tuple[str, ...]:
