@@ -8,17 +8,23 @@ from decimal import Decimal
 from typing import Any
 
 from recon.settle import Settlement
+from tally.core.eod import BREAK_CLASSES, EodClass
 
-CLASSES = (
-    "matched",
-    "carried",
-    "short",
-    "long",
-    "amount_mismatch",
-    "fee_mismatch",
-    "status_mismatch",
+# the classes of the results tables, in the report's order (tally.core.eod.EodClass;
+# refund_excess and proposed are not columns: proposed lines have their own section)
+CLASSES = tuple(
+    c.value
+    for c in (
+        EodClass.MATCHED,
+        EodClass.CARRIED,
+        EodClass.SHORT,
+        EodClass.LONG,
+        EodClass.AMOUNT_MISMATCH,
+        EodClass.FEE_MISMATCH,
+        EodClass.STATUS_MISMATCH,
+    )
 )
-BREAKS = ("short", "long", "amount_mismatch", "fee_mismatch", "status_mismatch")
+BREAKS = tuple(c for c in CLASSES if c in BREAK_CLASSES)
 AGING_BUCKETS = ("<1d", "1–3d", "3–7d", ">7d")
 _DAY_MS = 86_400_000
 SHOWN = 10  # tolerated items and proposed lines shown in full; the rest counted
