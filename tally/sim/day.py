@@ -39,6 +39,7 @@ from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
 from typing import Any
 
+from tally.core.eod import EodClass
 from tally.core.events import iso_ms
 from tally.core.orders import SUCCESS_LIKE, OrderState
 from tally.core.pipeline import LocalPipeline
@@ -89,7 +90,7 @@ class StatementDay:
         return {(*k, c) for k, c in self.expected_for(fee_stated).items()}
 
     def breaks(self, fee_stated: bool = True) -> set[tuple[str, str, str, str]]:
-        return {x for x in self.expected_set(fee_stated) if x[3] != "matched"}
+        return {x for x in self.expected_set(fee_stated) if x[3] != EodClass.MATCHED}
 
     # ------------------------------------------------------------ the answer
 
@@ -218,7 +219,9 @@ class _Injector:
         # matched pairs: the candidates
         base = expected_classes(ledger, truthful, policies)
         matched = sorted(
-            k for k, c in base.items() if c == "matched" and k in self.items and k in self.line_of
+            k
+            for k, c in base.items()
+            if c == EodClass.MATCHED and k in self.items and k in self.line_of
         )
         self.rng.shuffle(matched)
         self.n_matched = len(matched)
@@ -255,7 +258,7 @@ class _Injector:
         """A missing line must be far from the cutoffs (else it may be carried)."""
         for k in self.take(self.far_pairs, self.anomalies.missing):
             self.removed.add(self.line_of[k])
-            self.inject(k, "missing_line", "short")
+            self.inject(k, "missing_line", EodClass.SHORT)
 
     def carried(self) -> None:
         """Lines of items near the cutoff between two simulated days move across it."""
@@ -284,8 +287,8 @@ class _Injector:
             ln = statements[(src[0], src[1])][src[2]]
             self.removed.add(src)
             self.moved.append((k, replace(ln, business_date=other, occurred_at_ms=at)))
-            self.inject(k, "moved_across_cutoff", "carried")
-            self.inject((ch, other.isoformat(), ln.key), "moved_across_cutoff", "carried")
+            self.inject(k, "moved_across_cutoff", EodClass.CARRIED)
+            self.inject((ch, other.isoformat(), ln.key), "moved_across_cutoff", EodClass.CARRIED)
 
     def changed(self) -> None:
         """Changed lines: an item on both sides is compared wherever it is in the day."""
@@ -300,7 +303,7 @@ class _Injector:
             statements[(ch, d)][i] = replace(
                 ln, amount=ln.amount - delta if down else ln.amount + delta
             )
-            self.inject(k, "changed_amount", "amount_mismatch")
+            self.inject(k, "changed_amount", EodClass.AMOUNT_MISMATCH)
         fee_pool = [k for k in rest if self.items[k].kind == "payment"]
         for k in self.take(fee_pool, a.fee):
             rest.remove(k)
@@ -310,7 +313,7 @@ class _Injector:
             delta = rng.randint(1, max(1, min(100, fee // 5 + 1)))
             fee = fee - delta if fee > delta and rng.random() < 0.5 else fee + delta
             statements[(ch, d)][i] = replace(ln, fee=fee)
-            self.inject(k, "changed_fee", "fee_mismatch")
+            self.inject(k, "changed_fee", EodClass.FEE_MISMATCH)
         for k in self.take(rest, a.status):
             ch, d, i = self.line_of[k]
             ln = statements[(ch, d)][i]
@@ -318,7 +321,7 @@ class _Injector:
                 statements[(ch, d)][i] = replace(ln, kind="refund", coupon_amount=None)
             else:
                 statements[(ch, d)][i] = replace(ln, kind="payment", original_txn_id="")
-            self.inject(k, "wrong_kind", "status_mismatch")
+            self.inject(k, "wrong_kind", EodClass.STATUS_MISMATCH)
 
     def apply_moves(self) -> None:
         """Drop the removed lines, add the moved ones on their new day."""
@@ -376,7 +379,7 @@ class _Injector:
                 continue
             lines.append(ln)
             times.append(ln.occurred_at_ms)
-            self.inject((ch, d.isoformat(), ln.key), "extra_line", "long")
+            self.inject((ch, d.isoformat(), ln.key), "extra_line", EodClass.LONG)
 
     def _failed_line(self, s: OrderState, ch: str, d: date, lines: list[Line], tag: str) -> Line:
         """A success line for an order we hold as failed or closed."""

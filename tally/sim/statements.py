@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any
 
+from tally.core.eod import EodClass
 from tally.core.events import iso_ms
 from tally.core.money import format_minor
 from tally.core.orders import SUCCESS_LIKE, Evidence, OrderState, view
@@ -51,14 +52,19 @@ __all__ = [
 ]
 
 
-CLASSES = (
-    "matched",
-    "long",
-    "short",
-    "amount_mismatch",
-    "fee_mismatch",
-    "status_mismatch",
-    "carried",
+# the classes the simulator's days give (never refund_excess or proposed), in the
+# order of expected-recon.json's counts
+CLASSES: tuple[str, ...] = tuple(
+    c.value
+    for c in (
+        EodClass.MATCHED,
+        EodClass.LONG,
+        EodClass.SHORT,
+        EodClass.AMOUNT_MISMATCH,
+        EodClass.FEE_MISMATCH,
+        EodClass.STATUS_MISMATCH,
+        EodClass.CARRIED,
+    )
 )
 
 Key = tuple[str, str, str]  # (channel, business date ISO, item key)
@@ -328,12 +334,12 @@ def _pair(
 
 def _compared(pl: Line, it: LedgerItem) -> str:
     if pl.status != "success" or pl.kind != it.kind:
-        return "status_mismatch"
+        return EodClass.STATUS_MISMATCH
     if pl.currency != it.currency or pl.amount != it.amount:
-        return "amount_mismatch"
+        return EodClass.AMOUNT_MISMATCH
     if pl.fee is not None and pl.fee != it.fee:
-        return "fee_mismatch"
-    return "matched"
+        return EodClass.FEE_MISMATCH
+    return EodClass.MATCHED
 
 
 def _day_classes(
@@ -351,23 +357,23 @@ def _day_classes(
         if pl is not None:
             cls = _compared(pl, it)
         else:
-            cls = "short"
+            cls = EodClass.SHORT
             for cut, other in day.neighbours():
                 if abs(it.at_ms - cut) <= w:
                     nxt = statements.get((ch, other))
                     if nxt is None or any(x.status == "success" and _quotes(x, it) for x in nxt):
-                        cls = "carried"
+                        cls = EodClass.CARRIED
                         break
         out[(ch, d.isoformat(), k)] = cls
     for ln in alone:
         if ln.status != "success":
             continue
-        cls = "long"
+        cls = EodClass.LONG
         for cut, other in day.neighbours():
             if abs(ln.occurred_at_ms - cut) <= w and any(
                 _quotes(ln, it) for it in by_day.get((ch, other), [])
             ):
-                cls = "carried"
+                cls = EodClass.CARRIED
                 break
         key = (ch, d.isoformat(), ln.key)
         if key in out:
