@@ -17,10 +17,11 @@ import click
 from recon.funds.payouts import CLASSES as PAYOUT_CLASSES
 from recon.funds.settlement import BREAK_CLASSES, CLASSES
 from recon.statements.model import StatementError
-from tally.cli.storage import _check_date, _db, _settings
+from tally.cli.common import CliState, check_date, db, pass_state
 
 
 def load_bank(
+    state: CliState,
     file_name: str,
     data: bytes,
     account: str,
@@ -52,8 +53,8 @@ def load_bank(
             )
     except StatementError as exc:
         raise click.ClickException(f"rejected, nothing loaded: {exc}") from None
-    with _db(migrate_first=True) as db:
-        r = store_bank_statement(db, st, account, loaded_by=who)
+    with db(state.settings, migrate_first=True) as conn:
+        r = store_bank_statement(conn, st, account, loaded_by=who)
     if as_json:
         click.echo(json.dumps(r.to_json(), indent=2))
         return
@@ -75,7 +76,7 @@ def load_bank(
 
 
 @click.command("settlements")
-@click.option("--date", "day", required=True, callback=_check_date, help="bank value date")
+@click.option("--date", "day", required=True, callback=check_date, help="bank value date")
 @click.option(
     "--window",
     type=click.IntRange(1, 60),
@@ -86,17 +87,20 @@ def load_bank(
 @click.option("--class", "cls", type=click.Choice(CLASSES), help="show only this class")
 @click.option("--json", "as_json", is_flag=True, help="print the run as JSON")
 @click.option("--dry-run", is_flag=True, help="classify and report only: store nothing")
-def settlements_cmd(day: str, window: int, cls: str | None, as_json: bool, dry_run: bool) -> None:
+@pass_state
+def settlements_cmd(
+    state: CliState, day: str, window: int, cls: str | None, as_json: bool, dry_run: bool
+) -> None:
     """Settlement reconciliation: the credits in our bank account against what each
     channel's statements say it owes per settlement date (docs/reconciliation.md,
     "Settlement"). Stores the run, reports what changed since the previous run of the
     date and parks the breaks in suspense."""
     from recon.funds.store import result_json, run_settlements
 
-    s = _settings()
-    with _db(migrate_first=True) as db:
+    s = state.settings
+    with db(s, migrate_first=True) as conn:
         o = run_settlements(
-            db, s.policies(), date.fromisoformat(day), window_days=window, dry_run=dry_run
+            conn, s.policies(), date.fromisoformat(day), window_days=window, dry_run=dry_run
         )
     if as_json:
         out = o.to_json()
@@ -130,7 +134,9 @@ def settlements_cmd(day: str, window: int, cls: str | None, as_json: bool, dry_r
         )
 
 
-def load_payouts(file_name: str, data: bytes, day: str, who: str, as_json: bool) -> None:
+def load_payouts(
+    state: CliState, file_name: str, data: bytes, day: str, who: str, as_json: bool
+) -> None:
     """Parse and check a payout batch file whole, then store it as a new version."""
     from recon.funds.merchants import store_payouts
     from recon.funds.payouts import parse_payouts
@@ -139,8 +145,8 @@ def load_payouts(file_name: str, data: bytes, day: str, who: str, as_json: bool)
         pf = parse_payouts(data, date.fromisoformat(day), file_name=file_name)
     except StatementError as exc:
         raise click.ClickException(f"rejected, nothing loaded: {exc}") from None
-    with _db(migrate_first=True) as db:
-        r = store_payouts(db, pf, loaded_by=who)
+    with db(state.settings, migrate_first=True) as conn:
+        r = store_payouts(conn, pf, loaded_by=who)
     if as_json:
         click.echo(json.dumps(r.to_json(), indent=2))
         return
@@ -160,7 +166,7 @@ def load_payouts(file_name: str, data: bytes, day: str, who: str, as_json: bool)
 
 
 @click.command("merchants")
-@click.option("--date", "day", required=True, callback=_check_date, help="business date")
+@click.option("--date", "day", required=True, callback=check_date, help="business date")
 @click.option(
     "--source",
     type=click.Choice(["file", "bank"]),
@@ -171,15 +177,18 @@ def load_payouts(file_name: str, data: bytes, day: str, who: str, as_json: bool)
 @click.option("--class", "cls", type=click.Choice(PAYOUT_CLASSES), help="show only this class")
 @click.option("--json", "as_json", is_flag=True, help="print the run as JSON")
 @click.option("--dry-run", is_flag=True, help="classify and report only: store nothing")
-def merchants_cmd(day: str, source: str, cls: str | None, as_json: bool, dry_run: bool) -> None:
+@pass_state
+def merchants_cmd(
+    state: CliState, day: str, source: str, cls: str | None, as_json: bool, dry_run: bool
+) -> None:
     """Merchant payout reconciliation: what we paid each merchant for business date
     --date against `tally settle`'s payable (net less what open breaks hold back)
     (docs/reconciliation.md, "Merchant payouts"). Stores the run, reports what changed
     since the previous run of the date and parks the breaks in suspense."""
     from recon.funds.merchants import result_json, run_merchants
 
-    with _db(migrate_first=True) as db:
-        o = run_merchants(db, date.fromisoformat(day), source=source, dry_run=dry_run)
+    with db(state.settings, migrate_first=True) as conn:
+        o = run_merchants(conn, date.fromisoformat(day), source=source, dry_run=dry_run)
     if as_json:
         out = o.to_json()
         if cls:

@@ -17,7 +17,8 @@ from typing import Any
 import click
 
 from sinks.queries import money
-from tally.cli.storage import FORMATS, _check_date, _db, _settings, emit
+from tally.cli import funds
+from tally.cli.common import FORMATS, CliState, check_date, db, emit, pass_state
 
 
 def _day(value: str) -> date:
@@ -101,28 +102,29 @@ def recon_group() -> None:
 
 
 @recon_group.command("run")
-@click.option("--date", "day", required=True, callback=_check_date, help="business date")
+@click.option("--date", "day", required=True, callback=check_date, help="business date")
 @click.option("--channel", help="one channel (default: every channel with data that day)")
 @click.option("--json", "as_json", is_flag=True, help="print the runs as JSON")
 @click.option(
     "--dry-run", is_flag=True, help="classify and report only: store no run, touch no suspense"
 )
-def run_cmd(day: str, channel: str | None, as_json: bool, dry_run: bool) -> None:
+@pass_state
+def run_cmd(state: CliState, day: str, channel: str | None, as_json: bool, dry_run: bool) -> None:
     """Compare a business day's ledger with the channels' statements in force, store
     the classified results, report changes since the previous run, update suspense."""
     from recon import run as R
 
-    s = _settings()
+    s = state.settings
     d = _day(day)
     outcomes = []
     skipped = []
-    with _db() as db:
-        channels = [channel] if channel else R.channels_of(db, d)
+    with db(s) as conn:
+        channels = [channel] if channel else R.channels_of(conn, d)
         if not channels:
             raise click.ClickException(f"nothing to reconcile on {day}: no statement, no ledger")
         for ch in channels:
             try:
-                outcomes.append(R.run(db, ch, d, s.policies()[ch], dry_run=dry_run))
+                outcomes.append(R.run(conn, ch, d, s.policies()[ch], dry_run=dry_run))
             except R.ReconError as exc:
                 if channel:
                     raise click.ClickException(str(exc)) from None
@@ -148,21 +150,24 @@ def run_cmd(day: str, channel: str | None, as_json: bool, dry_run: bool) -> None
 
 
 @recon_group.command("results")
-@click.option("--date", "day", required=True, callback=_check_date, help="business date")
+@click.option("--date", "day", required=True, callback=check_date, help="business date")
 @click.option("--channel", required=True, help="channel id")
 @click.option("--run", "run_id", help="run id (default: the latest run)")
 @click.option("--class", "cls", help="only this class, e.g. short")
 @click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
-def results_cmd(day: str, channel: str, run_id: str | None, cls: str | None, fmt: str) -> None:
+@pass_state
+def results_cmd(
+    state: CliState, day: str, channel: str, run_id: str | None, cls: str | None, fmt: str
+) -> None:
     """The classified items of a run."""
     from recon import run as R
 
     d = _day(day)
-    with _db() as db:
-        rid = run_id or R.latest_run(db, channel, d)
+    with db(state.settings) as conn:
+        rid = run_id or R.latest_run(conn, channel, d)
         if rid is None:
             raise click.ClickException(f"no run for {channel} on {day}: `tally recon run` first")
-        rows = R.results(db, channel, d, rid, cls)
+        rows = R.results(conn, channel, d, rid, cls)
     for r in rows:
         for k in (
             "ledger_amount",
@@ -200,6 +205,7 @@ def results_cmd(day: str, channel: str, run_id: str | None, cls: str | None, fmt
 
 
 def _decide(
+    state: CliState,
     action: str,
     item: str,
     candidate: str | None,
@@ -210,8 +216,8 @@ def _decide(
 ) -> None:
     from recon import run as R
 
-    with _db() as db:
-        found = R.proposed_items(db, item, channel, _day(day) if day else None)
+    with db(state.settings) as conn:
+        found = R.proposed_items(conn, item, channel, _day(day) if day else None)
         if not found:
             raise click.ClickException(
                 f"{item}: no proposed item of that name in the latest runs "
@@ -221,7 +227,7 @@ def _decide(
             where = ", ".join(f"{p.channel_id} {p.business_date}" for p in found)
             raise click.ClickException(f"{item} is proposed on {where}: name --channel and --date")
         try:
-            chosen = R.decide(db, found[0], action, candidate, by, reason)
+            chosen = R.decide(conn, found[0], action, candidate, by, reason)
         except R.ReconError as exc:
             raise click.ClickException(str(exc)) from None
     p = found[0]
@@ -236,7 +242,7 @@ _ITEM_OPTS = (
     click.argument("item"),
     click.option("--candidate", help="the order (txn id) among the proposed candidates"),
     click.option("--channel", help="channel id, when the item is proposed on several"),
-    click.option("--date", "day", callback=_check_date, help="business date, likewise"),
+    click.option("--date", "day", callback=check_date, help="business date, likewise"),
     click.option("--by", required=True, help="who decides"),
     click.option("--reason", required=True, help="why"),
 )
@@ -250,27 +256,42 @@ def _with_item_opts(f: Callable[..., None]) -> Callable[..., None]:
 
 @recon_group.command("accept")
 @_with_item_opts
+@pass_state
 def accept_cmd(
-    item: str, candidate: str | None, channel: str | None, day: str | None, by: str, reason: str
+    state: CliState,
+    item: str,
+    candidate: str | None,
+    channel: str | None,
+    day: str | None,
+    by: str,
+    reason: str,
 ) -> None:
     """Accept a proposed line's candidate (append-only; the next run matches them)."""
-    _decide("accept", item, candidate, channel, day, by, reason)
+    _decide(state, "accept", item, candidate, channel, day, by, reason)
 
 
 @recon_group.command("reject")
 @_with_item_opts
+@pass_state
 def reject_cmd(
-    item: str, candidate: str | None, channel: str | None, day: str | None, by: str, reason: str
+    state: CliState,
+    item: str,
+    candidate: str | None,
+    channel: str | None,
+    day: str | None,
+    by: str,
+    reason: str,
 ) -> None:
     """Reject a proposed line's candidate, or all of them (append-only)."""
-    _decide("reject", item, candidate, channel, day, by, reason)
+    _decide(state, "reject", item, candidate, channel, day, by, reason)
 
 
 @recon_group.command("runs")
-@click.option("--date", "day", callback=_check_date, help="business date")
+@click.option("--date", "day", callback=check_date, help="business date")
 @click.option("--channel", help="channel id")
 @click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
-def runs_cmd(day: str | None, channel: str | None, fmt: str) -> None:
+@pass_state
+def runs_cmd(state: CliState, day: str | None, channel: str | None, fmt: str) -> None:
     """Runs made, newest first."""
     where = ["1 = 1"]
     params: dict[str, Any] = {}
@@ -280,8 +301,8 @@ def runs_cmd(day: str | None, channel: str | None, fmt: str) -> None:
     if channel:
         where.append("channel_id = %(c)s")
         params["c"] = channel
-    with _db() as db:
-        rows = db.query(
+    with db(state.settings) as conn:
+        rows = conn.query(
             "SELECT run_id, channel_id, business_date, statement_delivery, ledger_items, "
             "statement_items, counts, started_at_ms FROM {db}.recon_runs FINAL WHERE "
             + " AND ".join(where)
@@ -311,8 +332,7 @@ def runs_cmd(day: str | None, channel: str | None, fmt: str) -> None:
 
 
 def register(main: click.Group) -> None:
-    """Add `tally recon` to the `tally` command group."""
-    from tally.cli import funds as funds_cli
-
-    funds_cli.register(recon_group)
+    """Add `tally recon` to the `tally` command group (with `settlements` and
+    `merchants`, tally/cli/funds.py)."""
+    funds.register(recon_group)
     main.add_command(recon_group)

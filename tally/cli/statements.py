@@ -19,7 +19,8 @@ import click
 
 from recon.statements import FORMATS
 from recon.statements.model import StatementError
-from tally.cli.storage import _check_date, _db, _settings, emit
+from tally.cli import funds
+from tally.cli.common import CliState, check_date, db, emit, pass_state
 
 
 @click.group("statements")
@@ -78,12 +79,14 @@ def _progress(enabled: bool) -> Iterator[Any]:
 @click.option(
     "--date",
     "day",
-    callback=_check_date,
+    callback=check_date,
     help="business date (default: from the file); must agree with a date the file declares",
 )
 @click.option("--by", "loaded_by", default=None, help="who loads it (default: the OS user)")
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
+@pass_state
 def load_cmd(
+    state: CliState,
     file: Path,
     channel: str | None,
     kind: str,
@@ -105,24 +108,23 @@ def load_cmd(
     if kind == "payouts":
         if not day or channel or account or fmt:
             raise click.UsageError("--kind payouts takes --date D (the business date it pays)")
-        from tally.cli.funds import load_payouts
-
-        load_payouts(file.name, data, day, who, as_json)
+        funds.load_payouts(state, file.name, data, day, who, as_json)
         return
     if kind == "bank":
         if not account or channel:
             raise click.UsageError("--kind bank takes --account ACCOUNT (and no --channel)")
-        from tally.cli.funds import load_bank
-
-        load_bank(file.name, data, account, fmt, day, who, as_json)
+        funds.load_bank(state, file.name, data, account, fmt, day, who, as_json)
         return
     if not channel or account:
         raise click.UsageError("a channel statement takes --channel C (and no --account)")
-    settings = _settings()
-    with _db(migrate_first=True) as db, _progress(sys.stderr.isatty() and not as_json) as bar:
+    settings = state.settings
+    with (
+        db(settings, migrate_first=True) as conn,
+        _progress(sys.stderr.isatty() and not as_json) as bar,
+    ):
         try:
             result = load_file(
-                db,
+                conn,
                 settings,
                 data,
                 channel=channel,
@@ -163,14 +165,15 @@ def load_cmd(
 
 @statements_group.command("list")
 @click.option("--channel", help="channel id")
-@click.option("--date", "day", callback=_check_date, help="business date")
+@click.option("--date", "day", callback=check_date, help="business date")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
-def list_cmd(channel: str | None, day: str | None, fmt: str) -> None:
+@pass_state
+def list_cmd(state: CliState, channel: str | None, day: str | None, fmt: str) -> None:
     """Loaded statement versions; `current` marks the delivery in force."""
     from recon.statements.load import list_versions
 
-    with _db() as db:
-        rows = list_versions(db, channel, day)
+    with db(state.settings) as conn:
+        rows = list_versions(conn, channel, day)
     for r in rows:
         r["current"] = "yes" if r["current"] else ""
         if fmt == "json":

@@ -7,9 +7,11 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from streams.broker import EmbeddedBroker
 from tally.core.breaks import BreakKind
 from tests.conftest import free_port
 
@@ -111,7 +113,9 @@ def test_bad_setting_is_named() -> None:
 
 
 @pytest.mark.broker
-def test_simulate_to_file_produce_and_run_until_idle(tmp_path: Path, broker) -> None:
+def test_simulate_to_file_produce_and_run_until_idle(
+    tmp_path: Path, broker: EmbeddedBroker
+) -> None:
     out = tmp_path / "sim"
     r = tally("simulate", "--events", "3000", "--seed", "4", "--out", str(out))
     assert r.returncode == 0, r.stderr
@@ -150,7 +154,6 @@ def test_run_stopped_and_started_on_a_fresh_embedded_broker_keeps_balances(
     Tansu loses everything between runs): the second run restores its state from
     ClickHouse, so re-delivered events change nothing and the balances equal one
     uninterrupted pass of the pure core over the same events."""
-    from streams.broker import EmbeddedBroker
     from tally.core.pipeline import LocalPipeline
     from tally.core.policy import Policies
     from tally.sim.traffic import SimConfig, generate, write_jsonl
@@ -235,16 +238,8 @@ def test_demo_runs_the_whole_day_and_its_next_commands_work_as_printed(tmp_path:
         timeout=900,
     )
     assert r.returncode == 0, r.stderr[-3000:]
-    story = r.stdout
-    assert "backlog drain" in story and "tally demo --live" in story
-    assert story.count("precision 1.000, recall 1.000") == 2, story
-    for fmt in ("wechat", "alipay", "mt940", "camt053", "csv"):
-        assert f"  {fmt} " in story, fmt
-    assert "(not " not in story  # every channel in its own format, no fallback
-    assert "agrees with the stream's postings" in story and "DISAGREES" not in story
-    reports = sorted((tmp_path / "data" / "demo").glob("morning-report-*.html"))
-    assert len(reports) == 2 and all(str(p.relative_to(tmp_path)) in story for p in reports)
-    commands = [line[4:] for line in story.splitlines() if line.startswith("  $ ")]
+    _check_story(r.stdout, tmp_path)
+    commands = [line[4:] for line in r.stdout.splitlines() if line.startswith("  $ ")]
     assert 4 <= len(commands) <= 6, commands
     for cmd in commands:
         c = subprocess.run(
@@ -277,6 +272,34 @@ def test_demo_runs_the_whole_day_and_its_next_commands_work_as_printed(tmp_path:
     )
     assert r.returncode == 0, r.stderr[-3000:]
     summary = json.loads(r.stdout)
+    _check_summary(summary, tmp_path)
+    r = tally(
+        "--database",
+        "tally_demo",
+        "breaks",
+        "--format",
+        "json",
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(ROOT)},
+    )
+    assert r.returncode == 0, r.stderr
+    assert len(json.loads(r.stdout)) == sum(summary["breaks_by_kind"].values())
+
+
+def _check_story(story: str, tmp_path: Path) -> None:
+    """The demo's printed story: the stream and the next morning, all found."""
+    assert "backlog drain" in story and "tally demo --live" in story
+    assert story.count("precision 1.000, recall 1.000") == 2, story
+    for fmt in ("wechat", "alipay", "mt940", "camt053", "csv"):
+        assert f"  {fmt} " in story, fmt
+    assert "(not " not in story  # every channel in its own format, no fallback
+    assert "agrees with the stream's postings" in story and "DISAGREES" not in story
+    reports = sorted((tmp_path / "data" / "demo").glob("morning-report-*.html"))
+    assert len(reports) == 2 and all(str(p.relative_to(tmp_path)) in story for p in reports)
+
+
+def _check_summary(summary: dict[str, Any], tmp_path: Path) -> None:
+    """The demo's --json summary: every break kind, nothing missed, the end of day."""
     kinds = summary["breaks_by_kind"]
     assert set(kinds) == {k.value for k in BreakKind} and all(v > 0 for v in kinds.values())
     inj = summary["injected"]
@@ -290,17 +313,6 @@ def test_demo_runs_the_whole_day_and_its_next_commands_work_as_printed(tmp_path:
     stored = summary["clickhouse"]
     assert str(tmp_path / "data" / "chdb") in stored["where"] and "tally_demo" in stored["where"]
     assert summary["next_commands"] and summary["timing"]["wall_seconds"] > 0
-    r = tally(
-        "--database",
-        "tally_demo",
-        "breaks",
-        "--format",
-        "json",
-        cwd=tmp_path,
-        env={"PYTHONPATH": str(ROOT)},
-    )
-    assert r.returncode == 0, r.stderr
-    assert len(json.loads(r.stdout)) == sum(kinds.values())
 
 
 def test_demo_never_writes_into_a_database_it_did_not_create(tmp_path: Path) -> None:
