@@ -4,7 +4,7 @@ tally recon run --date D [--channel C] [--json]
 tally recon results --date D --channel C [--run ID] [--class K] [--format F]
 tally recon runs [--date D] [--channel C] [--format F]
 
-(Suspense and write-off are under `tally breaks`: see tally/cli/storage.py.)
+(Suspense and write-off are under `tally breaks`: see tally/cli/breaks.py.)
 """
 
 from __future__ import annotations
