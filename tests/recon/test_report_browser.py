@@ -41,7 +41,7 @@ from tests.recon.test_report import day_config
 pytest_plugins = ("tests.clickhouse",)
 
 TZ = ZoneInfo("Asia/Shanghai")
-BAR = (0x3B, 0x6F, 0xB6)  # svg .b in recon/report.py
+BAR = (0x3B, 0x6F, 0xB6)  # svg .b in recon/report/html.py
 A4_PT = (595.0, 842.0)  # 210 x 297 mm in points, as Chromium writes them (595.92 x 842.88)
 
 
