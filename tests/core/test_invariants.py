@@ -57,97 +57,113 @@ class Msg:
 # ------------------------------------------------------------- strategies
 
 
-@st.composite
-def order_messages(draw: st.DrawFn, n: int, shared_ctid: bool) -> list[Msg]:
-    """All messages about one payment, and possibly a refund and a reversal of it."""
-    pid = f"P{n}"
-    channel = draw(st.sampled_from(["wx", "up"]))
-    currency = draw(st.sampled_from(["CNY", "JPY", "KWD"]))
-    amount = draw(st.integers(1, 50_000))
-    coupon = draw(st.sampled_from([0, 0, amount // 10, amount]))
-    fee = draw(st.sampled_from([None, amount // 100]))
-    merchant = draw(st.sampled_from(["m1", "m2"]))
-    msgs: list[Msg] = []
-    counter = iter(range(1000))
+class _Order:
+    """What the messages of one payment (and its refund and reversal) share, and how
+    each kind of message is drawn."""
 
-    def t(seconds: int) -> str:
+    def __init__(self, draw: st.DrawFn, n: int, shared_ctid: bool) -> None:
+        self.draw, self.n, self.shared_ctid = draw, n, shared_ctid
+        self.channel = draw(st.sampled_from(["wx", "up"]))
+        self.currency = draw(st.sampled_from(["CNY", "JPY", "KWD"]))
+        self.amount = draw(st.integers(1, 50_000))
+        self.coupon = draw(st.sampled_from([0, 0, self.amount // 10, self.amount]))
+        self.fee = draw(st.sampled_from([None, self.amount // 100]))
+        self.merchant = draw(st.sampled_from(["m1", "m2"]))
+        self.msgs: list[Msg] = []
+        self.counter = iter(range(1000))
+
+    def t(self, seconds: int) -> str:
         # unique event times: no two messages tie (ties are broken by arrival order)
-        return iso_ms(T0 + seconds * 1000 + 10 * next(counter) + n)
+        return iso_ms(T0 + seconds * 1000 + 10 * next(self.counter) + self.n)
 
-    def money(minor: int) -> str:
-        return format_minor(minor, currency)
+    def money(self, minor: int) -> str:
+        return format_minor(minor, self.currency)
 
-    def our(txn_id: str, type_: str, amt: int, original: str | None, cpn: int) -> None:
+    def our(self, txn_id: str, type_: str, amt: int, original: str | None, cpn: int) -> None:
+        draw = self.draw
         start = draw(st.integers(0, 60))
         finals = draw(st.lists(st.sampled_from(["success", "failed", "closed"]), max_size=2))
         statuses = ["pending", *finals]
         for i, status in enumerate(statuses):
             value: dict[str, Any] = {
-                "event_id": f"{txn_id}-o{next(counter)}",
+                "event_id": f"{txn_id}-o{next(self.counter)}",
                 "txn_id": txn_id,
                 "type": type_,
-                "merchant_id": merchant,
-                "channel_id": channel,
-                "amount": money(amt),
-                "currency": currency,
+                "merchant_id": self.merchant,
+                "channel_id": self.channel,
+                "amount": self.money(amt),
+                "currency": self.currency,
                 "status": status,
-                "occurred_at": t(start + 3 * i),
+                "occurred_at": self.t(start + 3 * i),
             }
             if cpn:
-                value["coupon_amount"] = money(cpn)
+                value["coupon_amount"] = self.money(cpn)
             if original:
                 value["original_txn_id"] = original
-            msgs.append(Msg(TRANSACTIONS, value))
+            self.msgs.append(Msg(TRANSACTIONS, value))
 
-    def evidence(txn_id: str, amt: int, statuses: list[str]) -> None:
+    def evidence(self, txn_id: str, amt: int, statuses: list[str]) -> None:
+        draw = self.draw
         k = draw(st.integers(0, 3))
         for _ in range(k):
-            ctid = draw(st.sampled_from(["a", "b", "shared"] if shared_ctid else ["a", "b"]))
-            msgs.append(
+            ctid = draw(st.sampled_from(["a", "b", "shared"] if self.shared_ctid else ["a", "b"]))
+            self.msgs.append(
                 Msg(
                     CALLBACKS,
                     {
-                        "event_id": f"{txn_id}-c{next(counter)}",
+                        "event_id": f"{txn_id}-c{next(self.counter)}",
                         "txn_id": txn_id,
-                        "channel_id": channel,
+                        "channel_id": self.channel,
                         "channel_txn_id": ctid if ctid == "shared" else f"{txn_id}-{ctid}",
                         "source": draw(st.sampled_from(["sync", "notify", "query"])),
                         "status": draw(st.sampled_from(statuses)),
-                        "amount": money(draw(st.sampled_from([amt, amt, amt + 1]))),
-                        "currency": currency,
-                        "fee": None if fee is None else money(fee),
-                        "occurred_at": t(draw(st.integers(0, 90))),
+                        "amount": self.money(draw(st.sampled_from([amt, amt, amt + 1]))),
+                        "currency": self.currency,
+                        "fee": None if self.fee is None else self.money(self.fee),
+                        "occurred_at": self.t(draw(st.integers(0, 90))),
                     },
                 )
             )
 
-    our(pid, "payment", amount, None, coupon)
-    evidence(pid, amount - coupon, ["pending", "success", "success", "failed", "reversed"])
-    if draw(st.booleans()):
-        refund = draw(st.integers(1, amount))
-        our(f"F{n}", "refund", refund, pid, 0)
-        evidence(f"F{n}", refund, ["pending", "success", "failed"])
-    if draw(st.integers(0, 3)) == 0:
-        our(f"R{n}", "reversal", amount, pid, 0)
-        evidence(f"R{n}", amount, ["pending", "success", "failed"])
-    if draw(st.integers(0, 5)) == 0:  # an orphan: evidence for an order never sent
-        msgs.append(
+    def orphan(self) -> None:
+        """Evidence for an order never sent."""
+        n = self.n
+        self.msgs.append(
             Msg(
                 CALLBACKS,
                 {
                     "event_id": f"X{n}-c",
                     "txn_id": f"X{n}",
-                    "channel_id": channel,
+                    "channel_id": self.channel,
                     "channel_txn_id": f"X{n}-a",
                     "source": "notify",
                     "status": "success",
-                    "amount": money(amount),
-                    "currency": currency,
-                    "occurred_at": t(draw(st.integers(0, 90))),
+                    "amount": self.money(self.amount),
+                    "currency": self.currency,
+                    "occurred_at": self.t(self.draw(st.integers(0, 90))),
                 },
             )
         )
-    return msgs
+
+
+@st.composite
+def order_messages(draw: st.DrawFn, n: int, shared_ctid: bool) -> list[Msg]:
+    """All messages about one payment, and possibly a refund and a reversal of it."""
+    pid = f"P{n}"
+    o = _Order(draw, n, shared_ctid)
+    amount = o.amount
+    o.our(pid, "payment", amount, None, o.coupon)
+    o.evidence(pid, amount - o.coupon, ["pending", "success", "success", "failed", "reversed"])
+    if draw(st.booleans()):
+        refund = draw(st.integers(1, amount))
+        o.our(f"F{n}", "refund", refund, pid, 0)
+        o.evidence(f"F{n}", refund, ["pending", "success", "failed"])
+    if draw(st.integers(0, 3)) == 0:
+        o.our(f"R{n}", "reversal", amount, pid, 0)
+        o.evidence(f"R{n}", amount, ["pending", "success", "failed"])
+    if draw(st.integers(0, 5)) == 0:
+        o.orphan()
+    return o.msgs
 
 
 @st.composite

@@ -142,6 +142,32 @@ def test_cli_every_matching_case(storage: dict[str, Any]) -> None:
         "cmb": {**base, "combined_payments": True},
         "rf": base,
     }
+    _insert_fee_and_reference_cases(db)
+    _insert_combined_and_refund_cases(db)
+    db.close()
+    env = {**env_of(storage), "TALLY_CHANNELS": json.dumps(channels)}
+    day = DAY.isoformat()
+
+    # dry run first: a report, no run stored
+    r = _cli(env, "recon", "run", "--date", day, "--channel", "fee", "--dry-run")
+    assert "dry run: nothing stored" in r.stdout
+    runs = json.loads(_cli(env, "recon", "runs", "--format", "json").stdout)
+    assert runs == []
+
+    r = _cli(env, "recon", "run", "--date", day, "--channel", "fee")
+    assert (
+        "matched within tolerance (CNY): 1 items, amount differences 0.00, fee differences 0.01"
+        in r.stdout
+    )
+    f1 = _results(env, "fee")["F1"]
+    assert (f1["class"], f1["match_method"], f1["fee_difference"]) == ("matched", "id", "0.01")
+
+    _check_reference_cases(env, day)
+    _check_decisions(env, day, storage)
+    _check_combined_and_refund_cases(env, day)
+
+
+def _insert_fee_and_reference_cases(db: Any) -> None:
     # a fee rounded by a cent
     insert_orders(db, "fee", [order("F1", fee=D("0.60"))])
     insert_statement(db, "fee", DAY, [line(1, "F1", fee=D("0.61"))])
@@ -167,6 +193,9 @@ def test_cli_every_matching_case(storage: dict[str, Any]) -> None:
             line(3, "", channel_txn_id="", amount=D("9"), raw=":86:/EREF/TXT-0000001/"),
         ],
     )
+
+
+def _insert_combined_and_refund_cases(db: Any) -> None:
     # a combined line over three orders
     insert_orders(
         db,
@@ -208,24 +237,9 @@ def test_cli_every_matching_case(storage: dict[str, Any]) -> None:
             line(3, "Q-R2", amount=D("50"), **rl),
         ],
     )
-    db.close()
-    env = {**env_of(storage), "TALLY_CHANNELS": json.dumps(channels)}
-    day = DAY.isoformat()
 
-    # dry run first: a report, no run stored
-    r = _cli(env, "recon", "run", "--date", day, "--channel", "fee", "--dry-run")
-    assert "dry run: nothing stored" in r.stdout
-    runs = json.loads(_cli(env, "recon", "runs", "--format", "json").stdout)
-    assert runs == []
 
-    r = _cli(env, "recon", "run", "--date", day, "--channel", "fee")
-    assert (
-        "matched within tolerance (CNY): 1 items, amount differences 0.00, fee differences 0.01"
-        in r.stdout
-    )
-    f1 = _results(env, "fee")["F1"]
-    assert (f1["class"], f1["match_method"], f1["fee_difference"]) == ("matched", "id", "0.01")
-
+def _check_reference_cases(env: dict[str, str], day: str) -> None:
     doc = json.loads(_cli(env, "recon", "run", "--date", day, "--channel", "ref", "--json").stdout)
     assert doc["runs"][0]["counts"]["proposed"] == 1
     got = _results(env, "ref")
@@ -242,6 +256,8 @@ def test_cli_every_matching_case(storage: dict[str, Any]) -> None:
     assert got["line:2"]["detail"] == "proposed: TIE-1 (60), TIE-2 (60)"
     assert got["TIE-1"]["class"] == got["TIE-2"]["class"] == "short"
 
+
+def _check_decisions(env: dict[str, str], day: str, storage: dict[str, Any]) -> None:
     # accept / reject, append-only; the next run applies them
     r = CliRunner().invoke(
         main, ["recon", "accept", "line:2", "--by", "ann", "--reason", "x"], env=env
@@ -287,6 +303,8 @@ def test_cli_every_matching_case(storage: dict[str, Any]) -> None:
     )
     assert r.exit_code == 1 and "no proposed item" in r.output
 
+
+def _check_combined_and_refund_cases(env: dict[str, str], day: str) -> None:
     _cli(env, "recon", "run", "--date", day, "--channel", "cmb")
     got = _results(env, "cmb")
     for t in ("C1", "C2", "C3"):
