@@ -6,6 +6,10 @@ kind, the order and what distinguishes it, and an order remembers the ids it has
 raised. Time-based kinds (orphan_callback, pending_timeout) are raised by the
 timers in `tally.core.realtime`, which call `timed_break` here.
 
+In: an order's `OrderState`, its `OrderView` and its channel's policy (or two success
+claims on one channel transaction id). Out: `Finding`s, stamped into `Break` records
+(`BreakKind`), with the evidence trail.
+
 Kinds (domain.md):
   status_conflict        our final status and the channel's final word disagree, or
                          two channel witnesses give contradicting final statuses

@@ -20,6 +20,10 @@ One channel C and business date D at a time:
   for an item on both sides; short (ledger only) and long (a success line only) unless
   carried (S8): within the carry window of a cutoff of D and found on the neighbouring
   day's other side (or, for a ledger item, that day's statement is not loaded yet).
+
+In: the `Day`, the channel's `LedgerOrder`s, the `StatementLine`s of D (and of D-1 and
+D+1 when loaded), the channel's matching `Rules` and people's `Decisions`. Out: one
+`Result` per item, its class an `EodClass` value.
 """
 
 from __future__ import annotations

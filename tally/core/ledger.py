@@ -28,7 +28,11 @@ at every moment:
     sum(merchant payable) + sum(fees) == sum(channel) + sum(coupon funding)
 
 (payable and fees being the negated account balances). `BalanceBook.check()` and
-the property tests hold tally to that after every event.
+the property tests hold tally to that after every event; `repost` checks each posting
+nets to zero per bucket as it writes it (`assert_nets_to_zero`).
+
+In: an order's state and view. Out: a `Posting` (the change of its position), and
+`Balance`s, the postings applied per account and currency.
 """
 
 from __future__ import annotations

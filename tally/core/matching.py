@@ -7,6 +7,10 @@ and `recon.run` (ClickHouse). `find_links` decides which statement lines that qu
 usable id belong to which of our orders; the run passes its decisions to the SQL as
 *links*, the reference classifier applies them itself. docs/reconciliation.md,
 "Matching rules", describes the rules and the scoring formula.
+
+In: the lines no id resolves, the items no line resolves to, the shared channel txn ids
+(`residue`), the channel's `Rules` and people's `Decisions`. Out: a `Link` per line it
+could place, with its `MatchMethod` value (or proposed, with candidates).
 """
 
 from __future__ import annotations

@@ -9,6 +9,9 @@ An order's snapshot carries its evidence once, inside `state` (`OrderState.to_js
 the evidence trail (`tally.core.breaks.evidence_trail`) is derived from it by the sink
 (`sinks.rows`). Snapshots published before that also carry the trail as `evidence`,
 and the sink still reads them.
+
+In: an `OrderState` with its `OrderView`, or a `Balance`. Out: the snapshot as a JSON
+dict, times as RFC 3339 text.
 """
 
 from __future__ import annotations

@@ -4,6 +4,9 @@ Amounts travel on the wire as decimal strings in major units ("12.34"). Inside
 tally they are integers in the currency's minor unit (1234 fen), so arithmetic is
 exact and cheap; they are turned back into decimal strings only at the edges.
 Floats never appear.
+
+In: a decimal string in major units and a currency code. Out: the integer
+amount in minor units (or `MoneyError`), and back: the decimal string or Decimal.
 """
 
 from __future__ import annotations

@@ -15,6 +15,10 @@ Transitions are plain functions of (state, event) with no I/O:
 order resolved, how does it count in the balances (S10: provisional vs confirmed),
 is it reversed. Break rules live in `tally.core.breaks`, balance arithmetic in
 `tally.core.ledger`.
+
+In: `Transaction`s, `Callback`s and reversal outcomes for one order, and its channel's
+`ChannelPolicy`. Out: the merged `OrderState` (with its JSON form, for the store) and
+its `OrderView` (`Standing`: none, provisional or confirmed).
 """
 
 from __future__ import annotations

@@ -8,6 +8,11 @@ by `tally bench core`.
                                    └─ claims ─> ChannelTxnIndex ─> payments.breaks
 
 Malformed messages become `DeadLetter`s with the reason; they never raise.
+
+In: (topic, key, value) messages or `Envelope` lines, idle ticks, and the caller's wall
+clock (`clock`: only dead letters read it). Out: the breaks, postings, status queries,
+dead letters, order states and balances, kept on the `LocalPipeline`; `partition_for`
+is Kafka's partitioner.
 """
 
 from __future__ import annotations

@@ -3,6 +3,10 @@ business day (日切).
 
 Pure data and arithmetic; no I/O. `ChannelPolicy` objects come from the settings
 (`TALLY_CHANNELS`, JSON) and fall back to `TALLY_DEFAULT_CHANNEL`.
+
+In: a channel id (and an event time). Out: its `ChannelPolicy` (`Mode`: pessimistic or
+optimistic, SLAs, query limits, matching tolerances), its business date for the time
+and the cutoff instants of a business date.
 """
 
 from __future__ import annotations
