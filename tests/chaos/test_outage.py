@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from streams.broker import EmbeddedBroker
 from tally.chaos.outage import Server, broker_restart, clickhouse_outage
 from tests.clickhouse import need, server_binary
 from tests.streams.streamrun import stream_settings
@@ -26,7 +27,7 @@ def server(tmp_path: Path):  # type: ignore[no-untyped-def]
 
 
 async def test_clickhouse_stopped_mid_run_loses_nothing_and_doubles_nothing(
-    broker, server: Server
+    broker: EmbeddedBroker, server: Server
 ) -> None:
     r = await clickhouse_outage(stream_settings(broker), server, seconds=5, events=3_000, rate=250)
     print("\n" + r.line())
@@ -42,7 +43,7 @@ async def test_clickhouse_stopped_mid_run_loses_nothing_and_doubles_nothing(
 
 
 async def test_broker_restarted_mid_run_restored_and_fed_again(
-    broker, server: Server, tmp_path: Path
+    broker: EmbeddedBroker, server: Server, tmp_path: Path
 ) -> None:
     r = await broker_restart(stream_settings(broker), server, events=3_000, rate=300, work=tmp_path)
     print("\n" + r.line())

@@ -16,7 +16,9 @@ from tests.streams.streamrun import stream_settings
 pytestmark = pytest.mark.broker
 
 
-async def test_replay_from_offset_zero_into_a_fresh_worker_gives_the_same_outcome(broker) -> None:
+async def test_replay_from_offset_zero_into_a_fresh_worker_gives_the_same_outcome(
+    broker: EmbeddedBroker,
+) -> None:
     r = await replay(stream_settings(broker), events=2_000, seed=5)
     print("\n" + r.line())
     assert r.events >= 2_000

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from streams.broker import EmbeddedBroker
 from tally.chaos.soak import Sample, judge, soak, table
 from tally.cli.outage import chart
 from tests.streams.streamrun import stream_settings
@@ -57,7 +58,9 @@ def test_judge_refuses_growing_memory_lag_and_latency() -> None:
 
 
 @pytest.mark.broker
-async def test_a_short_soak_samples_writes_and_judges(broker, tmp_path: Path) -> None:
+async def test_a_short_soak_samples_writes_and_judges(
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
     s = stream_settings(broker)
     samples, verdict = await soak(s, seconds=16, rate=100, out=tmp_path, interval=2)
     assert len(samples) >= 6
