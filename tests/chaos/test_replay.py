@@ -10,6 +10,7 @@ import json
 
 import pytest
 
+from streams.broker import EmbeddedBroker
 from tally.chaos.replay import VARIES, differ, outcomes, replay
 from tests.streams.streamrun import stream_settings
 
