@@ -20,8 +20,8 @@ import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.types import TP
 
-from streams.app import Tally
 from streams.broker import ensure_topics
+from streams.handles import Tally
 from tally.core.ledger import BalanceBook, Posting
 
 log = logging.getLogger(__name__)

@@ -211,7 +211,8 @@ def test_replays_and_stale_versions_show_once(backend: Backend) -> None:
     store(backend, R.ORDER_STATES, [older, newer, older])
     brk = Break("b1", "late_callback", "o-1", "m1", "wechat", "CNY", 100, 100, T0, None, "late")
     store(backend, R.BREAKS, [brk.to_json()] * 3)
-    p = Posting("o-1:1", "o-1", 1, "m1", "wechat", "CNY", "confirmed", {"fees:wechat|x|y": -5}, T0)
+    legs = {"fees:wechat|confirmed|fee": -5, "merchant:m1|confirmed|fee": 5}  # nets to zero
+    p = Posting("o-1:1", "o-1", 1, "m1", "wechat", "CNY", "confirmed", legs, T0)
     store(backend, R.POSTINGS, [p.to_json(), p.to_json()])
     b2 = Balance("fees:wechat", "CNY", {"confirmed|fee": -10}, 2)
     b1 = Balance("fees:wechat", "CNY", {"confirmed|fee": -5}, 1)
