@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `tally bench stream` in two checkouts, alternating, same input and broker port:
 #   benchmarks/stream_ab.sh BASE_TREE [THIS_TREE] [ROUNDS] [OUT_DIR]
-# BASE_TREE needs this tree's streams/bench.py and the bench section of tally/cli/main.py
+# BASE_TREE needs this tree's streams/bench/ and tally/cli/bench.py
 # (copy them in). Each run writes OUT_DIR/ab-<tree>-<round>.json.
 set -euo pipefail
 base=${1:?a baseline checkout}
