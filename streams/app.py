@@ -25,6 +25,7 @@ posting is applied exactly when its order's state changes, in the same message.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -101,6 +102,9 @@ def _faust_app(settings: Settings) -> faust.App:
         settings.app_id,
         broker=settings.broker_url(),
         store="memory://",
+        # Faust's own directory (it keeps no table data here: the store is memory) under
+        # TALLY_DATA_DIR, not `<app id>-data` in whatever directory the worker started in
+        datadir=str(Path(settings.data_dir) / "faust" / "{conf.name}"),
         autodiscover=False,
         topic_partitions=settings.partitions,
         topic_replication_factor=1,

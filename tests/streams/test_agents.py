@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 from importlib.resources import files
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -408,3 +409,12 @@ async def test_input_offsets_are_committed_after_the_batch_and_stale_reads_are_d
     assert tally.orders["o1"].our_status == "success"
     assert producer.committed[(transactions, 0)] == 2  # the stale read of offset 1 not
     assert producer.generations[-1] == 8
+
+
+def test_faust_keeps_its_directory_under_the_data_dir(tmp_path: Path) -> None:
+    """A worker leaves nothing in the directory it was started from: Faust's own
+    directory (`<app id>-data` by default, relative to the working directory) is under
+    TALLY_DATA_DIR."""
+    t = create_app(Settings(data_dir=str(tmp_path), app_id="tally-dirs", web_port=0))
+    assert Path(t.app.conf.datadir) == tmp_path / "faust" / "tally-dirs"
+    assert Path(t.app.conf.appdir).is_relative_to(tmp_path)
