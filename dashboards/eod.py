@@ -19,6 +19,7 @@ from dashboards.common import (
     steps,
     ts,
 )
+from tally.core import suspense
 
 UID = "tally-eod"
 
@@ -30,9 +31,9 @@ LATEST_RUNS = """
     GROUP BY channel_id, business_date
 """
 
-# recon/suspense.py: the actions that close an entry, and the one that reopens it
-CLOSING = "'refunded', 'channel_confirmed', 'loss_accepted', 'linked', 'cleared_by_rerun'"
-REOPENED = "'reopened_by_rerun'"
+# the actions that close a suspense entry, and the one that reopens it (tally.core.suspense)
+CLOSING = ", ".join(f"'{a}'" for a in (*suspense.WRITE_OFFS, suspense.CLEARED))
+REOPENED = f"'{suspense.REOPENED}'"
 AS_OF_MS = "toUnixTimestamp($__toTime) * 1000"
 
 CHANNELS = SqlVariable(

@@ -63,7 +63,6 @@ __all__ = [
     "Action",
     "Entry",
     "EntryIndex",
-    "Evidence",
     "OpenEntry",
     "Sighting",
     "State",
@@ -89,10 +88,6 @@ __all__ = [
     "write_off_action",
     "write_off_problems",
 ]
-
-# The old name of `Sighting`, kept while recon/funds (merchants.py, store.py) and
-# tests/recon/test_bulk.py still use it; not the channel's `tally.core.orders.Evidence`.
-Evidence = Sighting
 
 
 def _entry(r: dict[str, Any]) -> Entry:

@@ -369,7 +369,7 @@ def run_merchants(
         now_ms,
     )
     breaks = [
-        S.Evidence(
+        S.Sighting(
             channel_id=SUSPENSE_CHANNEL,
             item_key=r.item_key,
             txn_id="",

@@ -124,7 +124,7 @@ class FundsSim:
 
 def day_totals(day: StatementDay) -> list[DayTotals]:
     """Each channel day's totals from its statement as delivered (the same sums as
-    `recon.funds.store.statement_totals` over the loaded file)."""
+    `recon.funds.credits.statement_totals` over the loaded file)."""
     sums: dict[tuple[str, date, str], list[int]] = defaultdict(lambda: [0, 0, 0])
     for (ch, d), lines in day.statements.items():
         for ln in lines:

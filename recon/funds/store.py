@@ -275,7 +275,7 @@ def sync_suspense(
         channel = r.channel_id or UNCLAIMED
         if r.cls in BREAK_CLASSES:
             breaks.append(
-                S.Evidence(
+                S.Sighting(
                     channel_id=channel,
                     item_key=r.item_key,
                     txn_id="",
@@ -296,7 +296,7 @@ def sync_suspense(
 def park(
     db: Backend,
     run_id: str,
-    breaks: Iterable[S.Evidence],
+    breaks: Iterable[S.Sighting],
     settled: Iterable[tuple[str, str, str]],
     *,
     now_ms: int,

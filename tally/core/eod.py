@@ -51,7 +51,8 @@ from tally.core.records import ChannelStatus, OrderStatus, OrderType
 
 class EodClass(StrEnum):
     """What the end-of-day comparison makes of an item (domain.md, "End-of-day
-    classes"; docs/reconciliation.md). In this order: `CLASSES`, the report's columns."""
+    classes"; docs/reconciliation.md). `CLASSES` lists them in this order; the report
+    orders its columns itself (`recon/report/model.py`)."""
 
     MATCHED = "matched"
     STATUS_MISMATCH = "status_mismatch"

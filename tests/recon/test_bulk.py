@@ -37,7 +37,7 @@ DAY0 = date(2026, 11, 24)
 
 
 def entry(txn: str, kind: str = "short", break_id: str | None = None) -> S.Entry:
-    ev = S.Evidence(
+    ev = S.Sighting(
         "up", txn, txn, f"C{txn}", "m1", kind, break_id or f"b-{txn}", "CNY", D("5.00"), DAY0
     )
     return S.attach(None, ev, 1)
