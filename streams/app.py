@@ -54,8 +54,7 @@ __all__ = [
 ]
 
 
-def create_app(settings: Settings | None = None) -> Tally:
-    settings = settings or Settings()
+def create_app(settings: Settings) -> Tally:
     codecs.register(settings.policies())
     app = _faust_app(settings)
     topics = _topics(app, settings)
