@@ -393,6 +393,12 @@ def _balances(rows: Iterable[tuple[str, dict[str, int]]]) -> dict[str, str]:
     return {k: _dumps({a: n for a, n in c.items() if n}) for k, c in by.items()}
 
 
+def _input(dead_letter_id: str) -> str:
+    """topic:partition:offset less the run's topic prefix ("day1a2b3c.callbacks:0:30"
+    -> "callbacks:0:30"), so that runs on other topics compare."""
+    return dead_letter_id.split(".", 1)[-1]
+
+
 def _order(d: dict[str, Any]) -> str:
     return f"{d['our_status']}|{d['channel_status']}|{d['standing']}|{int(d['resolved'])}"
 
@@ -409,7 +415,7 @@ def topic_shape(out: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
             (f"{d['account']}|{d['currency']}", d["amounts_minor"]) for d in shards
         ),
         "status_queries": dict.fromkeys(out["status_queries"], ""),
-        "dead_letters": dict.fromkeys(out["dead_letters"], ""),
+        "dead_letters": {_input(k): "" for k in out["dead_letters"]},
     }
 
 
@@ -448,7 +454,8 @@ def stored_shape(db: Backend) -> dict[str, dict[str, str]]:
             r["query_id"]: "" for r in q("SELECT query_id FROM {db}.status_queries FINAL")
         },
         "dead_letters": {
-            r["dead_letter_id"]: "" for r in q("SELECT dead_letter_id FROM {db}.dead_letters FINAL")
+            _input(r["dead_letter_id"]): ""
+            for r in q("SELECT dead_letter_id FROM {db}.dead_letters FINAL")
         },
     }
 
