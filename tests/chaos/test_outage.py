@@ -53,4 +53,8 @@ async def test_broker_restarted_mid_run_restored_and_fed_again(
     for kind in ("breaks", "orders", "balances"):
         d = r.compared.differences[kind]
         assert d.count == 0, (kind, d)
-    print(r.compared.differences["dead_letters"])
+    # postings the old broker held and the sink had not stored, of a batch whose order
+    # state was stored, are lost: the restored order knows it made them, so the inputs
+    # fed again are duplicates (docs/reliability.md). What is stored is never wrong.
+    assert r.legs_only_missing
+    print(r.compared.differences["positions"], r.compared.differences["dead_letters"])
