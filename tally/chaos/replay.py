@@ -244,7 +244,8 @@ def outcomes(out: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
       component and currency (how many postings it took is a step);
     - orders: the latest order state's fields, without `version` (a count of steps)
       and the worker's internal `state` (posting_seq counts postings);
-    - balances: each shard's amounts, without `version` (its count of postings);
+    - balances: each shard's non-zero amounts, without `version` (its count of
+      postings);
     - status queries, dead letters: as sent.
     """
     res: dict[str, dict[str, str]] = {
@@ -259,10 +260,15 @@ def outcomes(out: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
         k: _dumps(_without(json.loads(v), "version", "state"))
         for k, v in out["order_states"].items()
     }
-    res["balances"] = {
-        k: _dumps(_without(json.loads(v), "version")) for k, v in out["balances"].items()
-    }
+    res["balances"] = {k: _dumps(_shard(json.loads(v))) for k, v in out["balances"].items()}
     return res
+
+
+def _shard(d: dict[str, Any]) -> dict[str, Any]:
+    """A balance shard less its count of postings and its zero amounts (a shard that
+    went provisional and back keeps a 0 entry the other run may never have made)."""
+    amounts = {k: v for k, v in d["amounts_minor"].items() if v}
+    return {**_without(d, "version"), "amounts_minor": amounts}
 
 
 def _dumps(d: Any) -> str:

@@ -1,8 +1,9 @@
 """Replay from offset 0 (tally.chaos.replay): a simulated day through a worker, then
 its whole input log through a fresh worker (new consumer group, empty tables, its own
-output topics). The outcomes must be the same; the outputs as sent may differ only
-where the two input topics of a partition were read in another interleaving, which
-the comparison reports field by field."""
+output topics). Every order's position, the set of breaks and the dead letters must
+be the same; the rest may differ where the two input topics of a partition were read
+in another interleaving (measured at 100,000 events: docs/reliability.md), which the
+comparison reports field by field."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from tests.streams.streamrun import stream_settings
 pytestmark = pytest.mark.broker
 
 
-async def test_replay_from_offset_zero_into_a_fresh_worker_gives_the_same_outcome(
+async def test_replay_from_offset_zero_gives_the_same_positions_breaks_and_dead_letters(
     broker: EmbeddedBroker,
 ) -> None:
     r = await replay(stream_settings(broker), events=2_000, seed=5)
@@ -25,15 +26,15 @@ async def test_replay_from_offset_zero_into_a_fresh_worker_gives_the_same_outcom
     assert r.events >= 2_000
     assert r.counts["breaks"] > 5 and r.counts["postings"] > 300
     assert r.counts["dead_letters"] > 0  # malformed inputs: the same ids (topic:partition:offset)
-    # what the day amounts to does not depend on the run
-    assert r.same_outcome, {k: d for k, d in r.outcome_differences.items() if d.count}
-    # byte for byte (less VARIES): breaks' ids and dead letters always; where the
-    # outputs differ, only in fields that count or record steps
+    # what does not depend on the order the two input topics were read in: every
+    # order's position (the sum of its postings), the set of breaks, the dead letters
+    o = r.outcome_differences
+    assert o["positions"].count == 0, o["positions"]
+    assert o["breaks"].only_first == o["breaks"].only_second == 0, o["breaks"]
+    assert o["dead_letters"].count == 0
+    # byte for byte (less VARIES): the dead letters always
     assert r.differences["dead_letters"].count == 0
     assert r.differences["status_queries"].only_first == r.differences["status_queries"].only_second
-    allowed = {"state", "evidence", "legs", "event_time", "reason", "version", "seq"}
-    for kind, d in r.differences.items():
-        assert set(d.fields) <= allowed, (kind, d.fields)
     # nothing was sent twice by either run
     assert not any(r.duplicates[f"breaks ({w})"] for w in ("first", "replay"))
 
