@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import asyncio
 import random
+import tempfile
 import time
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -322,9 +324,12 @@ def _as_payment(d: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def run_settings(bootstrap_url: str) -> Settings:
-    """A worker of its own on `bootstrap_url`: fresh topics and consumer group."""
+def run_settings(bootstrap_url: str, data_dir: str | None = None) -> Settings:
+    """A worker of its own on `bootstrap_url`: fresh topics and consumer group (and its
+    local data under `data_dir`, a fresh temporary directory by default)."""
     run = uuid.uuid4().hex[:8]
+    data_dir = data_dir or tempfile.mkdtemp(prefix="tally-hostile-")
+    Path(data_dir, "faust").mkdir(parents=True, exist_ok=True)  # Faust makes only its own
     names = ["transactions", "callbacks", "breaks", "postings", "status_queries"]
     names += ["dead_letter", "order_states", "balances"]
     values: dict[str, Any] = {f"topic_{k}": f"h{run}.{k.replace('_', '-')}" for k in names}
@@ -335,12 +340,16 @@ def run_settings(bootstrap_url: str) -> Settings:
         metrics_port=0,
         idle_tick_seconds=3600,
         log_level="warning",
+        data_dir=data_dir,
     )
     return Settings(_env_file=None, **values)
 
 
 async def check_stream(
-    bootstrap_url: str, messages: list[Hostile | Envelope], drain_timeout: float = 300.0
+    bootstrap_url: str,
+    messages: list[Hostile | Envelope],
+    drain_timeout: float = 300.0,
+    data_dir: str | None = None,
 ) -> StreamFigures:
     """The messages through a real worker (`WorkerRunner`, as `tally run --no-sink`) on
     the broker; its dead-letter topic compared with the in-memory topology's."""
@@ -354,7 +363,7 @@ async def check_stream(
             outcome = "internal_error"  # what the agent makes of it
         if outcome != PROCESSED:
             f.expected[outcome] += 1
-    s = run_settings(bootstrap_url)
+    s = run_settings(bootstrap_url, data_dir)
     retarget = {TRANSACTIONS: s.topic_transactions, CALLBACKS: s.topic_callbacks}
     envelopes = [Envelope(retarget[m.topic], m.key, m.value) for m in messages]
     sentinel = messages[-1].key
@@ -426,6 +435,7 @@ def run_stream_sample(
     broker = EmbeddedBroker("127.0.0.1", port, log_dir)
     broker.start()
     try:
-        return asyncio.run(check_stream(broker.url, stream_messages(n, seed), drain_timeout))
+        messages = stream_messages(n, seed)
+        return asyncio.run(check_stream(broker.url, messages, drain_timeout, log_dir))
     finally:
         broker.stop()

@@ -131,12 +131,12 @@ def test_a_timestamp_before_the_epoch_is_processed_or_dead_lettered() -> None:
 
 
 @pytest.mark.broker
-async def test_hostile_sample_through_a_real_worker(broker: EmbeddedBroker) -> None:
+async def test_hostile_sample_through_a_real_worker(broker: EmbeddedBroker, tmp_path: Path) -> None:
     messages = stream_messages(300, 4, extreme_times=False)
     assert {m.kind for m in messages if isinstance(m, Hostile)} >= set(STREAM_KINDS) - {
         "weird_time"
     }
-    f = await check_stream(broker.url, messages, drain_timeout=120)
+    f = await check_stream(broker.url, messages, drain_timeout=120, data_dir=str(tmp_path))
     assert f.ok, (f.problems, f.crashed)
     assert f.consumed == len(messages) and f.sentinel_processed
     assert f.dead_letters == f.expected and sum(f.dead_letters.values()) > 100
