@@ -456,7 +456,7 @@ async def _first_broker(
     log_path = work / "first.log"
     run = child(["tally", "run"], settings_env(s), log_path)
     try:
-        await until(lambda: _said(log_path, "tally workers running"), 180, "tally run to start")
+        await until(lambda: _started(run, log_path), 180, "tally run to start")
         await produce(s.bootstrap_servers(), envelopes, rate=rate)
         unprocessed, unstored = await lags(s)
     finally:
@@ -470,8 +470,11 @@ async def _first_broker(
     return {"unprocessed": unprocessed, "unstored": unstored, "stored": stored}
 
 
-async def _said(path: Path, text: str) -> bool:
-    return path.exists() and text in path.read_text(errors="replace")
+async def _started(run: subprocess.Popen[bytes], path: Path) -> bool:
+    text = path.read_text(errors="replace") if path.exists() else ""
+    if run.poll() is not None:
+        raise RuntimeError(f"tally run exited ({run.returncode}): {text[-2000:]}")
+    return "tally workers running" in text
 
 
 def _run_until_idle(s: Settings, log_path: Path) -> str:
