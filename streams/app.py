@@ -97,6 +97,8 @@ def create_app(settings: Settings) -> Tally:
 
 
 def _faust_app(settings: Settings) -> faust.App:
+    # Faust makes only the last level of its directory (mkdir without parents)
+    (Path(settings.data_dir) / "faust").mkdir(parents=True, exist_ok=True)
     app = faust.App(
         settings.app_id,
         broker=settings.broker_url(),

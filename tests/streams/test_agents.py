@@ -415,6 +415,9 @@ def test_faust_keeps_its_directory_under_the_data_dir(tmp_path: Path) -> None:
     """A worker leaves nothing in the directory it was started from: Faust's own
     directory (`<app id>-data` by default, relative to the working directory) is under
     TALLY_DATA_DIR."""
-    t = create_app(Settings(data_dir=str(tmp_path), app_id="tally-dirs", web_port=0))
-    assert Path(t.app.conf.datadir) == tmp_path / "faust" / "tally-dirs"
-    assert Path(t.app.conf.appdir).is_relative_to(tmp_path)
+    data = tmp_path / "new" / "data"  # a fresh machine: not there yet
+    t = create_app(Settings(data_dir=str(data), app_id="tally-dirs", web_port=0))
+    assert Path(t.app.conf.datadir) == data / "faust" / "tally-dirs"
+    assert Path(t.app.conf.appdir).is_relative_to(data)
+    Path(t.app.conf.datadir).mkdir(exist_ok=True)  # what Faust does when it starts
+    Path(t.app.conf.appdir).mkdir(exist_ok=True)
