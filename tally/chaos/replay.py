@@ -245,7 +245,7 @@ def outcomes(out: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
     - orders: the latest order state's fields, without `version` (a count of steps)
       and the worker's internal `state` (posting_seq counts postings);
     - balances: each shard's non-zero amounts, without `version` (its count of
-      postings);
+      postings); a shard with none is no shard;
     - status queries, dead letters: as sent.
     """
     res: dict[str, dict[str, str]] = {
@@ -260,7 +260,8 @@ def outcomes(out: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
         k: _dumps(_without(json.loads(v), "version", "state"))
         for k, v in out["order_states"].items()
     }
-    res["balances"] = {k: _dumps(_shard(json.loads(v))) for k, v in out["balances"].items()}
+    shards = {k: _shard(json.loads(v)) for k, v in out["balances"].items()}
+    res["balances"] = {k: _dumps(d) for k, d in shards.items() if d["amounts_minor"]}
     return res
 
 
