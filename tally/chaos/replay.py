@@ -1,17 +1,11 @@
 """Replay: the whole input log again, from offset 0, into a fresh worker.
 
-A simulated day is fed to the input topics and run through a worker (app id A). Then
-a fresh worker (app id B: a new consumer group, empty tables under a new prefix, its
-own output topics) reads the *same* input topics from offset 0. Both runs see the
-same log in the same order per partition, and run on event time only (no
-wall-clock ticks: `idle_tick_seconds` set beyond the run). Their outputs are read
-back from their output topics and compared as sets of canonical JSON (keys sorted),
-after removing the fields listed in `VARIES` (wall-clock times): breaks, postings,
-the latest state of every order and of every balance shard, status queries and dead
-letters.
-
-Also here: the settings helpers the other runs share (`isolated`, `settings_env`,
-`retarget`).
+A simulated day through a worker, then a fresh one (new app id: consumer group,
+empty tables, its own output topics) reads the same input topics from offset 0; both
+on event time only. Their outputs are compared as canonical JSON per id, less
+`VARIES` (`outputs_of`, `differ`), and as outcomes (`outcomes`). Also: the shape of
+results from topics or ClickHouse (`topic_shape`, `stored_shape`), and the settings
+helpers the other runs share (`isolated`, `settings_env`, `retarget`).
 """
 
 from __future__ import annotations
@@ -215,7 +209,7 @@ def differ(a: dict[str, str], b: dict[str, str], keep: int = 3) -> Difference:
     changed = [k for k in sorted(set(a) & set(b)) if a[k] != b[k]]
     fields: Counter[str] = Counter()
     for k in changed:
-        fields.update(_changed_fields(json.loads(a[k]), json.loads(b[k])))
+        fields.update(_changed_fields(_json(a[k]), _json(b[k])))
     return Difference(
         len(first),
         len(second),
@@ -223,6 +217,13 @@ def differ(a: dict[str, str], b: dict[str, str], keep: int = 3) -> Difference:
         first[:keep] + second[:keep] + changed[:keep],
         dict(fields.most_common()),
     )
+
+
+def _json(v: str) -> Any:
+    try:
+        return json.loads(v)
+    except ValueError:
+        return v  # a shape's plain value ("kind|txn_id")
 
 
 def _changed_fields(x: Any, y: Any, prefix: str = "") -> list[str]:
