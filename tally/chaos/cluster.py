@@ -21,6 +21,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -73,6 +74,7 @@ async def feed(bootstrap: str, envelopes: list[Envelope]) -> list[Position]:
 _ASSIGNED = re.compile(r"Setting newly assigned partitions (\{.*\}) for group")
 _TP = re.compile(r"TopicPartition\(topic='([^']+)', partition=(\d+)\)")
 _READY = "[^---Recovery]: Worker ready"
+_GAVE_UP = "the worker was not ready within"
 _MARKS = {
     "Revoking previously assigned partitions": "rejoining",
     "Setting newly assigned partitions": "restoring",
@@ -130,9 +132,32 @@ class Worker:
     def tail(self, n: int = 3000) -> str:
         return self.text()[-n:]
 
+    def failed(self) -> str | None:
+        """Why it stopped working by itself: it exited (not by SIGKILL), or it gave up
+        waiting for its recovery (`streams.worker.WorkerRunner.start`), whether or not
+        it exited after that."""
+        if _GAVE_UP in self.text():
+            state = "still running" if self.alive() else f"exited {self.proc.returncode}"
+            return f"{self.name} gave up its start ('{_GAVE_UP} ...', {state})"
+        if not self.alive() and self.proc.returncode != -signal.SIGKILL:
+            return f"{self.name} exited by itself with {self.proc.returncode}"
+        return None
+
     def check_alive(self) -> None:
+        reason = self.failed()
+        if reason is not None:
+            raise WorkerFailed(self, reason)
         if not self.alive():
-            raise RuntimeError(f"{self.name} exited with {self.proc.returncode}: {self.tail()}")
+            raise RuntimeError(f"{self.name} was killed")
+
+
+class WorkerFailed(RuntimeError):
+    """A worker stopped working by itself (`Worker.failed`): a finding, not a kill."""
+
+    def __init__(self, worker: Worker, reason: str) -> None:
+        super().__init__(f"{reason}: {worker.tail()}")
+        self.worker = worker
+        self.reason = reason
 
 
 @dataclass
@@ -211,8 +236,8 @@ class Cluster:
             ):
                 return {k: v for k, v in got.items() if v is not None}
             for w in self.workers:
-                if not w.alive() and w.proc.returncode != -signal.SIGKILL:
-                    raise RuntimeError(f"{w.name} exited: {w.tail(2000)}")
+                if (reason := w.failed()) is not None:
+                    raise WorkerFailed(w, reason)
             if time.monotonic() > deadline:
                 raise TimeoutError(f"workers not balanced within {timeout}s: {got}")
             await asyncio.sleep(0.5)
@@ -292,14 +317,18 @@ async def offsets_at_end(bootstrap: str) -> tuple[int, int, dict[Any, tuple[Any,
     return len(ends) - len(behind), len(ends), behind
 
 
-async def drained(c: Cluster, timeout: float = 180.0) -> None:
+async def drained(
+    c: Cluster, timeout: float = 180.0, check: Callable[[], None] | None = None
+) -> None:
     """Until the group has committed every input partition to its true end and the
-    output topics stopped growing (two polls alike)."""
+    output topics stopped growing (two polls alike); `check` is called every poll."""
     bootstrap = c.broker.bootstrap
     deadline = time.monotonic() + timeout
     last: dict[Any, int] | None = None
     while True:
         await asyncio.sleep(1.5)
+        if check is not None:
+            check()
         _, _, behind = await offsets_at_end(bootstrap)
         outs = {
             (tp.topic, tp.partition): o

@@ -37,13 +37,17 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from sinks import queries
 from sinks.backend import Backend, connect
 from sinks.runner import SinkRunner
 from tally.config import Settings
 from tally.core.pipeline import Envelope
+
+if TYPE_CHECKING:
+    from tally.chaos.storm import Kill
 
 # table -> the identity its ReplacingMergeTree collapses on (ORDER BY)
 IDENTITY = {
@@ -254,3 +258,124 @@ def account(
             out.missing.append(where)
     out.stray_dead_letters = sorted(dead - fed_ids)
     return out
+
+
+@dataclass
+class Figures:
+    """One run's figures, from ClickHouse and the broker."""
+
+    stored: dict[str, Any]
+    accounting: Accounting
+    offsets: tuple[int, int, dict[Any, Any]]  # at their end, input partitions, the others
+
+
+@dataclass
+class Report:
+    seed: int
+    events: int  # fed input messages
+    kills: list[Kill]
+    incidents: list[str]  # workers that stopped working by themselves
+    planned: list[str]  # the kinds of kill planned
+    reference: Figures
+    crashed: Figures
+    known_breaks: tuple[int, Any]  # the reference's breaks vs the simulator's answer
+    seconds: dict[str, float]
+    workdir: Path
+
+    @property
+    def diffs(self) -> dict[str, tuple[int, Any]]:
+        a, b = self.reference.stored, self.crashed.stored
+        return {k: differences(a[k], b[k]) for k in COMPARED}
+
+    def problems(self) -> list[str]:
+        out = [f"{k} differ in {n:,} ids: {ex}" for k, (n, ex) in self.diffs.items() if n]
+        for name, f in (("reference", self.reference), ("crashed", self.crashed)):
+            dup = {k: n for k, n in f.stored["duplicates"].items() if n}
+            if dup:
+                out.append(f"{name}: duplicate rows after FINAL: {dup}")
+            if f.stored["unbalanced_postings"]:
+                out.append(
+                    f"{name}: unbalanced postings {sorted(f.stored['unbalanced_postings'])[:5]}"
+                )
+            at_end, parts, behind = f.offsets
+            if at_end != parts:
+                out.append(f"{name}: input offsets not at their log end: {behind}")
+            acc = f.accounting
+            if not acc.ok:
+                out.append(
+                    f"{name}: inputs not accounted for: {acc.fed - acc.accounted:,} of {acc.fed:,} "
+                    f"(missing {acc.missing[:5]}, stray dead letters {acc.stray_dead_letters[:5]})"
+                )
+        out += [f"worker failed by itself: {i}" for i in self.incidents]
+        if self.known_breaks[0]:
+            out.append(f"reference breaks differ from the simulator's: {self.known_breaks[1]}")
+        kinds = self.kinds()
+        short = {k: n for k in set(self.planned) if (n := self.planned.count(k)) > kinds[k]}
+        if len(self.kills) < len(self.planned) or short:
+            out.append(f"kills planned {short or len(self.planned)}, done {kinds}")
+        return out
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems()
+
+    def kinds(self) -> dict[str, int]:
+        out = {"busy": 0, "recovery": 0, "takeover": 0}
+        for k in self.kills:
+            out[k.kind] = out.get(k.kind, 0) + 1
+        return out
+
+    def line(self) -> str:
+        ref, got = self.reference.stored, self.crashed.stored
+        kinds = self.kinds()
+        compared = " ".join(f"{k.replace('_', '-')} {len(ref[k]):,}" for k in COMPARED)
+        n_diff = sum(n for n, _ in self.diffs.values())
+        dups = sum(got["duplicates"].values()) + sum(ref["duplicates"].values())
+        at_end, parts, _ = self.crashed.offsets
+        acc = self.crashed.accounting
+        return (
+            f"chaos seed={self.seed} events={self.events} kills={len(self.kills)} "
+            f"(busy {kinds['busy']}, recovery {kinds['recovery']}, takeover {kinds['takeover']}"
+            + "".join(
+                f", {k} {n}" for k, n in kinds.items() if k not in ("busy", "recovery", "takeover")
+            )
+            + f") compared: {compared}; differences {n_diff}; duplicates {dups}; "
+            f"unbalanced postings {len(got['unbalanced_postings'])}; "
+            f"workers failed by themselves {len(self.incidents)}; "
+            f"offsets at log end {at_end}/{parts} partitions; inputs {acc.accounted:,}/"
+            f"{acc.fed:,} accounted ({acc.applied:,} applied incl. {acc.redelivered:,} "
+            f"re-deliveries, {acc.dead_lettered:,} dead-lettered); breaks as simulated "
+            f"{'yes' if not self.known_breaks[0] else 'NO'}; not compared: posting ids "
+            f"{len(ref['postings']):,} vs {len(got['postings']):,}, status queries "
+            f"{len(ref['queries']):,} vs {len(got['queries']):,}; storm "
+            f"{self.seconds['storm']:.0f} s, reference {self.seconds['reference']:.0f} s, "
+            f"total {self.seconds['total']:.0f} s"
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        ref, got = self.reference.stored, self.crashed.stored
+        return {
+            "seed": self.seed,
+            "events": self.events,
+            "kills": [vars(k) for k in self.kills],
+            "kinds": self.kinds(),
+            "incidents": self.incidents,
+            "compared": {k: len(ref[k]) for k in COMPARED},
+            "differences": {k: n for k, (n, _) in self.diffs.items()},
+            "duplicates": {"reference": ref["duplicates"], "crashed": got["duplicates"]},
+            "offsets_at_end": {
+                "reference": self.reference.offsets[:2],
+                "crashed": self.crashed.offsets[:2],
+            },
+            "inputs": {
+                name: {k: v for k, v in vars(f.accounting).items() if not isinstance(v, list)}
+                for name, f in (("reference", self.reference), ("crashed", self.crashed))
+            },
+            "not_compared": {
+                "posting_ids": [len(ref["postings"]), len(got["postings"])],
+                "status_queries": [len(ref["queries"]), len(got["queries"])],
+            },
+            "seconds": {k: round(v, 1) for k, v in self.seconds.items()},
+            "problems": self.problems(),
+            "ok": self.ok,
+        }

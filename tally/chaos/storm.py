@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import signal
 import time
 import uuid
 from collections.abc import Callable
@@ -46,17 +45,19 @@ from tally.chaos.cluster import (
     Position,
     Progress,
     Worker,
+    WorkerFailed,
     drained,
     offsets_at_end,
     prefeed,
     start_cluster,
 )
-from tally.chaos.compare import COMPARED, Accounting, account, differences, stored_results_of
+from tally.chaos.compare import Figures, Report, account, differences, stored_results_of
 from tally.config import Settings
 from tally.core.pipeline import Envelope
 from tally.sim.traffic import SimConfig, generate
 
 MAX_DELAY_S = 12.0  # longest wait from a worker's first progress to its kill
+DRAIN_S = 1200.0  # the time kept for draining the input after the kills
 BUSY_WITHIN_S = 15.0  # a busy worker's position moved this recently (a commit took 7 s)
 Log = Callable[[str], None]
 
@@ -112,25 +113,64 @@ class Storm:
     rate: float = 0.0  # committed input messages per second of a worker, as seen last
     restore_s: float = 1.0  # a recovery's duration, as seen last
     kills: list[Kill] = field(default_factory=list)
+    incidents: list[str] = field(default_factory=list)  # workers that failed by themselves
+    misses: int = 0  # recovery kills that came too late
 
     async def run(self, kinds: list[str]) -> None:
+        """The kills planned, as long as DRAIN_S are left for draining."""
         todo = list(kinds)
-        misses = 0
         while todo:
+            if time.monotonic() > self.deadline - DRAIN_S:
+                self.log(f"  out of time for killing: {len(todo)} kills not done")
+                return
             kind = todo.pop(0)
-            if kind == "takeover":
-                await self.takeover(len(todo) + 1)
-            elif kind != "recovery":
-                await self.busy(len(todo) + 1)
-            elif not await self.recovery():
-                # it recovered before its kill: killed busy instead (one of the busy kills
-                # planned, if one is left), and the recovery kill is tried again
-                misses += 1
-                if "busy" in todo:
-                    todo.remove("busy")
-                await self.busy(len(todo) + 2, self.c.live()[-1])
-                if misses <= 3:
-                    todo.insert(0, "recovery")
+            done = len(self.kills)
+            try:
+                await self.step(kind, todo)
+            except WorkerFailed as exc:
+                self.failed(exc)
+                if len(self.kills) == done:
+                    todo.insert(0, kind)  # the step again, with a fresh worker
+
+    async def drain(self) -> None:
+        """Until the input is drained, restarting a worker that fails by itself."""
+        while True:
+            if not self.c.live():
+                self.c.start_worker()
+            try:
+                await drained(self.c, timeout=self.remaining(), check=self.check_live)
+                return
+            except WorkerFailed as exc:
+                self.failed(exc)
+
+    def check_live(self) -> None:
+        for w in self.c.live():
+            w.check_alive()
+
+    def failed(self, exc: WorkerFailed) -> None:
+        """A worker that stopped working by itself: a finding; SIGKILLed, not a kill."""
+        w = exc.worker
+        self.incidents.append(f"{exc.reason} after {time.monotonic() - w.started:.0f} s")
+        self.log(f"  INCIDENT: {self.incidents[-1]}; log {w.log}")
+        if w.alive():
+            self.c.kill9(w)
+        if len(self.incidents) > 5:
+            raise StormError(f"workers failed by themselves {len(self.incidents)} times")
+
+    async def step(self, kind: str, todo: list[str]) -> None:
+        if kind == "takeover":
+            await self.takeover(len(todo) + 1)
+        elif kind != "recovery":
+            await self.busy(len(todo) + 1)
+        elif not await self.recovery():
+            self.misses += 1
+            # it recovered before its kill: killed busy instead (one of the busy kills
+            # planned, if one is left), and the recovery kill is tried again
+            if "busy" in todo:
+                todo.remove("busy")
+            await self.busy(len(todo) + 2, self.c.live()[-1])
+            if self.misses <= 3:
+                todo.insert(0, "recovery")
 
     # ---------------------------------------------------------------- the kinds
 
@@ -191,11 +231,12 @@ class Storm:
     # ------------------------------------------------------------------ helpers
 
     async def wait_busy(self, pos: int, t: float, left: int, ws: list[Worker]) -> int:
-        """A random delay, then the committed position if the workers are busy: it
-        moved within BUSY_WITHIN_S and input is left. The delay is uniform(0.05, 0.9)
-        x min(MAX_DELAY_S, estimated seconds of input left / kills left), so that every
-        kill lands before the input runs out; if the workers turn out faster, the kill
-        comes as soon as the input left would last the remaining kills a second each."""
+        """A random delay, then the committed position while the workers are busy: it
+        moved within BUSY_WITHIN_S (else at its next move), and input is left. The
+        delay is uniform(0.05, 0.9) x min(MAX_DELAY_S, estimated seconds of input left /
+        kills left), so that every kill lands before the input runs out; if the workers
+        turn out faster, the kill comes as soon as the input left would last the
+        remaining kills a second each."""
         budget = (self.end - pos) / max(self.rate, 1.0) / left
         until = t + self.rng.uniform(0.05, 0.9) * min(budget, MAX_DELAY_S)
         start, start_t = pos, t
@@ -215,11 +256,14 @@ class Storm:
             last_pos, last_move = kill_pos, time.monotonic()
         if time.monotonic() > start_t + 1:
             self.rate = max(self.rate, (kill_pos - start) / (time.monotonic() - start_t))
-        if kill_pos >= self.end or time.monotonic() - last_move >= BUSY_WITHIN_S:
+        if kill_pos < self.end and time.monotonic() - last_move >= BUSY_WITHIN_S:
+            # stalled (a worker reading partitions again after a restart): kill it as
+            # soon as it moves again
+            kill_pos, _ = await self.moved(ws[0], kill_pos, or_end=True)
+        if kill_pos >= self.end:
             raise StormError(
-                f"kill {len(self.kills) + 1}: the workers were idle (position {kill_pos:,} "
-                f"of {self.end:,}, moved {time.monotonic() - last_move:.1f} s ago): "
-                "feed more events or plan fewer kills"
+                f"kill {len(self.kills) + 1}: the input ran out (position {kill_pos:,} of "
+                f"{self.end:,}): feed more events or plan fewer kills"
             )
         return kill_pos
 
@@ -263,123 +307,6 @@ class Storm:
 # ------------------------------------------------------------------- the run
 
 
-@dataclass
-class Figures:
-    """One run's figures, from ClickHouse and the broker."""
-
-    stored: dict[str, Any]
-    accounting: Accounting
-    offsets: tuple[int, int, dict[Any, Any]]  # at their end, input partitions, the others
-
-
-@dataclass
-class Report:
-    seed: int
-    events: int  # fed input messages
-    kills: list[Kill]
-    planned: list[str]  # the kinds of kill planned
-    reference: Figures
-    crashed: Figures
-    known_breaks: tuple[int, Any]  # the reference's breaks vs the simulator's answer
-    seconds: dict[str, float]
-    workdir: Path
-
-    @property
-    def diffs(self) -> dict[str, tuple[int, Any]]:
-        a, b = self.reference.stored, self.crashed.stored
-        return {k: differences(a[k], b[k]) for k in COMPARED}
-
-    def problems(self) -> list[str]:
-        out = [f"{k} differ in {n:,} ids: {ex}" for k, (n, ex) in self.diffs.items() if n]
-        for name, f in (("reference", self.reference), ("crashed", self.crashed)):
-            dup = {k: n for k, n in f.stored["duplicates"].items() if n}
-            if dup:
-                out.append(f"{name}: duplicate rows after FINAL: {dup}")
-            if f.stored["unbalanced_postings"]:
-                out.append(
-                    f"{name}: unbalanced postings {sorted(f.stored['unbalanced_postings'])[:5]}"
-                )
-            at_end, parts, behind = f.offsets
-            if at_end != parts:
-                out.append(f"{name}: input offsets not at their log end: {behind}")
-            acc = f.accounting
-            if not acc.ok:
-                out.append(
-                    f"{name}: inputs not accounted for: {acc.fed - acc.accounted:,} of {acc.fed:,} "
-                    f"(missing {acc.missing[:5]}, stray dead letters {acc.stray_dead_letters[:5]})"
-                )
-        if self.known_breaks[0]:
-            out.append(f"reference breaks differ from the simulator's: {self.known_breaks[1]}")
-        kinds = self.kinds()
-        short = {k: n for k in set(self.planned) if (n := self.planned.count(k)) > kinds[k]}
-        if len(self.kills) < len(self.planned) or short:
-            out.append(f"kills planned {short or len(self.planned)}, done {kinds}")
-        return out
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems()
-
-    def kinds(self) -> dict[str, int]:
-        out = {"busy": 0, "recovery": 0, "takeover": 0}
-        for k in self.kills:
-            out[k.kind] = out.get(k.kind, 0) + 1
-        return out
-
-    def line(self) -> str:
-        ref, got = self.reference.stored, self.crashed.stored
-        kinds = self.kinds()
-        compared = " ".join(f"{k.replace('_', '-')} {len(ref[k]):,}" for k in COMPARED)
-        n_diff = sum(n for n, _ in self.diffs.values())
-        dups = sum(got["duplicates"].values()) + sum(ref["duplicates"].values())
-        at_end, parts, _ = self.crashed.offsets
-        acc = self.crashed.accounting
-        return (
-            f"chaos seed={self.seed} events={self.events} kills={len(self.kills)} "
-            f"(busy {kinds['busy']}, recovery {kinds['recovery']}, takeover {kinds['takeover']}"
-            + "".join(
-                f", {k} {n}" for k, n in kinds.items() if k not in ("busy", "recovery", "takeover")
-            )
-            + f") compared: {compared}; differences {n_diff}; duplicates {dups}; "
-            f"unbalanced postings {len(got['unbalanced_postings'])}; "
-            f"offsets at log end {at_end}/{parts} partitions; inputs {acc.accounted:,}/"
-            f"{acc.fed:,} accounted ({acc.applied:,} applied incl. {acc.redelivered:,} "
-            f"re-deliveries, {acc.dead_lettered:,} dead-lettered); breaks as simulated "
-            f"{'yes' if not self.known_breaks[0] else 'NO'}; not compared: posting ids "
-            f"{len(ref['postings']):,} vs {len(got['postings']):,}, status queries "
-            f"{len(ref['queries']):,} vs {len(got['queries']):,}; storm "
-            f"{self.seconds['storm']:.0f} s, reference {self.seconds['reference']:.0f} s, "
-            f"total {self.seconds['total']:.0f} s"
-        )
-
-    def to_json(self) -> dict[str, Any]:
-        ref, got = self.reference.stored, self.crashed.stored
-        return {
-            "seed": self.seed,
-            "events": self.events,
-            "kills": [vars(k) for k in self.kills],
-            "kinds": self.kinds(),
-            "compared": {k: len(ref[k]) for k in COMPARED},
-            "differences": {k: n for k, (n, _) in self.diffs.items()},
-            "duplicates": {"reference": ref["duplicates"], "crashed": got["duplicates"]},
-            "offsets_at_end": {
-                "reference": self.reference.offsets[:2],
-                "crashed": self.crashed.offsets[:2],
-            },
-            "inputs": {
-                name: {k: v for k, v in vars(f.accounting).items() if not isinstance(v, list)}
-                for name, f in (("reference", self.reference), ("crashed", self.crashed))
-            },
-            "not_compared": {
-                "posting_ids": [len(ref["postings"]), len(got["postings"])],
-                "status_queries": [len(ref["queries"]), len(got["queries"])],
-            },
-            "seconds": {k: round(v, 1) for k, v in self.seconds.items()},
-            "problems": self.problems(),
-            "ok": self.ok,
-        }
-
-
 async def run_storm(
     events: int,
     kills: int,
@@ -408,7 +335,7 @@ async def run_storm(
         places = await asyncio.gather(prefeed(ref, traffic), prefeed(crashed, traffic))
         if places[0] != places[1]:
             raise StormError("the two brokers placed the input at different offsets")
-        deadline = time.monotonic() + 600 + 120 * kills
+        deadline = time.monotonic() + DRAIN_S + 600 + 90 * kills
         ref_s, (done, storm_s) = await asyncio.gather(
             _reference(ref, deadline), _storm(crashed, kinds, rng, deadline, log)
         )
@@ -421,7 +348,8 @@ async def run_storm(
     return Report(
         seed=seed,
         events=len(traffic),
-        kills=done,
+        kills=done.kills,
+        incidents=done.incidents,
         planned=kinds,
         reference=figures[0],
         crashed=figures[1],
@@ -434,28 +362,22 @@ async def run_storm(
 async def _reference(c: Cluster, deadline: float) -> float:
     t0 = time.monotonic()
     w = c.start_worker()
-    await drained(c, timeout=max(60.0, deadline - time.monotonic()))
-    w.check_alive()
+    await drained(c, timeout=max(60.0, deadline - time.monotonic()), check=w.check_alive)
     return time.monotonic() - t0
 
 
 async def _storm(
     c: Cluster, kinds: list[str], rng: random.Random, deadline: float, log: Log
-) -> tuple[list[Kill], float]:
+) -> tuple[Storm, float]:
     t0 = time.monotonic()
     async with Progress(c.broker.bootstrap) as prog:
         end = await prog.end()
         storm = Storm(c, prog, rng, end, deadline, log)
         await storm.run(kinds)
-        if not c.live():
-            c.start_worker()
-        await drained(c, timeout=max(60.0, deadline - time.monotonic()))
+        await storm.drain()
         if await prog.position() != end:
             raise StormError(f"drained, but the committed position is not the end {end:,}")
-    for w in c.workers:
-        if not w.alive() and w.proc.returncode != -signal.SIGKILL:
-            raise StormError(f"{w.name} exited by itself ({w.proc.returncode}): {w.tail()}")
-    return storm.kills, time.monotonic() - t0
+    return storm, time.monotonic() - t0
 
 
 async def _figures(
