@@ -102,6 +102,19 @@ def _memory(big_mb: int, cap_mb: int, as_json: bool) -> tuple[str, dict[str, Any
     return line, {"runs": runs, "cap_mb": cap_mb, "bounded": ok}, ok
 
 
+# what a failing part's figures hold as examples (reproducers), printed under its line
+_SAMPLES = (
+    "exception_samples",
+    "invariant_violations",
+    "unexpected",
+    "undocumented",
+    "problems",
+    "crashed",
+    "store_failures",
+    "dtd_accepted_samples",
+)
+
+
 def register(bench: click.Group) -> None:
     bench.add_command(hostile_cmd)
 
@@ -161,8 +174,11 @@ def hostile_cmd(
         out = {k: v[1] for k, v in parts.items()} | {"ok": ok, "seed": seed, "machine": machine()}
         click.echo(json.dumps(out, indent=2, default=str))
     else:
-        for line, _, good in parts.values():
+        for line, figures, good in parts.values():
             click.echo(f"{'ok  ' if good else 'FAIL'} {line}")
+            for key in _SAMPLES:
+                for sample in figures.get(key, [])[:3] if not good else []:
+                    click.echo(f"     {key}: {str(sample)[:300]}")
         click.echo(f"({machine()}, seed {seed})")
     if not ok:
         raise SystemExit(1)
