@@ -400,13 +400,58 @@ def decode(raw: bytes | None) -> Any:
 
 def rows_for(table: Table, key: bytes | None, value: bytes | None, partition: int) -> list[Row]:
     """Rows for one message; raises BadMessage when it does not fit."""
+    return _rows_of(table, *_decoded(table, key, value), partition)
+
+
+def _decoded(table: Table, key: bytes | None, value: bytes | None) -> tuple[Any, Any]:
     k = decode(key) if table in (WATERMARKS, CLAIMS) else None
     v = decode(value)
     if table not in (WATERMARKS, CLAIMS) and not isinstance(v, dict):
         raise BadMessage(f"{table.name}: a message must be a JSON object")
+    return k, v
+
+
+def _rows_of(table: Table, k: Any, v: Any, partition: int) -> list[Row]:
     try:
         return table.rows(k, v, partition)
     except BadMessage:
         raise
     except (KeyError, TypeError, ValueError, ArithmeticError) as exc:
         raise BadMessage(f"{table.name}: {type(exc).__name__}: {exc}") from None
+
+
+# The facts an order's changelog record carries in its outbox (`[output, partition, key,
+# value]`, the outputs its last batch made: streams.emit), by output, stored with it.
+FACT_TABLES = {"breaks": BREAKS, "postings": POSTINGS, "status-queries": STATUS_QUERIES}
+
+
+def rows_with_facts(
+    table: Table, key: bytes | None, value: bytes | None, partition: int
+) -> tuple[list[Row], list[tuple[Table, list[Row]]], list[str]]:
+    """`rows_for`, and for an order's record also the rows of the facts in its outbox,
+    each as the output topic's copy of it gives them (same ids: stored once), with the
+    problem of each fact that does not fit (skipped; the record itself is stored).
+
+    Why: the worker publishes an order's new state before the batch's outputs, and the
+    sink reads the topics independently. Storing the facts with the state means a state
+    in ClickHouse never lacks the outputs that made it — which a worker restored from
+    ClickHouse onto an empty broker relies on (it takes those inputs as seen and would
+    not make those outputs again: docs/storage.md, "Restoring a worker")."""
+    k, v = _decoded(table, key, value)
+    rows = _rows_of(table, k, v, partition)
+    if table is not ORDER_STATES or not v.get("outbox"):
+        return rows, [], []
+    facts: list[tuple[Table, list[Row]]] = []
+    problems: list[str] = []
+    for fact in v["outbox"]:
+        target = FACT_TABLES.get(fact[0]) if isinstance(fact, list) and len(fact) == 4 else None
+        if target is None:
+            continue  # internal (links, success claims), or not a fact
+        try:
+            fact_value = fact[3]
+            if not isinstance(fact_value, dict):
+                raise BadMessage(f"{target.name}: a message must be a JSON object")
+            facts.append((target, _rows_of(target, None, fact_value, int(fact[1]))))
+        except (BadMessage, TypeError, ValueError) as exc:
+            problems.append(f"outbox fact of {v.get('txn_id')}: {exc}")
+    return rows, facts, problems

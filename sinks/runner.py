@@ -330,12 +330,17 @@ class SinkRunner:
         out: dict[str, list[R.Row]] = {}
         for table, m in raw:
             try:
-                rows = R.rows_for(table, m.key, m.value, m.partition)
+                rows, facts, problems = R.rows_with_facts(table, m.key, m.value, m.partition)
             except R.BadMessage as exc:
                 self.stats.bad[m.topic] += 1
                 log.error("sink skipped %s[%d]@%d: %s", m.topic, m.partition, m.offset, exc)
                 continue
             out.setdefault(table.name, []).extend(rows)
+            for fact_table, fact_rows in facts:  # an order's outputs, stored with its state
+                out.setdefault(fact_table.name, []).extend(fact_rows)
+            for problem in problems:
+                self.stats.bad[m.topic] += 1
+                log.error("sink skipped %s[%d]@%d: %s", m.topic, m.partition, m.offset, problem)
         return out
 
     def _insert_all(self, batch: dict[str, list[R.Row]]) -> None:

@@ -181,3 +181,62 @@ def test_the_runner_skips_an_unbalanced_posting_as_any_bad_message(
     assert [r[0] for r in batch["postings"]] == ["o-1:1"] * 4
     assert runner.stats.bad == {s.topic_postings: 1}
     assert f"sink skipped {s.topic_postings}[0]@1: posting o-1:2: legs do not net" in caplog.text
+
+
+def test_an_orders_record_brings_the_facts_of_its_outbox() -> None:
+    """The outputs an order's last batch made are stored with its state (same rows as
+    the output topics' copies give, so stored once): a worker restored from ClickHouse
+    onto an empty broker takes those inputs as seen and would not make them again
+    (docs/storage.md, "Restoring a worker"; found by `tally bench outage`: postings
+    the old broker held when it stopped were lost)."""
+    [example] = [o for o in schema("order-state")["examples"] if o.get("outbox")]
+    record = copy.deepcopy(example)
+    brk = {
+        "break_id": "0123456789abcdef01234567",
+        "kind": "amount_mismatch",
+        "txn_id": record["txn_id"],
+        "merchant_id": "m1",
+        "channel_id": "wechat",
+        "currency": "CNY",
+        "amount": "20.00",
+        "channel_amount": "19.99",
+        "business_date": "2026-11-24",
+        "event_time": "2026-11-24T10:00:00.000Z",
+        "detected_at": "2026-11-24T10:00:00.100Z",
+        "detail": "the channel says 19.99",
+        "evidence": [],
+    }
+    assert valid("break", brk)
+    record["outbox"] = [
+        ["postings", 2, record["txn_id"], BALANCED],
+        ["breaks", 2, record["txn_id"], brk],
+        ["success-claims", 1, "wx-1", {"txn_id": record["txn_id"]}],  # internal: not stored
+        ["postings", 2, record["txn_id"], SHORT],  # does not fit: skipped, named
+    ]
+    raw = json.dumps(record).encode()
+    state_rows, facts, problems = R.rows_with_facts(R.ORDER_STATES, b"k", raw, 2)
+    assert state_rows == rows(R.ORDER_STATES, record, partition=2)
+    assert [(t.name, r) for t, r in facts] == [
+        ("postings", rows(R.POSTINGS, BALANCED)),
+        ("breaks", rows(R.BREAKS, brk)),
+    ]
+    assert len(problems) == 1 and "do not net to zero" in problems[0]
+    assert record["txn_id"] in problems[0]
+    # the other tables' messages bring nothing more
+    assert R.rows_with_facts(R.POSTINGS, b"k", json.dumps(BALANCED).encode(), 0)[1:] == ([], [])
+
+
+def test_the_runner_stores_an_orders_facts_with_its_state() -> None:
+    s = Settings(_env_file=None)  # type: ignore[call-arg]
+    runner = SinkRunner(s, backend=object())  # type: ignore[arg-type]
+    [example] = [o for o in schema("order-state")["examples"] if o.get("outbox")]
+    record = {**copy.deepcopy(example), "outbox": [["postings", 0, "o-1", BALANCED]]}
+    batch = runner._rows(
+        [
+            (R.ORDER_STATES, _Message(s.topic_order_states, 0, record)),
+            (R.POSTINGS, _Message(s.topic_postings, 0, BALANCED)),  # the topic's copy
+        ]
+    )
+    assert len(batch["order_states"]) == 1
+    assert batch["postings"] == rows(R.POSTINGS, BALANCED) * 2  # same rows: stored once
+    assert not runner.stats.bad
