@@ -219,11 +219,19 @@ class WorkerRunner:
         self.worker.spinner = None  # no terminal spinner: our output is the summary
         self.started_at = time.monotonic()
         self._task = asyncio.ensure_future(self.worker.start())
-        await self.wait_ready(ready_timeout)
+        try:
+            await self.wait_ready(ready_timeout)
+        except BaseException:
+            await self.stop()  # a start given up leaves no worker behind: the process can exit
+            raise
 
     async def wait_ready(self, timeout: float) -> None:
+        """Until the worker has its partitions and has restored its tables. Gives up
+        after `timeout` seconds **without progress**: a recovery that is still reading
+        its changelogs (a large state after a restart) is waited for."""
         app = self.tally.app
         deadline = time.monotonic() + timeout
+        remaining: int | None = None
         while time.monotonic() < deadline:
             if self._task is not None and self._task.done():
                 exc = self._task.exception()
@@ -235,8 +243,12 @@ class WorkerRunner:
                     and app.tables.recovery.completed.is_set()  # type: ignore[attr-defined]
                 ):
                     return
+            now = _recovery_remaining(app)
+            if now is not None and remaining is not None and now < remaining:
+                deadline = time.monotonic() + timeout  # still restoring: moving on
+            remaining = now
             await asyncio.sleep(0.2)
-        raise TimeoutError(f"the worker was not ready within {timeout:.0f}s")
+        raise TimeoutError(f"the worker was not ready within {timeout:.0f}s without progress")
 
     async def wait_idle(self, quiet_seconds: float, poll: float = 0.5) -> None:
         """Until every input topic is consumed to its end and nothing arrived for
@@ -323,3 +335,11 @@ class WorkerRunner:
         finally:
             await self.stop()
         return await summarize(self.tally, elapsed)
+
+
+def _recovery_remaining(app: Any) -> int | None:
+    """Changelog records the worker still has to read to restore its tables, if known."""
+    try:
+        return int(app.tables.recovery.active_remaining_total())
+    except Exception:
+        return None

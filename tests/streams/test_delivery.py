@@ -8,6 +8,8 @@ from collections import Counter
 
 import pytest
 
+from streams.app import create_app
+from streams.worker import WorkerRunner
 from tally.core.pipeline import CALLBACKS, TRANSACTIONS, Envelope, LocalPipeline
 from tally.core.policy import Policies
 from tally.sim.traffic import SimConfig, generate
@@ -114,3 +116,14 @@ async def test_1000_malformed_messages_are_dead_lettered_and_good_ones_processed
     assert res.tally.app.crash_reason is None
     agents = [a for name, a in res.tally.agents.items() if name != "idle_ticks"]
     assert agents and all(a.crash_reason is None for a in agents)
+
+
+async def test_a_start_given_up_leaves_no_worker_behind(broker, tmp_path) -> None:
+    """A worker not ready in time stops what it began, so its process can exit (and a
+    supervisor restart it): found by `tally bench chaos`, where restarted workers gave
+    up after 60 s of a large recovery and then hung, idle, outside the group."""
+    runner = WorkerRunner(create_app(stream_settings(broker, data_dir=str(tmp_path))))
+    with pytest.raises(TimeoutError, match="not ready within 0s without progress"):
+        await runner.start(ready_timeout=0.0)
+    assert runner.worker is None
+    assert runner._task is not None and runner._task.done()
