@@ -14,7 +14,8 @@ from tally.cli.common import CliState, broker_for, pass_state, setup_logging
 
 @click.group()
 def bench() -> None:
-    """Benchmarks (figures, never pass/fail): see docs/benchmarks.md."""
+    """Benchmarks (figures, never pass/fail: docs/benchmarks.md) and the reliability runs
+    (chaos, outage, replay, soak, hostile: exit 1 on any difference; docs/reliability.md)."""
 
 
 @bench.command("core")

@@ -38,6 +38,20 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "bench core": ("tally bench core --events 50000 --json",),
     "bench stream": ("tally bench stream --quick",),
     "bench recon": ("tally bench recon --rows 100000 --no-pandas",),
+    "bench chaos": (
+        "tally bench chaos                      # 100,000 events, 20 kills",
+        "tally bench chaos --events 20000 --kills 4 --seed 7",
+    ),
+    "bench outage": (
+        "tally bench outage --seconds 60        # ClickHouse down 60 s, then a broker restart",
+        "tally bench outage --seconds 0 --restart-events 20000   # only the broker restart",
+    ),
+    "bench replay": ("tally bench replay --events 20000",),
+    "bench soak": ("tally bench soak --minutes 30 --rate 150",),
+    "bench hostile": (
+        "tally bench hostile                    # 10,000 inputs, 10,000 mutants a file, 2 GB file",
+        "tally bench hostile --inputs 1000 --mutations 200 --big-file-mb 0",
+    ),
     "breaks": (
         f"tally breaks --date {D} --kind amount_mismatch",
         "tally breaks --channel wechat --format csv",

@@ -11,9 +11,12 @@ import click
 
 from tally.cli import (
     bench,
+    chaos,
     config,
     dashboards,
     demo,
+    hostile,
+    outage,
     recon,
     settle,
     statements,
@@ -57,14 +60,10 @@ settle.register(main)  # settle, recon report (after recon)
 dashboards.register(main)
 main.add_command(bench.bench)  # bench core | stream | recon
 
-# ---- tally bench: more benchmarks, wired by the integrator ---------------------
-# tally/cli/chaos.py, hostile.py and outage.py each expose `register(bench: click.Group)`;
-# once they exist, import them above and register them here, before add_examples:
-#     chaos.register(bench.bench)
-#     hostile.register(bench.bench)
-#     outage.register(bench.bench)
-# (and give each new command its examples in tally/cli/examples.py: a test checks them)
-# -------------------------------------------------------------------------------
+# the reliability runs (docs/reliability.md), each a `tally bench` command
+chaos.register(bench.bench)  # bench chaos: kill -9 storms
+outage.register(bench.bench)  # bench outage | replay | soak
+hostile.register(bench.bench)  # bench hostile: hostile inputs and mutated statements
 
 add_examples(main)  # every command's --help ends with examples (after all are added)
 
