@@ -37,7 +37,6 @@ NAMESPACES = {
 }
 _NTRY_START = re.compile(rb"<(?:[A-Za-z_][\w.-]*:)?Ntry[\s>]")
 _NTRY_END = re.compile(rb"</(?:[A-Za-z_][\w.-]*:)?Ntry>")
-_DTD = re.compile(rb"<!(?:DOCTYPE|ENTITY)", re.IGNORECASE)
 _AMOUNT = re.compile(r"(0|[1-9][0-9]{0,12})(\.[0-9]{1,5})?")
 
 
@@ -134,13 +133,7 @@ class _Scan:
 
 def scan(data: bytes, file_name: str, env: Statement) -> Iterator[StatementLine]:
     where = F.Where(file_name)
-    bad = _DTD.search(data)
-    if bad is not None:
-        raise where.error(
-            data[: bad.start()].count(b"\n") + 1,
-            None,
-            "refused: the XML declares a DTD or entities (not allowed in a statement)",
-        )
+    F.xml_prolog(data, where)  # no DTD or entities, whatever the encoding
     spans = _entry_spans(data)
     st = _Scan()
     try:

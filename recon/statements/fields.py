@@ -4,6 +4,7 @@ Pure; every failure is a `StatementError` naming the file, line and field."""
 from __future__ import annotations
 
 import re
+import xml.parsers.expat
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
@@ -304,3 +305,43 @@ def noon_utc_ms(d: date) -> int:
 
 
 Progress = Callable[[int], None]
+
+
+DTD_REFUSED = "refused: the XML declares a DTD or entities (not allowed in a statement)"
+
+
+class _Prolog(Exception):
+    """The root element opened: the prolog (where a DOCTYPE must be) is over."""
+
+
+def refuse_dtd(where: Where, p: xml.parsers.expat.XMLParserType) -> None:
+    """Make an expat parser refuse a DOCTYPE or entity declaration, whatever the
+    encoding (checked by expat after decoding, not on the raw bytes)."""
+
+    def doctype(*_args: object) -> None:
+        raise where.error(p.CurrentLineNumber, "DOCTYPE", DTD_REFUSED)
+
+    p.StartDoctypeDeclHandler = doctype
+    p.EntityDeclHandler = doctype
+
+
+def xml_prolog(data: bytes, where: Where) -> None:
+    """Check an XML document's prolog: no DOCTYPE or entities, an encoding expat reads.
+    Stops at the root element, so it costs nothing on a large file."""
+    p = xml.parsers.expat.ParserCreate()
+    refuse_dtd(where, p)
+
+    def root(*_args: object) -> None:
+        raise _Prolog
+
+    p.StartElementHandler = root
+    try:
+        p.Parse(data, True)
+    except _Prolog:
+        return
+    except StatementError:
+        raise
+    except (ValueError, LookupError) as exc:  # expat: multi-byte or unknown encoding
+        raise where.error(1, "encoding", f"encoding not supported: {exc}") from None
+    except xml.parsers.expat.ExpatError as exc:
+        raise where.error(exc.lineno, None, f"not well-formed XML: {exc}") from None

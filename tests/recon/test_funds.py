@@ -102,6 +102,16 @@ def test_balance_check_refuses_the_file_with_line_and_field() -> None:
     assert e.value.field == "TxsSummry/TtlCdtNtries/Sum"
 
 
+def test_camt053_dtd_refused_whatever_the_encoding() -> None:
+    text, dtd = CAMT.read_text(), '<!DOCTYPE d [<!ENTITY a "x">]><Document'
+    utf16 = text.replace('"UTF-8"', '"UTF-16"', 1).replace("<Document", dtd, 1)
+    euc = text.replace('"UTF-8"', '"EUC-JP"', 1).encode()
+    for data, want in ((utf16.encode("utf-16"), (2, "DOCTYPE")), (euc, (1, "encoding"))):
+        with pytest.raises(StatementError) as e:
+            parse(data, "camt053")
+        assert (e.value.line_no, e.value.field) == want
+
+
 def test_mt940_errors_name_line_and_field() -> None:
     lines = MT940.read_bytes().split(b"\r\n")
     cut = b"\r\n".join(lines[:15])

@@ -249,7 +249,13 @@ def test_camt_bad_files() -> None:
         '<?xml version="1.0" encoding="UTF-8"?>',
         '<?xml version="1.0"?>\n<!DOCTYPE d [<!ENTITY a "aaaaaaaaaa">]>',
     )
-    refuse(bomb.encode(), "camt053", r"line 2: refused: the XML declares a DTD")
+    refuse(bomb.encode(), "camt053", r"line 2, field DOCTYPE: refused: the XML declares a DTD")
+    # checked after decoding: a UTF-16 document's DTD too; an encoding expat cannot read
+    utf16 = bomb.replace('version="1.0"?>', 'version="1.0" encoding="UTF-16"?>', 1)
+    utf16 = utf16.replace("</AcctSvcrRef>", "&a;</AcctSvcrRef>", 1)
+    refuse(utf16.encode("utf-16"), "camt053", r"line 2, field DOCTYPE: refused")
+    euc = text.replace('encoding="UTF-8"', 'encoding="EUC-JP"', 1).encode()
+    refuse(euc, "camt053", r"line 1, field encoding: encoding not supported")
 
 
 def csv_text() -> str:

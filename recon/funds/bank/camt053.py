@@ -11,8 +11,8 @@ from decimal import Decimal
 
 from recon.funds.bank.model import BankEntry, BankStatement, check_balance
 from recon.statements import fields as F
+from recon.statements.model import StatementError
 
-_DTD = re.compile(rb"<!(?:DOCTYPE|ENTITY)", re.IGNORECASE)
 _CAMT_NS = re.compile(r"urn:iso:std:iso:20022:tech:xsd:camt\.053\.001\.(\d{2})")
 
 
@@ -41,14 +41,8 @@ class _Node:
 
 def _tree(data: bytes, where: F.Where) -> _Node:
     """The XML as nodes with their line numbers (local names, namespaces dropped)."""
-    bad = _DTD.search(data)
-    if bad is not None:
-        raise where.error(
-            data[: bad.start()].count(b"\n") + 1,
-            None,
-            "refused: the XML declares a DTD or entities (not allowed in a statement)",
-        )
     p = xml.parsers.expat.ParserCreate(namespace_separator="}")
+    F.refuse_dtd(where, p)  # checked by expat after decoding, whatever the encoding
     root = _Node("", {}, 0)
     stack = [root]
 
@@ -71,6 +65,10 @@ def _tree(data: bytes, where: F.Where) -> _Node:
         p.Parse(data, True)
     except xml.parsers.expat.ExpatError as exc:
         raise where.error(exc.lineno, None, f"not well-formed XML: {exc}") from None
+    except StatementError:  # a DOCTYPE or entity (refuse_dtd)
+        raise
+    except (ValueError, LookupError) as exc:  # a multi-byte or unknown encoding
+        raise where.error(1, "encoding", f"encoding not supported: {exc}") from None
     if not root.children:
         raise where.error(1, None, "empty XML document")
     return root.children[0]
