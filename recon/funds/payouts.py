@@ -37,9 +37,10 @@ import hashlib
 import io
 import re
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import date
+from typing import Any
 
 from recon.settle import MerchantSettlement
 from recon.statements.model import StatementError
@@ -79,6 +80,30 @@ class PayoutFile:
     payouts: tuple[Payout, ...]
 
 
+def _rows(
+    reader: Any,
+    text: str,
+    names: list[str],
+    err: Callable[[str, int | None, str | None], StatementError],
+) -> Iterator[list[str]]:
+    """The reader's rows; a csv.Error (e.g. a field over the size limit) as a
+    StatementError naming the line and, when it can be told, the field (`names`: the
+    header's columns, once read)."""
+    while True:
+        start = reader.line_num + 1
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            lines = text.splitlines()
+            cells = lines[start - 1].split(",") if start <= len(lines) else []
+            big = [i for i, c in enumerate(cells) if len(c) > csv.field_size_limit()]
+            col = names[big[0]] if big and big[0] < len(names) else None
+            raise err(f"not a CSV line: {exc}", start, col) from None
+        yield row
+
+
 def parse_payouts(data: bytes, business_date: date, file_name: str = "") -> PayoutFile:
     """Parse and check a payout batch file whole (see the module doc)."""
 
@@ -91,10 +116,12 @@ def parse_payouts(data: bytes, business_date: date, file_name: str = "") -> Payo
         line = data[: exc.start].count(b"\n") + 1
         raise err("not UTF-8", line) from None
     reader = csv.reader(io.StringIO(text, newline=""))
-    header = next(reader, None)
+    names: list[str] = []
+    rows = _rows(reader, text, names, err)
+    header = next(rows, None)
     if header is None:
         raise err("empty file: no header line", 1)
-    names = [h.strip() for h in header]
+    names += [h.strip() for h in header]
     for col in COLUMNS:
         if col not in names:
             raise err(f"the header has no column {col!r} (it has {', '.join(names)})", 1, col)
@@ -105,7 +132,7 @@ def parse_payouts(data: bytes, business_date: date, file_name: str = "") -> Payo
     out: list[Payout] = []
     refs: dict[str, int] = {}
     line = reader.line_num
-    for row in reader:
+    for row in rows:
         start, line = line + 1, reader.line_num
         if not any(c.strip() for c in row):
             continue

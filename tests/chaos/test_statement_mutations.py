@@ -36,7 +36,6 @@ WHOLE_FILE_FIELDS = re.compile(
 )
 # known exceptions (see the xfails below), by their message
 KNOWN_EXCEPTIONS = (
-    "field larger than field limit",  # parse_payouts, a 1 MB field
     "Exceeds the limit (4300 digits)",  # the WeChat bill, a 1 MB number
 )
 
@@ -125,7 +124,6 @@ def test_a_camt053_declaring_a_multibyte_encoding_is_refused(kind: str) -> None:
     assert outcome(s, data, Policies()).status == "refused"
 
 
-@pytest.mark.xfail(strict=True, reason="csv.Error escapes parse_payouts")
 def test_a_payout_file_with_a_1mb_field_is_refused() -> None:
     s = sample("csv", "payouts")
     data = s.data.replace(b"M1,", b"M1" + b"A" * (1 << 20) + b",", 1)
