@@ -18,6 +18,7 @@ CST = timezone(timedelta(hours=8), "Asia/Shanghai")
 
 _AMOUNT = re.compile(r"(0|[1-9][0-9]{0,12})(\.[0-9]{1,4})?")
 _SIGNED = re.compile(r"-?(0|[1-9][0-9]{0,12})(\.[0-9]{1,4})?")
+_COUNT = re.compile(r"[0-9]{1,18}")  # ASCII digits only: str.isdigit takes '²'
 _LOCAL_TIME = re.compile(r"(\d{4})-(\d{2})-(\d{2}) (\d{2}):(\d{2}):(\d{2})")
 # A cell a spreadsheet would run as a formula (CSV injection); tab and CR too (OWASP).
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -33,6 +34,13 @@ class Where:
 
     def error(self, line_no: int | None, field: str | None, message: str) -> StatementError:
         return StatementError(message, file_name=self.file_name, line_no=line_no, field=field)
+
+
+def count(where: Where, line_no: int | None, field: str, value: str) -> int:
+    """A declared count: up to 18 ASCII digits (int() of a 1 MB number raises)."""
+    if not _COUNT.fullmatch(value):
+        raise where.error(line_no, field, f"{value[:20]!r} is not a count")
+    return int(value)
 
 
 def currency(where: Where, line_no: int | None, field: str, value: str) -> str:

@@ -280,9 +280,7 @@ def _footer(
     if len(cells) != len(SUMMARY) or not all(c.startswith("`") for c in cells):
         raise where.error(line_no, None, f"the summary needs {len(SUMMARY)} back-ticked values")
     vals = [c[1:] for c in cells]
-    if not vals[0].isdigit():
-        raise where.error(line_no, "总交易单数 (count)", f"{vals[0][:20]!r} is not a count")
-    if int(vals[0]) != count:
+    if F.count(where, line_no, "总交易单数 (count)", vals[0]) != count:
         raise where.error(
             line_no, "总交易单数 (count)", f"declares {vals[0]} rows, the bill has {count}"
         )

@@ -34,10 +34,8 @@ SAMPLES = samples(ROOT)
 WHOLE_FILE_FIELDS = re.compile(
     r"^(:20:.*|:25:.*|:60F:.*|:62F:.*|Bal.*|TxsSummry.*|Stmt|business date|None)$"
 )
-# known exceptions (see the xfails below), by their message
-KNOWN_EXCEPTIONS = (
-    "Exceeds the limit (4300 digits)",  # the WeChat bill, a 1 MB number
-)
+# known exceptions (see the xfails below), by their message: none left
+KNOWN_EXCEPTIONS: tuple[str, ...] = ()
 
 
 @pytest.fixture(autouse=True)
@@ -130,7 +128,6 @@ def test_a_payout_file_with_a_1mb_field_is_refused() -> None:
     assert outcome(s, data, Policies()).status == "refused"
 
 
-@pytest.mark.xfail(strict=True, reason="int() of the footer count: ValueError escapes")
 def test_a_wechat_bill_with_a_1mb_number_is_refused() -> None:
     s = sample("wechat")
     lines = s.data.split(b"\n")

@@ -55,6 +55,8 @@ def test_wechat_footer_off_by_one_cent() -> None:
     refuse(bad.encode(), "wechat", r"line 7, field 应结订单总金额: declares 1333.51, .*1333.50")
     bad = wechat_text().replace("`4,`1333.50", "`5,`1333.50")
     refuse(bad.encode(), "wechat", r"line 7, field 总交易单数 \(count\): declares 5 rows")
+    big = wechat_text().replace("`4,`1333.50", "`4" + "9" * (1 << 20) + ",`1333.50")
+    refuse(big.encode(), "wechat", r"line 7, field 总交易单数 \(count\): '4999.* is not a count")
 
 
 def test_wechat_in_gbk_is_wrong_encoding() -> None:
