@@ -243,7 +243,7 @@ def check_inputs(
     progress: Callable[[int], None] | None = None,
 ) -> InputFigures:
     """`n` hostile messages mixed into `valid` (default n) valid ones, each checked;
-    `extreme_times=False` leaves out the timestamps of the known bug (EXTREME_TIMES)."""
+    `extreme_times=False` leaves out the out-of-range timestamps (EXTREME_TIMES)."""
     t0 = time.monotonic()
     templates = traffic(n if valid is None else valid, seed)
     hostile = list(Generator(seed, templates, extreme_times=extreme_times).take(n))

@@ -44,6 +44,9 @@ from tally.core.records import (
 )
 from tally.core.validation import (
     _ID_RE,
+    EVENT_TIME_MAX_MS,
+    EVENT_TIME_MIN_MS,
+    EVENT_TIME_RANGE,
     MAX_ID_LENGTH,
     _amount,
     _currency,
@@ -52,6 +55,7 @@ from tally.core.validation import (
     _fast_timestamp,
     _ident,
     _require,
+    parse_event_time,
     parse_timestamp,
 )
 
@@ -60,6 +64,9 @@ __all__ = [
     "CALLBACK_SOURCES",
     "CALLBACK_STATUSES",
     "DEFAULT_MAX_BYTES",
+    "EVENT_TIME_MAX_MS",
+    "EVENT_TIME_MIN_MS",
+    "EVENT_TIME_RANGE",
     "MAX_ID_LENGTH",
     "REASON_CODES",
     "TXN_STATUSES",
@@ -76,6 +83,7 @@ __all__ = [
     "from_epoch_ms",
     "iso_ms",
     "parse_callback",
+    "parse_event_time",
     "parse_timestamp",
     "parse_transaction",
     "to_epoch_ms",
@@ -113,7 +121,7 @@ def _parse_transaction(
         raise InvalidEvent("missing_field", f"required for a {txn_type}", "original_txn_id")
     if original is not None and original == txn_id:
         raise InvalidEvent("inconsistent", "must differ from txn_id", "original_txn_id")
-    occurred = parse_timestamp(_require(d, "occurred_at"), "occurred_at")
+    occurred = parse_event_time(_require(d, "occurred_at"), "occurred_at")
     coupon = _amount(d, "coupon_amount", currency, optional=True) or 0
     if coupon > amount:
         raise InvalidEvent("inconsistent", "coupon exceeds the order amount", "coupon_amount")
@@ -161,7 +169,7 @@ def _parse_callback(
     currency = _currency(d)
     amount = _amount(d, "amount", currency)
     fee = _amount(d, "fee", currency, optional=True)
-    occurred = parse_timestamp(_require(d, "occurred_at"), "occurred_at")
+    occurred = parse_event_time(_require(d, "occurred_at"), "occurred_at")
     return Callback(
         event_id=event_id,
         txn_id=txn_id,
@@ -354,7 +362,7 @@ def _fast_transaction(
     elif not _ident_ok(original) or original == txn_id:
         return None
     occurred = _fast_timestamp(w.occurred_at)
-    if occurred is None:
+    if occurred is None or not EVENT_TIME_MIN_MS <= occurred < EVENT_TIME_MAX_MS:
         return None
     coupon = 0
     if w.coupon_amount is not None:
@@ -403,7 +411,7 @@ def _fast_callback(raw: bytes | str, key: bytes | str | None, check_key: bool) -
         if fee is None:
             return None
     occurred = _fast_timestamp(w.occurred_at)
-    if occurred is None:
+    if occurred is None or not EVENT_TIME_MIN_MS <= occurred < EVENT_TIME_MAX_MS:
         return None
     return _make_callback(
         w.event_id,

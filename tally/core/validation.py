@@ -2,8 +2,9 @@
 
 In: a raw message (bytes, text or an already decoded dict) or one of its fields. Out:
 the value in tally's form (ids as str, amounts in minor units, timestamps as epoch
-milliseconds), or `InvalidEvent` with a reason code (`tally.core.deadletter`) and a
-message that names the field. `tally.core.events` builds its records with these; they
+milliseconds; an event's own timestamps only within `EVENT_TIME_RANGE`), or
+`InvalidEvent` with a reason code (`tally.core.deadletter`) and a message that names
+the field. `tally.core.events` builds its records with these; they
 also decide every message the fast path there does not accept.
 """
 
@@ -116,6 +117,34 @@ def _parse_timestamp(value: object, field: str) -> int:
     if dt.tzinfo is None:
         raise InvalidEvent("bad_timestamp", f"needs a UTC offset: {value!r}", field)
     return to_epoch_ms(dt)
+
+
+# The instants an event may carry: from 1970-01-02T00:00:00Z (inclusive) to
+# 2100-01-01T00:00:00Z (exclusive). RFC 3339 allows years 0000-9999 with offsets up to
+# 23:59, but what is done later with an event's time does not: its business date in
+# the channel's zone (`datetime.fromtimestamp`) must stay within Python's years
+# 1-9999, timers and watermarks start at -1 (an instant before the epoch is below
+# them), and the ClickHouse store keeps business dates as `Date` (1970-01-01 ..
+# 2149-06-06, saturating outside: 1969-12-31 is stored as 1970-01-01) and times as
+# `DateTime` (up to 2106-02-07). From a day after the epoch, the business date is
+# 1970-01-01 or later in every zone (none is more than 14 hours from UTC), and before
+# 2100 it is at most 2100-01-02 (a cutoff moves it a day on): inside all of these.
+EVENT_TIME_MIN_MS = 86_400_000  # 1970-01-02T00:00:00Z
+EVENT_TIME_MAX_MS = 4_102_444_800_000  # 2100-01-01T00:00:00Z, exclusive
+EVENT_TIME_RANGE = "from 1970-01-02T00:00:00Z (inclusive) to 2100-01-01T00:00:00Z (exclusive)"
+
+
+def parse_event_time(value: object, field: str) -> int:
+    """An event's timestamp field: `parse_timestamp`, and the instant within the range
+    above, else `bad_timestamp` naming the field and the range."""
+    ms = parse_timestamp(value, field)
+    if not EVENT_TIME_MIN_MS <= ms < EVENT_TIME_MAX_MS:
+        raise InvalidEvent(
+            "bad_timestamp",
+            f"{str(value)[:40]!r} is outside the accepted range, {EVENT_TIME_RANGE}",
+            field,
+        )
+    return ms
 
 
 def _require(d: dict[str, Any], field: str) -> Any:

@@ -1,7 +1,8 @@
 """Hostile input messages (tally.chaos.hostile, .hostile_check): each one processed or
 dead-lettered with a documented reason, never an exception, the balance invariants
 after each; hypothesis-generated messages the same; a sample through a real worker on
-the embedded broker. The known bugs are kept as strict xfails with their reproducers
+the embedded broker. Extreme timestamps (RFC 3339, outside the range an event may carry)
+were a known bug kept as strict xfails; now dead-lettered, they are ordinary tests
 (docs/reliability.md, "Hostile inputs")."""
 
 from __future__ import annotations
@@ -107,24 +108,54 @@ def test_generated_messages_never_raise_and_keep_the_invariants(
     assert not f.invariant_violations and not f.undocumented
 
 
-# ---------------------------------------------- known bugs: strict reproducers
+# ------------------------- extreme timestamps (were strict xfails: a known bug, fixed)
 
 
-@pytest.mark.xfail(strict=True, reason="a business date outside years 1-9999 raises in the core")
+def _dead_lettered_alone(pipe: LocalPipeline) -> None:
+    assert pipe.processed == 0 and len(pipe.dead_letters) == 1
+    dl = pipe.dead_letters[0]
+    assert dl.code == "bad_timestamp" and dl.field == "occurred_at"
+    assert "1970-01-02T00:00:00Z" in dl.reason and "2100-01-01T00:00:00Z" in dl.reason
+    # valid traffic on the same partition after it is processed, timers included
+    for env in TEMPLATES[:20]:
+        before = pipe.processed
+        pipe.feed_envelope(env)
+        assert pipe.processed == before + 1
+    pipe.tick(3_600_000)
+    assert len(pipe.dead_letters) == 1
+
+
 @pytest.mark.parametrize(
     "at", ["9999-12-31T23:59:59Z", "0001-01-01T00:00:00Z", "0001-01-01T00:00:00+23:59"]
 )
 def test_extreme_but_valid_timestamps_are_processed_or_dead_lettered(at: str) -> None:
     pipe = LocalPipeline(partitions=1, clock=lambda: 0)
     value = json.dumps(VALID_TXN | {"txn_id": "x1", "event_id": "x1", "occurred_at": at})
-    pipe.feed(TRANSACTIONS, "x1", value.encode())  # raises ValueError / OverflowError
+    pipe.feed(TRANSACTIONS, "x1", value.encode())
+    _dead_lettered_alone(pipe)
 
 
-@pytest.mark.xfail(strict=True, reason="an instant before 1970 first on a partition raises")
 def test_a_timestamp_before_the_epoch_is_processed_or_dead_lettered() -> None:
     pipe = LocalPipeline(partitions=1, clock=lambda: 0)
     d = VALID_TXN | {"txn_id": "x1", "event_id": "x1", "occurred_at": "1969-12-31T23:59:59Z"}
-    pipe.feed(TRANSACTIONS, "x1", json.dumps(d).encode())  # ValueError: max() of nothing
+    pipe.feed(TRANSACTIONS, "x1", json.dumps(d).encode())
+    _dead_lettered_alone(pipe)
+
+
+@pytest.mark.parametrize("at", ["9999-12-31T23:59:59-23:59", "0001-01-01T00:00:00Z"])
+def test_an_extreme_timestamp_on_a_callback_is_dead_lettered(at: str) -> None:
+    pipe = LocalPipeline(partitions=1, clock=lambda: 0)
+    d = VALID_CB | {"event_id": "c1", "occurred_at": at}
+    pipe.feed(CALLBACKS, d["txn_id"], json.dumps(d).encode())
+    _dead_lettered_alone(pipe)
+
+
+def test_seeded_generator_with_the_extreme_timestamps() -> None:
+    f = check_inputs(300, seed=5)  # extreme_times included
+    assert not f.exceptions, f.exceptions[:3]
+    assert not f.invariant_violations and not f.undocumented
+    assert not f.unexpected, f.unexpected[:3]
+    assert f.processed + f.dead_lettered == f.messages
 
 
 # ---------------------------------------------------------- the real worker
