@@ -26,7 +26,7 @@ from decimal import Decimal
 from xml.sax.saxutils import escape
 
 from recon.statements import fields as F
-from recon.statements.model import STATUSES, Statement, StatementLine, Totals
+from recon.statements.model import STATUSES, Statement, StatementError, StatementLine, Totals
 
 FORMAT = "camt053"
 TIME_FIELD = "Ntry/BookgDt/DtTm (occurred_at)"
@@ -37,6 +37,7 @@ NAMESPACES = {
 }
 _NTRY_START = re.compile(rb"<(?:[A-Za-z_][\w.-]*:)?Ntry[\s>]")
 _NTRY_END = re.compile(rb"</(?:[A-Za-z_][\w.-]*:)?Ntry>")
+_UTF16 = {b"\xff\xfe": "utf-16", b"\xfe\xff": "utf-16", b"<\0": "utf-16-le", b"\0<": "utf-16-be"}
 _AMOUNT = re.compile(r"(0|[1-9][0-9]{0,12})(\.[0-9]{1,5})?")
 
 
@@ -45,16 +46,33 @@ def sniff(data: bytes) -> bool:
     return b"camt.053" in head and b"<" in head
 
 
-def _entry_spans(data: bytes) -> list[tuple[int, int, int]]:
-    """(line number, start, end) of each <Ntry> element in the bytes."""
-    out = []
-    line, pos = 1, 0
+def _entry_spans(data: bytes) -> list[tuple[int, int, int, int]]:
+    """(line number, physical line, start, end) of each <Ntry> element in the bytes: the
+    line of its tag (LF, CRLF or CR ends, as expat counts), or one past the entry before
+    when entries share a line (no line breaks): a distinct number, its row's key."""
+    out: list[tuple[int, int, int, int]] = []
+    line, pos, prev = 1, 0, 0
     for m in _NTRY_START.finditer(data):
-        line += data.count(b"\n", pos, m.start())
+        line += _line_ends(data, pos, m.start())
         pos = m.start()
         end = _NTRY_END.search(data, pos)
-        out.append((line, pos, end.end() if end else len(data)))
+        prev = max(line, prev + 1)
+        out.append((prev, line, pos, end.end() if end else len(data)))
     return out
+
+
+def _line_ends(data: bytes, start: int, end: int) -> int:
+    n, cr = data.count(b"\n", start, end), data.count(b"\r", start, end)
+    return n + cr - data.count(b"\r\n", start, end) if cr else n
+
+
+def _utf16(data: bytes) -> str | None:
+    """The text of a UTF-16 document (BOM or `<` first), else None."""
+    codec = _UTF16.get(data[:2])
+    try:
+        return data.decode(codec) if codec else None
+    except UnicodeDecodeError:
+        return None  # expat says where
 
 
 def _local(tag: str) -> str:
@@ -134,20 +152,18 @@ class _Scan:
 def scan(data: bytes, file_name: str, env: Statement) -> Iterator[StatementLine]:
     where = F.Where(file_name)
     F.xml_prolog(data, where)  # no DTD or entities, whatever the encoding
+    text = _utf16(data)
+    source: io.IOBase = io.StringIO(text) if text is not None else io.BytesIO(data)
+    data = text.encode("utf-8") if text is not None else data
     spans = _entry_spans(data)
     st = _Scan()
     try:
-        stream = ET.iterparse(io.BytesIO(data), events=("start", "end"))
-        for event, el in stream:
+        for event, el in ET.iterparse(source, events=("start", "end")):
             name = _local(el.tag)
             if event == "start":
                 _start(where, el, name, env, st)
             elif name == "Ntry":
-                line_no, s0, s1 = spans[st.n_entry] if st.n_entry < len(spans) else (0, 0, 0)
-                st.n_entry += 1
-                if not st.cur:
-                    raise where.error(line_no, "Acct Ccy", "the statement's currency is unknown")
-                line = _entry(where, line_no, el, st.cur, data[s0:s1].decode("utf-8", "replace"))
+                line = _read_entry(where, el, st, spans, data)
                 st.add(line)
                 yield line
                 el.clear()
@@ -159,6 +175,27 @@ def scan(data: bytes, file_name: str, env: Statement) -> Iterator[StatementLine]
             err_line, None, f"not well-formed XML (truncated?): {str(exc).split(':')[0]}"
         ) from None
     _finish(where, env, st)
+
+
+def _read_entry(
+    where: F.Where, el: ET.Element, st: _Scan, spans: list[tuple[int, int, int, int]], data: bytes
+) -> StatementLine:
+    """An entry closes: its line. An error names the physical line (and the entry's
+    place on it when entries share the line)."""
+    k = st.n_entry
+    line_no, phys, s0, s1 = spans[k] if k < len(spans) else (k + 1, k + 1, 0, 0)
+    st.n_entry += 1
+    try:
+        if not st.cur:
+            raise where.error(line_no, "Acct Ccy", "the statement's currency is unknown")
+        return _entry(where, line_no, el, st.cur, data[s0:s1].decode("utf-8", "replace"))
+    except StatementError as exc:
+        if line_no == phys:
+            raise
+        first = next(i for i, s in enumerate(spans) if s[1] == phys)
+        raise where.error(
+            phys, exc.field, f"{exc.message} (entry {k - first + 1} on line {phys})"
+        ) from None
 
 
 def _start(where: F.Where, el: ET.Element, name: str, env: Statement, st: _Scan) -> None:

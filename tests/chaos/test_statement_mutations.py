@@ -86,17 +86,13 @@ def test_mutants_through_load_file_store_all_or_nothing(store: Store) -> None:
     statements = [s for s in SAMPLES if s.kind == "statement"]
     f = check_mutations(statements, 40, seed=3, store=store)
     assert f.total("stored") == 40 * len(statements)
-    # the known one (xfail below): camt.053 entries sharing a line number (CR line ends,
-    # UTF-16) collapse into one row
-    known = re.compile(r"stored 1 rows, .* read 3 <- bank-camt053-2026-11-24.xml")
-    assert all(known.search(x) for x in f.store_failures), f.store_failures[:3]
+    assert not f.store_failures, f.store_failures[:3]
 
 
 # ---------------------------------------------- known bugs: strict reproducers
 
 
 @pytest.mark.clickhouse
-@pytest.mark.xfail(strict=True, reason="entries on one line share line_no: rows collapse")
 def test_a_minified_camt053_stores_every_entry(store: Store) -> None:
     s = sample("camt053")
     data = re.sub(rb">\s*\n\s*<", b"><", s.data)  # the same document without line ends

@@ -4,6 +4,7 @@ values. Bad files: tests/recon/test_statements_refused.py."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from datetime import date, datetime
 from decimal import Decimal
@@ -331,6 +332,21 @@ def test_sample_camt053() -> None:
     assert s.lines[2].original_txn_id == "P30000001"
     assert s.lines[1].occurred_at_ms == ms("2026-11-24T14:02:33+08:00")
     assert s.lines[0].raw.startswith("<Ntry>") and s.lines[0].raw.endswith("</Ntry>")
+
+
+def test_camt053_entries_get_distinct_line_numbers_whatever_the_line_ends() -> None:
+    data = (DATA / "bank-camt053-2026-11-24.xml").read_bytes()
+    flat = re.sub(rb">\s*\n\s*<", b"><", data)  # no line breaks: entries share line 1
+    cr = data.replace(b"\n", b"\r")
+    utf16 = data.replace(b'"UTF-8"', b'"UTF-16"').decode().encode("utf-16")
+    for d, want in ((flat, [1, 2, 3]), (cr, [42, 59, 76]), (utf16, [42, 59, 76])):
+        s = parse(d, "camt053", file_name="f", channel_id="ch")
+        assert [x.line_no for x in s.lines] == want
+        assert [x.raw.startswith("<Ntry>") for x in s.lines] == [True] * 3
+    # an error names the physical line and the entry's place on it
+    bad = flat.replace(b"<EndToEndId>P30000002", b"<EndToEndId>-2+3")
+    with pytest.raises(StatementError, match=r"line 1, field EndToEndId .*\(entry 2 on line 1\)"):
+        parse(bad, "camt053", file_name="f", channel_id="ch")
 
 
 def test_sample_generic_csv() -> None:
