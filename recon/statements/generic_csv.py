@@ -83,7 +83,7 @@ def scan(data: bytes, file_name: str, env: Statement) -> Iterator[StatementLine]
     line_no, t = trailer
     if len(t) != 4:
         raise where.error(line_no, "#total", "expected #total,<count>,<amount sum>,<fee sum>")
-    if not t[1].isdigit() or int(t[1]) != count:
+    if F.count(where, line_no, "#total count", t[1]) != count:
         raise where.error(line_no, "#total count", f"declares {t[1][:20]!r}, the file has {count}")
     a = F.amount(where, line_no, "#total amount", t[2])
     if a != total:

@@ -290,6 +290,12 @@ def test_generic_csv_bad_files() -> None:
     )
     refuse(text.replace(",pending,", ",done,").encode(), "csv", r"line 4, field status: 'done'")
     refuse(b"x,y\n", "csv", r"line 1: the header must be exactly")
+    for count in ("\u00b2", "9" * 5000):  # a digit int() refuses; a number int() refuses
+        refuse(
+            text.replace("#total,3,", f"#total,{count},").encode(),
+            "csv",
+            r"line 5, field #total count: .* is not a count",
+        )
 
 
 def test_writers_refuse_what_their_format_cannot_say() -> None:
