@@ -43,6 +43,7 @@ from streams.app import create_app
 from streams.broker import EmbeddedBroker, ensure_topics
 from streams.produce import produce
 from streams.worker import WorkerRunner
+from tally.chaos import deadletters
 from tally.chaos.replay import (
     NO_TICKS,
     Compared,
@@ -336,7 +337,7 @@ async def _outage(
 
 # ------------------------------------------------------- the broker restarted
 
-# exact, against the reference (dead letters by input topic, partition and offset)
+# exact, against the reference (dead letters by what was refused: tally.chaos.deadletters)
 COMPARED = ("breaks", "positions", "orders", "balances", "dead_letters")
 COUNTED = ("status_queries",)  # which orders get one depends on the interleaving
 
@@ -353,6 +354,7 @@ class RestartResult:
     counted: dict[str, tuple[int, int]]  # stored, reference
     seconds: float
     legs_only_missing: bool  # every stored posting leg sum is the reference's
+    dead_letters_twice: int = 0  # refused on both brokers (fed twice): two ids, one message
 
     @property
     def ok(self) -> bool:
@@ -369,7 +371,7 @@ class RestartResult:
             f"not yet stored); restored; every input fed again: against the reference "
             f"missing {c.missing}, extra {c.extra}, changed {c.changed}"
             + (f" ({c.brief()})" if c.count else "")
-            + f"; {counted}; "
+            + f"; {counted}; dead letters refused on both brokers {self.dead_letters_twice}; "
             + ("no stored posting leg wrong" if self.legs_only_missing else "a stored leg WRONG")
             + f"; {'OK' if self.ok else 'DIFFERENT'}"
         )
@@ -392,7 +394,9 @@ async def broker_restart(
     ).envelopes
     ref = isolated(s, "ref", idle_tick_seconds=NO_TICKS)
     await run_log(ref, retarget(raw, ref))
-    reference = topic_shape(await _topics(ref))
+    ref_out = await _topics(ref)
+    reference = topic_shape(ref_out)
+    reference["dead_letters"] = deadletters.from_topic(ref_out["dead_letters"])
     db = f"restart_{uuid.uuid4().hex[:8]}"
     base = isolated(
         s,
@@ -417,6 +421,7 @@ async def broker_restart(
     db_ = connect(base)
     try:
         stored = stored_shape(db_)
+        stored["dead_letters"], dead_rows = deadletters.stored(db_)
     finally:
         with contextlib.suppress(ClickHouseError):
             db_.execute("DROP DATABASE IF EXISTS {db}")
@@ -432,6 +437,7 @@ async def broker_restart(
         counted={k: (len(stored[k]), len(reference[k])) for k in COUNTED},
         seconds=time.monotonic() - t0,
         legs_only_missing=_only_missing(reference["positions"], stored["positions"]),
+        dead_letters_twice=dead_rows - len(stored["dead_letters"]),
     )
 
 
