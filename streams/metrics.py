@@ -46,6 +46,7 @@ from prometheus_client.registry import Collector
 
 from streams.exporter import ExporterHandle, serve
 from tally.core.breaks import BreakKind, break_id
+from tally.core.deadletter import REASON_CODES
 from tally.core.money import to_decimal
 from tally.core.orders import view
 
@@ -62,23 +63,7 @@ REFRESH_SECONDS = 2.0
 
 # Reasons a message goes to the dead-letter topic (docs/events.md, "Dead-letter reason
 # codes"); each is exported from the start at 0 so that `increase()` sees the first one.
-DEAD_LETTER_REASONS = (
-    "too_large",
-    "bad_json",
-    "not_object",
-    "missing_field",
-    "wrong_type",
-    "bad_id",
-    "unknown_enum",
-    "bad_amount",
-    "negative_amount",
-    "bad_currency",
-    "bad_timestamp",
-    "key_mismatch",
-    "inconsistent",
-    "unknown_topic",
-    "internal_error",
-)
+DEAD_LETTER_REASONS = REASON_CODES  # tally.core.deadletter: the one list
 
 # open orders by wall-clock age since the order was created: (label, upper bound in s)
 AGE_BANDS: tuple[tuple[str, float], ...] = (

@@ -19,24 +19,6 @@ from typing import Any
 
 from tally.core.pipeline import CALLBACKS, TRANSACTIONS, Envelope
 
-# docs/events.md, "Dead-letter reason codes" (tests/chaos checks the table is this)
-REASON_CODES = (
-    "too_large",
-    "bad_json",
-    "not_object",
-    "missing_field",
-    "wrong_type",
-    "bad_id",
-    "unknown_enum",
-    "bad_amount",
-    "negative_amount",
-    "bad_currency",
-    "bad_timestamp",
-    "key_mismatch",
-    "inconsistent",
-    "unknown_topic",
-    "internal_error",
-)
 DEAD = "dead"  # expectation: dead-lettered, any documented code
 PROCESSED = "processed"
 ANY = "any"  # either is right (the message is odd but within the contract)

@@ -42,13 +42,13 @@ from tally.chaos.hostile import (
     DEAD,
     OUTSIDE,
     PROCESSED,
-    REASON_CODES,
     STREAM_KINDS,
     Generator,
     Hostile,
     dump,
 )
 from tally.config import Settings
+from tally.core.deadletter import REASON_CODES
 from tally.core.ledger import ImbalanceError, Posting, balances_from_positions
 from tally.core.pipeline import CALLBACKS, TRANSACTIONS, Envelope, LocalPipeline
 from tally.core.policy import Policies

@@ -17,8 +17,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from streams.broker import EmbeddedBroker
-from tally.chaos.hostile import KINDS, REASON_CODES, STREAM_KINDS, Hostile, as_key, dump
+from tally.chaos.hostile import KINDS, STREAM_KINDS, Hostile, as_key, dump
 from tally.chaos.hostile_check import Checker, check_inputs, check_stream, stream_messages, traffic
+from tally.core.deadletter import REASON_CODES
 from tally.core.pipeline import CALLBACKS, TRANSACTIONS, LocalPipeline
 
 DOCS = Path(__file__).parents[2] / "docs" / "events.md"
