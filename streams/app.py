@@ -24,6 +24,7 @@ posting is applied exactly when its order's state changes, in the same message.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,8 @@ from tally.core.ledger import Balance
 from tally.core.orders import OrderState
 from tally.core.pipeline import partition_for
 from tally.core.realtime import ChannelTxnIndex, Reconciler
+
+log = logging.getLogger("streams.app")
 
 __all__ = [
     "TABLES",
@@ -167,6 +170,7 @@ def _topics(app: faust.App, settings: Settings) -> dict[str, faust.TopicT]:
     )
     app.tally_sought_generation = None  # type: ignore[attr-defined]
     app.tally_start_offsets = {}  # type: ignore[attr-defined]
+    app.tally_early_reads = {}  # type: ignore[attr-defined]
     unfiltered_input_reads()
     topics["reconcile"] = app.topic(
         *(topics[k].get_topic_name() for k in ("transactions", "callbacks", "links", "ticks")),
@@ -298,6 +302,30 @@ class _InputReads(dict[Any, Any]):
 _READS_INSTALLED = False
 
 
+def early_reads_to_seek(app: Any, generation: int | None) -> dict[Any, int]:
+    """Where to seek again the input partitions whose messages of `generation` the
+    agents left for re-reading before the seek of `generation` was noted
+    (`app.tally_early_reads`, filled by `streams.intake`): the group's committed
+    offset, or the start of the log (`_seek_uncommitted_to_start`). Such a message may
+    have been fetched *after* the seek (Faust resumes the input partitions before it
+    seeks them, and the seek's answer reaches the loop after the fetcher could use it):
+    nothing would read it again, and its partition would stay behind its log end for
+    good (seen in the takeover test: `tally-links[1]` committed at 8 of 10). Messages
+    read twice meanwhile are dropped by `streams.positions`. Clears the record."""
+    early: dict[Any, int | None] = app.tally_early_reads
+    tps = [tp for tp, g in early.items() if g == generation]
+    early.clear()
+    committed = app.consumer._committed_offset
+    out: dict[Any, int] = {}
+    for tp in tps:
+        offset = committed.get(tp)
+        if offset is None:
+            offset = app.tally_start_offsets.get(tp)
+        if offset is not None:
+            out[tp] = int(offset)
+    return out
+
+
 async def _seek_uncommitted_to_start(consumer: Any) -> None:
     """Faust's seek to the committed offsets leaves a partition with no committed
     offset where it is — past whatever was fetched and dropped before (during a
@@ -345,6 +373,14 @@ def unfiltered_input_reads() -> None:
         await perform_seek(self)
         await _seek_uncommitted_to_start(self)
         self.app.tally_sought_generation = generation
+        again = early_reads_to_seek(self.app, generation)
+        if again:
+            log.info(
+                "reading again from the committed offsets (read after the seek, before "
+                "it was noted): %s",
+                ", ".join(f"{tp.topic}[{tp.partition}]@{o}" for tp, o in sorted(again.items())),
+            )
+            await self.seek_wait(again)
 
     Consumer.perform_seek = _perform_seek  # type: ignore[method-assign]
     _READS_INSTALLED = True

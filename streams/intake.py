@@ -2,7 +2,9 @@
 partition's next offset only (`streams.positions`).
 
 None during a rebalance, until Faust has sought the partitions to their committed
-offsets in this generation (it reads them again from there); none read in an earlier
+offsets in this generation (it reads them again from there; a partition whose
+messages of this generation were left before the seek was noted is sought again
+then: `streams.app.early_reads_to_seek`); none read in an earlier
 group generation — their partition's owner reads them again from the committed
 offsets (`streams.checkpoint`); per partition only the next offset each time: a
 message read again is dropped, a hole before a message makes the worker read the
@@ -67,6 +69,11 @@ class Intake:
         if sought != generation or not app.flow_control.is_active():
             stale = [e.message for e in events]
             messages: list[Any] = []
+            if sought != generation:  # this generation's, maybe fetched after its seek
+                early = app.tally_early_reads  # type: ignore[attr-defined]
+                for m in stale:
+                    if m.generation_id == generation:
+                        early[TP(m.topic, m.partition)] = generation
         else:
             stale, messages = [], []
             for e in events:
