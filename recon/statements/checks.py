@@ -13,6 +13,9 @@ from recon.statements.model import KINDS, STATUSES, Statement, StatementError, S
 from tally.core.money import EXPONENTS
 from tally.core.policy import ChannelPolicy
 
+_KINDS, _STATUSES = frozenset(KINDS), frozenset(STATUSES)
+_FORMULA = frozenset(F.FORMULA_START)
+
 
 def day_bounds(policy: ChannelPolicy, day: date) -> tuple[int, int]:
     """[start, end) of a business day in epoch ms."""
@@ -51,6 +54,76 @@ def derive_date(statement: Statement, policy: ChannelPolicy, requested: date | N
     return votes.most_common(1)[0][0]
 
 
+class LineChecks:
+    """What `validate` checks of one line, in its order: `before_time` (kind, status,
+    currency, amount, channel txn id, formulas), `time` (the business day and the carry
+    window), then `duplicate` (the key seen on an earlier line). Each raises
+    StatementError. The streamed loader (recon/statements/spool.py) runs them apart;
+    `time` needs the business day first (`set_day`)."""
+
+    def __init__(self, statement: Statement) -> None:
+        self.where = F.Where(statement.file_name)
+        fmt = statement.format
+        self.time_field = _label(fmt, "TIME_FIELD", "occurred_at")
+        self.ctid_field = _label(fmt, "CTID_FIELD", "channel_txn_id")
+        self.start = self.end = self.carry = 0
+
+    def set_day(self, policy: ChannelPolicy, business_date: date) -> None:
+        self.policy = policy
+        self.business_date = business_date
+        self.start, self.end = day_bounds(policy, business_date)
+        self.carry = policy.carry_window_seconds * 1000
+
+    def in_day(self, t: int) -> bool:
+        start, end, carry = self.start, self.end, self.carry
+        return start <= t < end or abs(t - start) <= carry or abs(t - end) <= carry
+
+    def before_time(self, x: StatementLine) -> None:
+        where, ln = self.where, x.line_no
+        if x.kind not in _KINDS:
+            raise where.error(ln, "kind", f"{x.kind!r} is not one of {', '.join(KINDS)}")
+        if x.status not in _STATUSES:
+            raise where.error(ln, "status", f"{x.status!r} is not one of {', '.join(STATUSES)}")
+        if x.currency not in EXPONENTS:
+            raise where.error(ln, "currency", f"{x.currency!r} is not a known ISO 4217 currency")
+        if x.amount <= 0:
+            raise where.error(ln, "amount", f"{x.amount} must be greater than zero")
+        if not x.channel_txn_id:
+            raise where.error(ln, self.ctid_field, "empty")
+        if (
+            x.txn_id[:1] in _FORMULA
+            or x.channel_txn_id[:1] in _FORMULA
+            or x.original_txn_id[:1] in _FORMULA
+            or x.merchant_ref[:1] in _FORMULA
+        ):
+            for name in ("txn_id", "channel_txn_id", "original_txn_id", "merchant_ref"):
+                F.text(where, ln, name, getattr(x, name))
+
+    def time(self, ln: int, t: int) -> None:
+        if not self.in_day(t):
+            policy = self.policy
+            got = policy.business_date(t)
+            raise self.where.error(
+                ln,
+                self.time_field,
+                f"{F.utc_iso(t)} is business date {got} for this channel, not "
+                f"{self.business_date} (and not within the {policy.carry_window_seconds} s "
+                "carry window of the cutoff)",
+            )
+
+    def duplicate(self, ln: int, first: int, kind: str, channel_txn_id: str) -> StatementError:
+        return self.where.error(
+            ln,
+            self.ctid_field,
+            f"duplicate of line {first}: {kind} {channel_txn_id!r} appears twice",
+        )
+
+
+def dup_key(x: StatementLine) -> tuple[str, str, str]:
+    """What two lines of a statement must not share."""
+    return (x.kind, x.channel_txn_id, x.txn_id if x.kind != "payment" else "")
+
+
 def validate(
     statement: Statement,
     policy: ChannelPolicy,
@@ -59,53 +132,17 @@ def validate(
 ) -> None:
     """Checks every line against the business day and the others (pure). Raises
     StatementError on the first problem."""
-    where = F.Where(statement.file_name)
-    fmt = statement.format
-    time_field = _label(fmt, "TIME_FIELD", "occurred_at")
-    ctid_field = _label(fmt, "CTID_FIELD", "channel_txn_id")
-    start, end = day_bounds(policy, business_date)
-    carry = policy.carry_window_seconds * 1000
+    checks = LineChecks(statement)
+    checks.set_day(policy, business_date)
     seen: dict[tuple[str, str, str], int] = {}
-    kinds, statuses = set(KINDS), set(STATUSES)
-    formula = frozenset(F.FORMULA_START)
     for n, x in enumerate(statement.lines, start=1):
         ln = x.line_no
-        if x.kind not in kinds:
-            raise where.error(ln, "kind", f"{x.kind!r} is not one of {', '.join(KINDS)}")
-        if x.status not in statuses:
-            raise where.error(ln, "status", f"{x.status!r} is not one of {', '.join(STATUSES)}")
-        if x.currency not in EXPONENTS:
-            raise where.error(ln, "currency", f"{x.currency!r} is not a known ISO 4217 currency")
-        if x.amount <= 0:
-            raise where.error(ln, "amount", f"{x.amount} must be greater than zero")
-        if not x.channel_txn_id:
-            raise where.error(ln, ctid_field, "empty")
-        if (
-            x.txn_id[:1] in formula
-            or x.channel_txn_id[:1] in formula
-            or x.original_txn_id[:1] in formula
-            or x.merchant_ref[:1] in formula
-        ):
-            for name in ("txn_id", "channel_txn_id", "original_txn_id", "merchant_ref"):
-                F.text(where, ln, name, getattr(x, name))
-        t = x.occurred_at_ms
-        if not (start <= t < end) and not (abs(t - start) <= carry or abs(t - end) <= carry):
-            got = policy.business_date(t)
-            raise where.error(
-                ln,
-                time_field,
-                f"{F.utc_iso(t)} is business date {got} for this channel, not {business_date} "
-                f"(and not within the {policy.carry_window_seconds} s carry window of the "
-                "cutoff)",
-            )
-        key = (x.kind, x.channel_txn_id, x.txn_id if x.kind != "payment" else "")
+        checks.before_time(x)
+        checks.time(ln, x.occurred_at_ms)
+        key = dup_key(x)
         first = seen.get(key)
         if first is not None:
-            raise where.error(
-                ln,
-                ctid_field,
-                f"duplicate of line {first}: {x.kind} {x.channel_txn_id!r} appears twice",
-            )
+            raise checks.duplicate(ln, first, x.kind, x.channel_txn_id)
         seen[key] = ln
         if progress is not None and n % 10_000 == 0:
             progress(10_000)

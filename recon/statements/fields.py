@@ -3,11 +3,13 @@ Pure; every failure is a `StatementError` naming the file, line and field."""
 
 from __future__ import annotations
 
+import codecs
 import re
 import xml.parsers.expat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
+from typing import BinaryIO
 
 from recon.statements.model import StatementError
 from tally.core.money import EXPONENTS
@@ -230,6 +232,77 @@ def _is_gbk(data: bytes) -> bool:
     except UnicodeDecodeError:
         return False
     return True
+
+
+CHUNK = 1 << 20  # bytes read at a time from a statement file
+
+
+def check_utf8_file(where: Where, f: BinaryIO, expected: str) -> tuple[int, bytes]:
+    """What `decode_utf8` refuses, read from the start of `f` a chunk at a time (an
+    incremental decoder): the line of the first byte that is not UTF-8, with the same
+    message. Returns the number of line ends (\\n) and the file's last byte (b"" when
+    empty)."""
+    f.seek(0)
+    dec = codecs.getincrementaldecoder("utf-8")()
+    newlines = 0
+    last = b""
+    try:
+        while chunk := f.read(CHUNK):
+            dec.decode(chunk)
+            newlines += chunk.count(b"\n")
+            last = chunk[-1:]
+        dec.decode(b"", final=True)
+    except UnicodeDecodeError:
+        # \n is never part of a multi-byte sequence: the first line that does not
+        # decode holds the first bad byte
+        f.seek(0)
+        bad = (n for n, raw in enumerate(f, start=1) if not _decodes(raw, "utf-8"))
+        line = next(bad, newlines + 1)
+        hint = " (it looks like GBK)" if _is_gbk_file(f) else ""
+        raise where.error(
+            line, None, f"wrong encoding: {expected} files are UTF-8, this one is not{hint}"
+        ) from None
+    return newlines, last
+
+
+def _decodes(raw: bytes, encoding: str) -> bool:
+    try:
+        raw.decode(encoding)
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _is_gbk_file(f: BinaryIO) -> bool:
+    f.seek(0)
+    dec = codecs.getincrementaldecoder("gbk")()
+    try:
+        while chunk := f.read(CHUNK):
+            dec.decode(chunk)
+        dec.decode(b"", final=True)
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def file_lines(f: BinaryIO, encoding: str = "utf-8") -> Iterator[str]:
+    """The lines of `f` (from its start) decoded one at a time, without their line ends,
+    a leading BOM dropped: what `physical_lines` gives of the decoded text (it splits at
+    \\n and drops one \\r before it). The encoding must have been checked already."""
+    f.seek(0)
+    first = True
+    for raw in f:
+        s = raw.decode(encoding)
+        if first:
+            s = s.removeprefix("\ufeff")
+            first = False
+        if s.endswith("\n"):
+            s = s[:-1]
+        elif not s:  # a file of a BOM alone: no line
+            return
+        if s.endswith("\r"):
+            s = s[:-1]
+        yield s
 
 
 def date_in_name(name: str) -> date | None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from decimal import Decimal
+from typing import BinaryIO
 
 from recon.statements import fields as F
 from recon.statements.model import KINDS, STATUSES, Statement, StatementLine, Totals
@@ -35,6 +36,7 @@ COLUMNS = (
     "occurred_at",
 )
 HEADER = ",".join(COLUMNS)
+BOM = b"\xef\xbb\xbf"
 _FORMULA = frozenset(F.FORMULA_START)
 _KINDS = frozenset(KINDS)
 _STATUSES = frozenset(STATUSES)
@@ -50,17 +52,31 @@ def scan(data: bytes, file_name: str, env: Statement) -> Iterator[StatementLine]
     if text and not text.endswith("\n"):
         n = text.count("\n") + 1
         raise where.error(n, None, "truncated: the last line has no line end")
-    lines = F.physical_lines(text)
-    if not lines or lines[0] != HEADER:
-        got = lines[0][:80] if lines else "(empty file)"
+    yield from _scan_lines(where, iter(F.physical_lines(text)), env)
+
+
+def scan_file(f: BinaryIO, file_name: str, env: Statement) -> Iterator[StatementLine]:
+    """`scan` reading `f` a line at a time (the encoding and the last line end are
+    checked first, in a pass over the file: the same refusals in the same order)."""
+    where = F.Where(file_name)
+    newlines, last = F.check_utf8_file(where, f, "generic statement CSV")
+    f.seek(0)
+    empty = f.read(4) in (b"", BOM)
+    if not empty and last != b"\n":
+        raise where.error(newlines + 1, None, "truncated: the last line has no line end")
+    yield from _scan_lines(where, F.file_lines(f), env)
+
+
+def _scan_lines(where: F.Where, lines: Iterator[str], env: Statement) -> Iterator[StatementLine]:
+    head = next(lines, None)
+    if head != HEADER:
+        got = head[:80] if head is not None else "(empty file)"
         raise where.error(1, None, f"the header must be exactly {HEADER!r}, found {got!r}")
     total = Decimal(0)
     fees = Decimal(0)
     count = 0
     trailer: tuple[int, list[str]] | None = None
-    for i in range(1, len(lines)):
-        raw = lines[i]
-        line_no = i + 1
+    for line_no, raw in enumerate(lines, start=2):
         if trailer is not None:
             raise where.error(line_no, None, "content after the #total trailer")
         if raw.startswith("#total,"):

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import date
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
-from recon.statements.model import Statement
+from recon.statements.model import Statement, StatementLine
 from sinks.backend import Backend
 
 LINE_COLUMNS = (
@@ -73,19 +75,91 @@ def _esc(v: str) -> str:
     return v
 
 
+def tsv_tail(x: StatementLine) -> str:
+    """The TabSeparated text of a statement_lines row from `line_no` on (what follows
+    channel, business date and delivery), with its line end."""
+    esc = _esc
+    fee = "\\N" if x.fee is None else format(x.fee, "f")
+    cpn = "\\N" if x.coupon_amount is None else format(x.coupon_amount, "f")
+    return (
+        f"{x.line_no}\t{esc(x.txn_id)}\t"
+        f"{esc(x.channel_txn_id)}\t{esc(x.original_txn_id)}\t"
+        f"{x.kind}\t{x.status}\t{x.currency}\t{format(x.amount, 'f')}\t{fee}\t{cpn}\t"
+        f"{esc(x.merchant_ref)}\t{x.occurred_at_ms}\t{esc(x.raw)}\n"
+    )
+
+
+def _tsv_head(channel_id: str, business_date: date, delivery: int) -> str:
+    return f"{_tsv(channel_id)}\t{business_date.isoformat()}\t{delivery}\t"
+
+
 def _tsv_lines(statement: Statement, business_date: date, delivery: int) -> Iterator[str]:
     """The TabSeparated text of each statement_lines row (LINE_COLUMNS order)."""
-    head = f"{_tsv(statement.channel_id)}\t{business_date.isoformat()}\t{delivery}\t"
-    esc = _esc
+    head = _tsv_head(statement.channel_id, business_date, delivery)
     for x in statement.lines:
-        fee = "\\N" if x.fee is None else format(x.fee, "f")
-        cpn = "\\N" if x.coupon_amount is None else format(x.coupon_amount, "f")
-        yield (
-            f"{head}{x.line_no}\t{esc(x.txn_id)}\t"
-            f"{esc(x.channel_txn_id)}\t{esc(x.original_txn_id)}\t"
-            f"{x.kind}\t{x.status}\t{x.currency}\t{format(x.amount, 'f')}\t{fee}\t{cpn}\t"
-            f"{esc(x.merchant_ref)}\t{x.occurred_at_ms}\t{esc(x.raw)}\n"
-        )
+        yield head + tsv_tail(x)
+
+
+_UNESCAPE = {"\\": "\\", "t": "\t", "n": "\n", "r": "\r", "0": "\0"}
+_ESCAPED = re.compile(r"\\(.)")
+
+
+def unescape(v: str) -> str:
+    """The String value of a TabSeparated field `_esc` wrote."""
+    if "\\" not in v:
+        return v
+    return _ESCAPED.sub(lambda m: _UNESCAPE[m[1]], v)
+
+
+def tail_line_raw(tail: str) -> tuple[int, str]:
+    """(line_no, raw) of a `tsv_tail` text."""
+    return int(tail[: tail.index("\t")]), unescape(tail[tail.rindex("\t") + 1 : -1])
+
+
+def _tail_values(tail: str) -> tuple[Any, ...]:
+    ln, txn, ctid, orig, kind, status, cur, amt, fee, cpn, mref, at, raw = tail[:-1].split("\t")
+    u = unescape
+    return (
+        int(ln),
+        u(txn),
+        u(ctid),
+        u(orig),
+        kind,
+        status,
+        cur,
+        Decimal(amt),
+        None if fee == "\\N" else Decimal(fee),
+        None if cpn == "\\N" else Decimal(cpn),
+        u(mref),
+        int(at),
+        u(raw),
+    )
+
+
+def insert_spool(
+    db: Backend,
+    spool: Path,
+    channel_id: str,
+    business_date: date,
+    delivery: int,
+    progress: Callable[[int], None] | None = None,
+    batch_rows: int = BATCH_ROWS,
+) -> int:
+    """Insert the rows of a spool file of `tsv_tail` texts (recon/statements/spool.py)
+    as the lines of a statement version, `batch_rows` at a time."""
+    with spool.open(encoding="utf-8", newline="\n") as f:
+        if db.name != "chdb":
+            head = (channel_id, business_date, delivery)
+            rows = (head + _tail_values(t) for t in f)
+            return insert_lines(db, rows, progress, batch_rows)
+        text = _tsv_head(channel_id, business_date, delivery)
+        n = 0
+        while batch := [text + t for t in itertools.islice(f, batch_rows)]:
+            _chdb_insert_text(db, batch)
+            n += len(batch)
+            if progress is not None:
+                progress(len(batch))
+        return n
 
 
 def _rows(statement: Statement, business_date: date, delivery: int) -> Iterator[tuple[Any, ...]]:

@@ -25,17 +25,20 @@ one loader per channel and date at a time.
 
 from __future__ import annotations
 
-import hashlib
+import io
+import os
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO
 
 from recon.statements import fields as F
-from recon.statements.checks import derive_date, read_statement, validate
-from recon.statements.insert import insert_statement
+from recon.statements import spool as S
+from recon.statements.insert import insert_spool, insert_statement, tail_line_raw
 from recon.statements.model import Statement, Totals
 from sinks.backend import Backend
 from tally.config import Settings
@@ -133,10 +136,17 @@ def latest_version(db: Backend, channel: str, day: date | str) -> dict[str, Any]
 
 
 def _next_delivery(
-    db: Backend, statement: Statement, business_date: date, versions: list[dict[str, Any]]
+    db: Backend,
+    channel: str,
+    business_date: date,
+    versions: list[dict[str, Any]],
+    ours: Callable[[], Iterator[tuple[int, str]]],
 ) -> int:
+    """The delivery number to write: the next one, or that of an interrupted load of
+    this same file (its orphan lines are ours: same line numbers, same text). `ours`
+    gives our (line, raw text) in line order."""
     top = max((v["delivery"] for v in versions), default=0)
-    params = {"c": statement.channel_id, "d": business_date.isoformat(), "v": top}
+    params = {"c": channel, "d": business_date.isoformat(), "v": top}
     orphans = db.query(
         "SELECT max(delivery) AS m, count() AS n FROM {db}.statement_lines "
         "WHERE channel_id = %(c)s AND business_date = toDate(%(d)s) AND delivery > %(v)s",
@@ -146,15 +156,48 @@ def _next_delivery(
         return top + 1
     last = int(orphans[0]["m"])
     # lines of an interrupted load: ours again (converge) or another file's (skip)
-    mine = {x.line_no: x.raw for x in statement.lines}
-    stored = db.query(
-        "SELECT DISTINCT line_no, raw FROM {db}.statement_lines "
-        "WHERE channel_id = %(c)s AND business_date = toDate(%(d)s) AND delivery = %(l)s",
-        {**params, "l": last},
+    return last if _orphans_are_ours(db, {**params, "l": last}, ours()) else last + 1
+
+
+def _last_per_line(ours: Iterator[tuple[int, str]]) -> Iterator[tuple[int, str]]:
+    """(line, raw) once per line number, the last text it has (a dict of them would)."""
+    prev: tuple[int, str] | None = None
+    for x in ours:
+        if prev is not None and prev[0] != x[0]:
+            yield prev
+        prev = x
+    if prev is not None:
+        yield prev
+
+
+ORPHAN_PAGE = 100_000  # line numbers a query of orphan lines covers
+
+
+def _orphans_are_ours(db: Backend, params: dict[str, Any], ours: Iterator[tuple[int, str]]) -> bool:
+    """Whether every stored (line, raw) of delivery `l` is ours (for a line number we
+    have more than once, its last text), compared a page of line numbers at a time."""
+    where = (
+        "FROM {db}.statement_lines WHERE channel_id = %(c)s "
+        "AND business_date = toDate(%(d)s) AND delivery = %(l)s"
     )
-    if all(mine.get(int(r["line_no"])) == r["raw"] for r in stored):
-        return last
-    return last + 1
+    top = db.query("SELECT max(line_no) AS m " + where, params)
+    high = int(top[0]["m"]) if top else 0
+    mine = _last_per_line(ours)
+    cur = next(mine, None)
+    for lo in range(0, high + 1, ORPHAN_PAGE):
+        stored = db.query(
+            "SELECT DISTINCT line_no, raw "
+            + where
+            + " AND line_no >= %(lo)s AND line_no < %(hi)s ORDER BY line_no",
+            {**params, "lo": lo, "hi": lo + ORPHAN_PAGE},
+        )
+        for r in stored:
+            ln = int(r["line_no"])
+            while cur is not None and cur[0] < ln:
+                cur = next(mine, None)
+            if cur is None or cur[0] != ln or cur[1] != r["raw"]:
+                return False
+    return True
 
 
 def store(
@@ -195,7 +238,14 @@ def store(
     if same:
         top = max(v["delivery"] for v in versions)
         return result("already_loaded", same[0]["delivery"], top, [])
-    delivery = _next_delivery(db, statement, business_date, versions)
+    lines = sorted(statement.lines, key=lambda x: x.line_no)
+    delivery = _next_delivery(
+        db,
+        statement.channel_id,
+        business_date,
+        versions,
+        lambda: ((x.line_no, x.raw) for x in lines),
+    )
     insert_statement(db, statement, business_date, delivery, progress)
     if write_version:
         db.insert(
@@ -258,40 +308,152 @@ def load_file(
     progress: Progress | None = None,
     write_version: bool = True,
 ) -> LoadResult:
-    """Parse, validate whole, then store (see the module doc). Raises StatementError
-    with nothing written when the file is refused."""
+    """`load_stream` of bytes in memory."""
+    return load_stream(
+        db,
+        settings,
+        io.BytesIO(data),
+        channel=channel,
+        file_name=file_name,
+        fmt=fmt,
+        day=day,
+        loaded_by=loaded_by,
+        progress=progress,
+        write_version=write_version,
+    )
+
+
+def load_path(
+    db: Backend,
+    settings: Settings,
+    path: str | os.PathLike[str],
+    *,
+    channel: str,
+    file_name: str | None = None,
+    fmt: str | None = None,
+    day: date | None = None,
+    loaded_by: str = "",
+    progress: Progress | None = None,
+    write_version: bool = True,
+) -> LoadResult:
+    """`load_stream` of a file on disk (`tally statements load`); `file_name` defaults
+    to the file's name."""
+    with open(path, "rb") as f:
+        return load_stream(
+            db,
+            settings,
+            f,
+            channel=channel,
+            file_name=Path(path).name if file_name is None else file_name,
+            fmt=fmt,
+            day=day,
+            loaded_by=loaded_by,
+            progress=progress,
+            write_version=write_version,
+        )
+
+
+def load_stream(
+    db: Backend,
+    settings: Settings,
+    f: BinaryIO,
+    *,
+    channel: str,
+    file_name: str = "",
+    fmt: str | None = None,
+    day: date | None = None,
+    loaded_by: str = "",
+    progress: Progress | None = None,
+    write_version: bool = True,
+) -> LoadResult:
+    """Parse, validate whole, then store (see the module doc), reading `f` (a seekable
+    binary file) from its start, in chunks: the lines go through a spool file on disk
+    (recon/statements/spool.py), not memory. Raises StatementError with nothing
+    written when the file is refused."""
     started = time.monotonic()
-    done = already_loaded(db, channel, hashlib.sha256(data).hexdigest(), day)
+    checksum, estimate = S.checksum(f)
+    done = already_loaded(db, channel, checksum, day)
     if done is not None:
         done.seconds = time.monotonic() - started
         return done
-    estimate = data.count(b"\n")
-
-    def step(phase: str) -> Callable[[int], None] | None:
-        if progress is None:
-            return None
-        done = [0]
-
-        def tick(n: int) -> None:
-            done[0] += n
-            progress(phase, done[0], estimate)
-
-        return tick
-
-    statement = read_statement(
-        data, channel=channel, fmt=fmt, file_name=file_name, progress=step("reading")
+    env, lines = S.open_statement(
+        f, channel=channel, fmt=fmt, file_name=file_name, checksum=checksum
     )
-    estimate = len(statement.lines)
-    policy = settings.policies()[channel]
-    business_date = derive_date(statement, policy, day)
-    validate(statement, policy, business_date, progress=step("checking"))
-    result = store(
-        db,
-        statement,
-        business_date,
-        loaded_by=loaded_by,
-        progress=step("storing"),
-        write_version=write_version,
-    )
+    with tempfile.TemporaryDirectory(prefix="tally-statement-") as work:
+        checked = S.check_file(
+            env,
+            lines,
+            lambda: settings.policies()[channel],
+            day,
+            Path(work),
+            estimate=estimate,
+            progress=progress,
+        )
+        result = _store_spool(
+            db, checked, loaded_by=loaded_by, progress=progress, write_version=write_version
+        )
     result.seconds = time.monotonic() - started
+    return result
+
+
+def _store_spool(
+    db: Backend,
+    checked: S.Checked,
+    *,
+    loaded_by: str,
+    progress: Progress | None,
+    write_version: bool,
+) -> LoadResult:
+    """`store` of a checked spool: the lines in batches, the version row last."""
+    st, day = checked.statement, checked.business_date
+    versions = list_versions(db, st.channel_id, day)
+    result = LoadResult(
+        status="loaded",
+        channel_id=st.channel_id,
+        business_date=day,
+        delivery=0,
+        format=st.format,
+        file_name=st.file_name,
+        checksum=st.checksum,
+        line_count=checked.line_count,
+        total_amount=checked.total,
+        total_fee=checked.fees,
+        declared=st.declared,
+    )
+    same = [v for v in versions if v["checksum"] == st.checksum]
+    if same:
+        result.status = "already_loaded"
+        result.delivery = same[0]["delivery"]
+        result.current_delivery = max(v["delivery"] for v in versions)
+        return result
+
+    def ours() -> Iterator[tuple[int, str]]:
+        with checked.spool.open(encoding="utf-8", newline="\n") as f:
+            yield from map(tail_line_raw, f)
+
+    delivery = _next_delivery(db, st.channel_id, day, versions, ours)
+    tick = S.ticker(progress, "storing", checked.line_count)
+    insert_spool(db, checked.spool, st.channel_id, day, delivery, tick)
+    if write_version:
+        db.insert(
+            "statement_versions",
+            VERSION_COLUMNS,
+            [
+                (
+                    st.channel_id,
+                    day,
+                    delivery,
+                    st.checksum,
+                    st.format,
+                    st.file_name,
+                    checked.line_count,
+                    checked.total,
+                    checked.fees,
+                    int(time.time() * 1000),
+                    loaded_by,
+                )
+            ],
+        )
+    result.delivery = result.current_delivery = delivery
+    result.superseded = sorted(v["delivery"] for v in versions)
     return result

@@ -1,26 +1,32 @@
-"""Memory on a big statement file: the peak RSS of checking one, by size.
+"""Memory on a big statement file: the peak RSS of checking or loading one, by size.
 
 `write_csv(path, size)` writes a valid generic statement CSV (channel `psp`, business
 date 2026-11-24, distinct channel txn ids) of about `size` bytes, a line at a time.
 `measure(path, cap)` checks it in a child process (`python -m tally.chaos.bigfile
-PATH`): read the file as `tally statements load` does (`Path.read_bytes`), then
-`read_statement`, `derive_date`, `validate` (what `load_file` runs before it writes),
-under an address-space limit of `cap` bytes (`RLIMIT_AS`, so that a loader that holds
-the file whole fails with MemoryError instead of taking the machine), and returns the
-child's peak RSS (`ru_maxrss`), its lines and seconds, or the error.
+PATH`) the way `tally statements load` does before it writes (recon/statements/load.py
+`load_stream`): the checksum in chunks, then `spool.check_file` (the lines read one at
+a time, checked, spooled to a temporary directory), under an address-space limit of
+`cap` bytes (`RLIMIT_AS`, so that a loader that holds the file fails with MemoryError
+instead of taking the machine), and returns the child's peak RSS (`ru_maxrss`), its
+lines and seconds, or the error. `measure(path, cap, cli=True)` runs the whole
+command instead, `python -m tally statements load PATH --channel psp --json` into an
+embedded chDB in a temporary directory (the spool inserted, the version row written),
+and reports that process's peak RSS.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from recon.statements.checks import derive_date, read_statement, validate
+from recon.statements import spool
 from tally.core.policy import Policies
 
 HEADER = (
@@ -53,15 +59,17 @@ def write_csv(path: Path, size: int) -> int:
     return n
 
 
-def measure(path: Path, cap: int, timeout: float = 3600.0) -> dict[str, Any]:
-    """Check `path` in a child process limited to `cap` bytes of address space."""
+def measure(path: Path, cap: int, timeout: float = 3600.0, *, cli: bool = False) -> dict[str, Any]:
+    """Check (or with `cli`, load) `path` in a child process limited to `cap` bytes of
+    address space."""
 
     def limit() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
 
     t0 = time.monotonic()
+    args = [sys.executable, "-m", "tally.chaos.bigfile", str(path)] + (["--cli"] if cli else [])
     proc = subprocess.run(
-        [sys.executable, "-m", "tally.chaos.bigfile", str(path)],
+        args,
         capture_output=True,
         text=True,
         preexec_fn=limit,
@@ -78,21 +86,60 @@ def measure(path: Path, cap: int, timeout: float = 3600.0) -> dict[str, Any]:
     return out
 
 
-def _child(path: Path) -> None:
+def _check(path: Path) -> dict[str, Any]:
+    """What `load_stream` runs before it writes, on `path`."""
+    with path.open("rb") as f, tempfile.TemporaryDirectory(prefix="tally-bigfile-") as work:
+        checksum, estimate = spool.checksum(f)
+        env, lines = spool.open_statement(
+            f, channel="psp", fmt="csv", file_name=path.name, checksum=checksum
+        )
+        checked = spool.check_file(
+            env, lines, lambda: Policies()["psp"], None, Path(work), estimate=estimate
+        )
+        return {"lines": checked.line_count, "business_date": str(checked.business_date)}
+
+
+def _load(path: Path) -> dict[str, Any]:
+    """`tally statements load` of `path` into a fresh embedded chDB, as a child process
+    (its peak RSS is this process's children's)."""
+    with tempfile.TemporaryDirectory(prefix="tally-bigfile-db-") as d:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TALLY_")}
+        env["TALLY_DATA_DIR"] = d
+        cmd = [sys.executable, "-m", "tally", "statements", "load", str(path)]
+        proc = subprocess.run(
+            [*cmd, "--channel", "psp", "--by", "bigfile", "--json"],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=False,
+        )
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1][:200]
+        return {"error": tail, "peak_rss_bytes": _rss(resource.RUSAGE_CHILDREN)}
+    r = json.loads(proc.stdout)
+    return {
+        "lines": r["lines"],
+        "status": r["status"],
+        "business_date": r["business_date"],
+        "peak_rss_bytes": _rss(resource.RUSAGE_CHILDREN),
+    }
+
+
+def _rss(who: int) -> int:
+    return resource.getrusage(who).ru_maxrss * 1024
+
+
+def _child(path: Path, cli: bool) -> None:
     t0 = time.monotonic()
     result: dict[str, Any] = {}
     try:
-        data = path.read_bytes()  # as tally/cli/statements.py reads the file
-        st = read_statement(data, channel="psp", fmt="csv", file_name=path.name)
-        policy = Policies()["psp"]
-        validate(st, policy, derive_date(st, policy, None))
-        result["lines"] = len(st.lines)
+        result.update(_load(path) if cli else _check(path))
     except MemoryError:
         result["error"] = "MemoryError"
-    result["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    result.setdefault("peak_rss_bytes", _rss(resource.RUSAGE_SELF))
     result["seconds"] = round(time.monotonic() - t0, 1)
     print(json.dumps(result))
 
 
 if __name__ == "__main__":
-    _child(Path(sys.argv[1]))
+    _child(Path(sys.argv[1]), "--cli" in sys.argv[2:])

@@ -96,24 +96,24 @@ def load_cmd(
     loaded_by: str | None,
     as_json: bool,
 ) -> None:
-    """Validate a statement file whole and store it as a new version.
+    """Validate a statement file whole and store it as a new version (a channel
+    statement is read in chunks, its lines spooled to a temporary file on disk).
 
     The same file again changes nothing; a different file for the same channel (or
     bank account) and date is the next delivery and supersedes the earlier ones. A
     bad file is refused with the line and field at fault, and nothing is stored."""
-    from recon.statements.load import load_file
+    from recon.statements.load import load_path
 
-    data = file.read_bytes()
     who = loaded_by or _user()
     if kind == "payouts":
         if not day or channel or account or fmt:
             raise click.UsageError("--kind payouts takes --date D (the business date it pays)")
-        funds.load_payouts(state, file.name, data, day, who, as_json)
+        funds.load_payouts(state, file.name, file.read_bytes(), day, who, as_json)
         return
     if kind == "bank":
         if not account or channel:
             raise click.UsageError("--kind bank takes --account ACCOUNT (and no --channel)")
-        funds.load_bank(state, file.name, data, account, fmt, day, who, as_json)
+        funds.load_bank(state, file.name, file.read_bytes(), account, fmt, day, who, as_json)
         return
     if not channel or account:
         raise click.UsageError("a channel statement takes --channel C (and no --account)")
@@ -123,10 +123,10 @@ def load_cmd(
         _progress(sys.stderr.isatty() and not as_json) as bar,
     ):
         try:
-            result = load_file(
+            result = load_path(  # read in chunks: a channel statement is not held whole
                 conn,
                 settings,
-                data,
+                file,
                 channel=channel,
                 file_name=file.name,
                 fmt=fmt,
