@@ -213,7 +213,9 @@ def _lines(draw: st.DrawFn, fmt: str) -> list[StatementLine]:
 def test_round_trip_property(fmt: str, data: st.DataObject) -> None:
     lines = data.draw(_lines(fmt))
     if fmt == "alipay":
-        lines = [replace(x, fee=x.fee if x.kind == "refund" else abs(x.fee or 0)) for x in lines]
+        lines = [
+            replace(x, fee=x.fee if x.kind == "refund" else abs(x.fee or Decimal(0))) for x in lines
+        ]
     assert_round_trip(statement(fmt, lines))
 
 
