@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator
 from decimal import Decimal
+from typing import BinaryIO
 
 from recon.statements import fields as F
 from recon.statements.model import Statement, StatementLine, Totals
@@ -128,8 +129,21 @@ def scan(data: bytes, file_name: str, env: Statement) -> Iterator[StatementLine]
     text = F.decode_utf8(where, data, "WeChat Pay bill")
     lines = F.physical_lines(text)
     del text  # the lines are all that is needed from here on
-    if not lines or lines[0] != HEADER:
-        got = lines[0][:60] if lines else "(empty file)"
+    yield from _scan_lines(where, iter(lines), env)
+
+
+def scan_file(f: BinaryIO, file_name: str, env: Statement) -> Iterator[StatementLine]:
+    """`scan` reading `f` a line at a time (its encoding checked first, in a pass over
+    the file: the same refusals in the same order)."""
+    where = F.Where(file_name)
+    F.check_utf8_file(where, f, "WeChat Pay bill")
+    yield from _scan_lines(where, F.file_lines(f), env)
+
+
+def _scan_lines(where: F.Where, lines: Iterator[str], env: Statement) -> Iterator[StatementLine]:
+    head = next(lines, None)
+    if head != HEADER:
+        got = head[:60] if head is not None else "(empty file)"
         raise where.error(1, None, f"not a WeChat Pay ALL bill: the header is {got!r}")
     n_cols = len(COLUMNS)
     sums = {"settle": Decimal(0), "refund": Decimal(0), "fee": Decimal(0)}
@@ -139,8 +153,8 @@ def scan(data: bytes, file_name: str, env: Statement) -> Iterator[StatementLine]
     amounts = F.Amounts(where)
     f0, f1, f2, f3, f4, f5 = _FORMULA_CELLS
     i = 1
-    while i < len(lines):
-        raw = lines[i]
+    first_row = ""
+    for raw in lines:
         line_no = i + 1
         if raw == SUMMARY_HEADER:
             break
@@ -154,22 +168,23 @@ def scan(data: bytes, file_name: str, env: Statement) -> Iterator[StatementLine]
             for c in _TEXT:
                 F.text(where, line_no, _LABEL[COLUMNS[c]], v[c])
         yield _item(where, line_no, raw, v, sums, times, amounts)
+        if not count:
+            first_row = raw
         count += 1
         i += 1
     else:
         raise where.error(
-            len(lines) + 1,
+            i + 1,
             None,
             "truncated: the summary (总交易单数,应结订单总金额,...) is missing after the last row",
         )
-    env.declared = _footer(where, lines, i, count, sums)
-    if len(lines) > i + 2:
+    env.declared = _footer(where, next(lines, None), i, count, sums)
+    if next(lines, None) is not None:
         raise where.error(i + 3, None, "unexpected content after the summary")
-    if lines:
-        first = F.split_simple(lines[1]) if count else []
-        if len(first) == n_cols:
-            env.meta.setdefault("appid", first[1][1:])
-            env.meta.setdefault("mch_id", first[2][1:])
+    first = F.split_simple(first_row) if count else []
+    if len(first) == n_cols:
+        env.meta.setdefault("appid", first[1][1:])
+        env.meta.setdefault("mch_id", first[2][1:])
 
 
 def _cells(where: F.Where, line_no: int, raw: str) -> list[str]:
@@ -271,12 +286,13 @@ def _item(
 
 
 def _footer(
-    where: F.Where, lines: list[str], i: int, count: int, sums: dict[str, Decimal]
+    where: F.Where, values: str | None, i: int, count: int, sums: dict[str, Decimal]
 ) -> Totals:
-    if i + 1 >= len(lines):
+    """The summary values (the line after the summary header, line i + 1, 0-based)."""
+    if values is None:
         raise where.error(i + 2, None, "truncated: the summary values are missing")
     line_no = i + 2
-    cells = F.split_simple(lines[i + 1])
+    cells = F.split_simple(values)
     if len(cells) != len(SUMMARY) or not all(c.startswith("`") for c in cells):
         raise where.error(line_no, None, f"the summary needs {len(SUMMARY)} back-ticked values")
     vals = [c[1:] for c in cells]

@@ -105,10 +105,13 @@ def test_several_problems_the_first_in_validate_order_wins(
     assert streamed(s, s.data, date(2026, 11, 25)) == whole(s, s.data, date(2026, 11, 25))
 
 
-def test_encodings_and_ends_as_the_whole_file_decoder() -> None:
-    s = next(x for x in STATEMENTS if x.fmt == "csv")
+STREAMED = [s for s in STATEMENTS if s.fmt in ("csv", "wechat")]  # read a line at a time
+
+
+@pytest.mark.parametrize("s", STREAMED, ids=lambda s: s.fmt)
+def test_encodings_and_ends_as_the_whole_file_decoder(s: Sample) -> None:
     text = s.data
-    gbk = text.replace(b"P40000002", "单".encode("gbk"))
+    gbk = text[:200] + "单".encode("gbk") + text[200:]
     cases = [
         b"",
         b"\xef\xbb\xbf",
@@ -121,15 +124,18 @@ def test_encodings_and_ends_as_the_whole_file_decoder() -> None:
         text + b"\xff\n",
         text[:40] + b"\xe4\xb8" + text[40:],
         text + b"abc",
+        text + b"\n",
+        text.split(b"\n", 1)[0] + b"\r",
         generic_csv.HEADER.encode() + b"\r",
     ]
     for data in cases:
         assert streamed(s, data) == whole(s, data), data[:80]
-    assert "it looks like GBK" in streamed(s, gbk).message
+    if s.fmt == "csv":
+        assert "it looks like GBK" in streamed(s, gbk).message
 
 
-def test_random_line_ends_and_bytes() -> None:
-    s = next(x for x in STATEMENTS if x.fmt == "csv")
+@pytest.mark.parametrize("s", STREAMED, ids=lambda s: s.fmt)
+def test_random_line_ends_and_bytes(s: Sample) -> None:
     rng = random.Random(5)
     pieces = [b"\n", b"\r\n", b"\r", b"\xef\xbb\xbf", b"\xff", b",", b"\xe4\xb8\xad", b"\t"]
     for _ in range(300):
