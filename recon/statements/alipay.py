@@ -18,10 +18,12 @@ refund). The business date is the day between 起始日期 and 终止日期.
 
 from __future__ import annotations
 
+import codecs
 import re
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import BinaryIO
 
 from recon.statements import fields as F
 from recon.statements.model import Statement, StatementLine, Totals
@@ -120,26 +122,92 @@ def _cn_time(where: F.Where, line_no: int, field: str, value: str) -> datetime:
         raise where.error(line_no, field, f"{value!r}: {exc}") from None
 
 
+def _check_file(where: F.Where, f: BinaryIO) -> None:
+    """What `_decode` refuses, read from the start of `f` a chunk at a time (incremental
+    UTF-8 and GBK decoders): UTF-8 that is not ASCII, then the line of the first byte
+    that is not GBK (\\n is never part of a GBK character)."""
+    f.seek(0)
+    utf8 = codecs.getincrementaldecoder("utf-8")()
+    gbk = codecs.getincrementaldecoder("gbk")()
+    is_utf8 = is_gbk = is_ascii = True
+    while chunk := f.read(F.CHUNK):
+        is_ascii = is_ascii and chunk.isascii()
+        is_utf8 = is_utf8 and _decodes(utf8, chunk, False)
+        is_gbk = is_gbk and _decodes(gbk, chunk, False)
+    if is_utf8 and _decodes(utf8, b"", True) and not is_ascii:
+        raise where.error(
+            1,
+            None,
+            "wrong encoding: this file is UTF-8, Alipay bills are GBK (was it "
+            "converted or re-saved?)",
+        )
+    if not (is_gbk and _decodes(gbk, b"", True)):
+        f.seek(0)
+        line = 1
+        for n, raw in enumerate(f, start=1):
+            line = n
+            if not _decodes(codecs.getincrementaldecoder("gbk")(), raw, True):
+                break
+        raise where.error(line, None, "wrong encoding: not valid GBK")
+
+
+def _decodes(dec: codecs.IncrementalDecoder, chunk: bytes, final: bool) -> bool:
+    try:
+        dec.decode(chunk, final)
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+class _Lines:
+    """The file's lines with a look at the next one; `i`: the 0-based index of the next."""
+
+    def __init__(self, lines: Iterator[str]) -> None:
+        self._lines = lines
+        self.i = 0
+        self.next: str | None = next(lines, None)
+
+    def take(self) -> str:
+        line = self.next
+        assert line is not None
+        self.next = next(self._lines, None)
+        self.i += 1
+        return line
+
+
 def scan(data: bytes, file_name: str, env: Statement) -> Iterator[StatementLine]:
     where = F.Where(file_name)
     text = _decode(where, data)
-    lines = F.physical_lines(text)
-    if not lines or lines[0] != TITLE:
+    yield from _scan_lines(where, _Lines(iter(F.physical_lines(text))), env)
+
+
+def scan_file(f: BinaryIO, file_name: str, env: Statement) -> Iterator[StatementLine]:
+    """`scan` reading `f` a line at a time (its encoding checked first, in a pass over
+    the file: the same refusals in the same order)."""
+    where = F.Where(file_name)
+    _check_file(where, f)
+    yield from _scan_lines(where, _Lines(F.file_lines(f, "gbk")), env)
+
+
+def _scan_lines(where: F.Where, lines: _Lines, env: Statement) -> Iterator[StatementLine]:
+    if lines.next != TITLE:
         raise where.error(1, None, f"not an Alipay bill: it must start with {TITLE}")
-    i = _head(where, lines, env)
-    if i >= len(lines):
+    lines.take()
+    _head(where, lines, env)
+    i = lines.i
+    if lines.next is None:
         raise where.error(i + 1, None, "truncated: the column header and rows are missing")
-    if lines[i] != HEADER:
-        got = lines[i][:60]
+    if lines.next != HEADER:
+        got = lines.next[:60]
         raise where.error(i + 1, None, f"expected the Alipay column header, found {got!r}")
-    i += 1
+    lines.take()
     n_cols = len(COLUMNS)
     counts = {"交易": 0, "退款": 0}
     collected = {"交易": Decimal(0), "退款": Decimal(0)}
     coupons = {"交易": Decimal(0), "退款": Decimal(0)}
-    while i < len(lines) and not lines[i].startswith("#"):
-        raw = lines[i]
-        line_no = i + 1
+    while lines.next is not None and not lines.next.startswith("#"):
+        line_no = lines.i + 1
+        raw = lines.take()
         cells = F.split_simple(raw)
         if len(cells) != n_cols:
             raise where.error(
@@ -154,13 +222,15 @@ def scan(data: bytes, file_name: str, env: Statement) -> Iterator[StatementLine]
         collected[v[2]] += Decimal(v[12])
         coupons[v[2]] += Decimal(v[16])
         yield line_
-        i += 1
-    if i >= len(lines) or lines[i] != END_RULE:
+    if lines.next != END_RULE:
         raise where.error(
-            i + 1, None, "truncated: the line #-----业务明细列表结束----- is missing after the rows"
+            lines.i + 1,
+            None,
+            "truncated: the line #-----业务明细列表结束----- is missing after the rows",
         )
-    declared = _footer(where, lines, i + 1, env)
-    _check_totals(where, len(lines), declared, counts, collected, coupons)
+    lines.take()
+    declared = _footer(where, lines, env)
+    _check_totals(where, lines.i, declared, counts, collected, coupons)
     pay, ref = declared["交易"], declared["退款"]
     env.declared = Totals(
         count=pay[0] + ref[0],
@@ -170,11 +240,11 @@ def scan(data: bytes, file_name: str, env: Statement) -> Iterator[StatementLine]
     )
 
 
-def _head(where: F.Where, lines: list[str], env: Statement) -> int:
-    """The `#` lines before the header (account, the day covered); the index after."""
-    i = 1
-    while i < len(lines) and lines[i].startswith("#"):
-        line = lines[i]
+def _head(where: F.Where, lines: _Lines, env: Statement) -> None:
+    """The `#` lines before the header (account, the day covered)."""
+    while lines.next is not None and lines.next.startswith("#"):
+        i = lines.i
+        line = lines.take()
         if line.startswith("#账号："):
             env.meta["account"] = line[4:].strip("[]")
         elif line.startswith("#起始日期："):
@@ -193,19 +263,18 @@ def _head(where: F.Where, lines: list[str], env: Statement) -> int:
                 else end.date()
             )
             env.meta["start"] = m[1]
-        i += 1
-    return i
 
 
 # kind -> (count, 商家实收, 商家优惠 or None, line number) as the footer declares them
 _Declared = dict[str, tuple[int, Decimal, Decimal | None, int]]
 
 
-def _footer(where: F.Where, lines: list[str], i: int, env: Statement) -> _Declared:
-    """The `#` lines after the rows, from index i: the totals and the export time."""
+def _footer(where: F.Where, lines: _Lines, env: Statement) -> _Declared:
+    """The `#` lines after the rows (to the end): the totals and the export time."""
     declared: _Declared = {}
-    while i < len(lines):
-        line = lines[i]
+    while lines.next is not None:
+        i = lines.i
+        line = lines.take()
         m = _TOTAL.fullmatch(line)
         if m:
             try:
@@ -221,7 +290,6 @@ def _footer(where: F.Where, lines: list[str], i: int, env: Statement) -> _Declar
             env.meta["exported"] = line[6:].strip("[]")
         elif not line.startswith("#"):
             raise where.error(i + 1, None, "unexpected content after the rows")
-        i += 1
     return declared
 
 

@@ -105,7 +105,7 @@ def test_several_problems_the_first_in_validate_order_wins(
     assert streamed(s, s.data, date(2026, 11, 25)) == whole(s, s.data, date(2026, 11, 25))
 
 
-STREAMED = [s for s in STATEMENTS if s.fmt in ("csv", "wechat")]  # read a line at a time
+STREAMED = [s for s in STATEMENTS if s.fmt in ("csv", "wechat", "alipay")]  # a line at a time
 
 
 @pytest.mark.parametrize("s", STREAMED, ids=lambda s: s.fmt)
@@ -125,6 +125,9 @@ def test_encodings_and_ends_as_the_whole_file_decoder(s: Sample) -> None:
         text[:40] + b"\xe4\xb8" + text[40:],
         text + b"abc",
         text + b"\n",
+        text + b"\x81\n",
+        text.decode(s.encoding).encode("utf-8"),
+        text.decode(s.encoding).encode("utf-8").replace(b"\n", b"\xff\n", 1),
         text.split(b"\n", 1)[0] + b"\r",
         generic_csv.HEADER.encode() + b"\r",
     ]
