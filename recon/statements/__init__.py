@@ -8,7 +8,10 @@ loader into ClickHouse.
 Formats: `wechat` (WeChat Pay ALL bill), `alipay` (Alipay 业务明细, GBK), `mt940`
 (SWIFT MT940), `camt053` (ISO 20022 camt.053.001.02/.08), `csv` (the generic CSV).
 Each format module has `scan(data, file_name, env)` (a generator of lines that
-fills the statement's declared totals and date) and `write(statement) -> bytes`.
+fills the statement's declared totals and date) and `write(statement) -> bytes`; the
+generic CSV, WeChat and Alipay modules also `scan_file(f, file_name, env)`, the same
+read from a binary file a line at a time (`spool.open_statement` uses it; load.py
+`load_path` / `load_stream` load a file without holding it).
 """
 
 from __future__ import annotations
