@@ -19,7 +19,6 @@ from recon import run as R
 from recon.statements.insert import LINE_COLUMNS
 from recon.statements.load import VERSION_COLUMNS
 from sinks.backend import Backend
-from sinks.schema import migrate
 from tally.core.eod import LedgerOrder, Result, StatementLine, classify
 from tally.core.matching import Rules
 from tally.core.policy import ChannelPolicy
@@ -183,12 +182,6 @@ def line(no: int, txn: str, **kw: Any) -> StatementLine:
     }
     base.update(kw)
     return StatementLine(**base)
-
-
-@pytest.fixture()
-def db(backend: Backend) -> Backend:
-    migrate(backend)
-    return backend
 
 
 # ----------------------------------------------------- SQL == pure, randomly

@@ -32,12 +32,6 @@ from tests.recon.test_run import (
 pytestmark = pytest.mark.clickhouse
 
 
-@pytest.fixture()
-def db(backend: Backend) -> Backend:
-    migrate(backend)
-    return backend
-
-
 def _day_scenario(db: Backend, channel: str) -> tuple[list[LedgerOrder], list[StatementLine]]:
     orders = [
         order("A"),

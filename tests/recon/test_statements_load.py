@@ -19,7 +19,6 @@ from recon.statements.checks import read_statement, validate
 from recon.statements.insert import insert_lines, insert_statement
 from recon.statements.load import latest_version, list_versions, load_file, store
 from sinks.backend import Backend
-from sinks.schema import migrate
 from tally.config import Settings
 from tests.clickhouse import env_of
 
@@ -60,17 +59,6 @@ def pay(
 
 def wechat_file(*lines: StatementLine) -> bytes:
     return write(Statement("wechat", DAY, "wechat", list(lines)))
-
-
-@pytest.fixture()
-def db(backend: Backend) -> Backend:
-    migrate(backend)
-    return backend
-
-
-@pytest.fixture()
-def settings(storage: dict[str, Any]) -> Settings:
-    return Settings(_env_file=None, **storage)  # type: ignore[call-arg]
 
 
 def counts(db: Backend) -> tuple[int, int]:

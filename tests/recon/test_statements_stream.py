@@ -19,7 +19,6 @@ from recon.statements.checks import derive_date, read_statement, validate
 from recon.statements.load import load_file, load_path
 from recon.statements.model import StatementError
 from sinks.backend import Backend
-from sinks.schema import migrate
 from tally.chaos.bigfile import measure, write_csv
 from tally.chaos.mutate import Outcome, Sample, mutants, outcome, samples
 from tally.config import Settings
@@ -162,17 +161,6 @@ def test_memory_does_not_grow_with_the_file(tmp_path: Path) -> None:
     small, big = (r["peak_rss_bytes"] for r in runs)
     assert big - small < 12 << 20, runs
     assert big < 256 << 20, runs
-
-
-@pytest.fixture()
-def db(backend: Backend) -> Backend:
-    migrate(backend)
-    return backend
-
-
-@pytest.fixture()
-def settings(storage: dict[str, Any]) -> Settings:
-    return Settings(_env_file=None, **storage)
 
 
 @pytest.mark.clickhouse

@@ -27,12 +27,6 @@ NOW = CTX.end_cutoff_ms + 10 * 3600_000  # the next morning
 HOUR = 3600_000
 
 
-@pytest.fixture()
-def db(backend: Backend) -> Backend:
-    migrate(backend)
-    return backend
-
-
 def realtime_break(db: Backend, kind: str, txn: str, channel: str = "up", **kw: Any) -> str:
     """A break as the sink stores it from payments.breaks."""
     doc = {
