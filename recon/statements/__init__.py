@@ -9,8 +9,9 @@ Formats: `wechat` (WeChat Pay ALL bill), `alipay` (Alipay 业务明细, GBK), `m
 (SWIFT MT940), `camt053` (ISO 20022 camt.053.001.02/.08), `csv` (the generic CSV).
 Each format module has `scan(data, file_name, env)` (a generator of lines that
 fills the statement's declared totals and date) and `write(statement) -> bytes`; the
-generic CSV, WeChat and Alipay modules also `scan_file(f, file_name, env)`, the same
-read from a binary file a line at a time (`spool.open_statement` uses it; load.py
+generic CSV, WeChat, Alipay and camt.053 modules also `scan_file(f, file_name, env)`,
+the same read from a binary file a line (camt.053: a chunk) at a time
+(`spool.open_statement` uses it; load.py
 `load_path` / `load_stream` load a file without holding it).
 """
 

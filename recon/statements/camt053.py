@@ -10,6 +10,8 @@
             TxDtls/AddtlTxInf (slash codes: /ORIG/ /STAT/ /CPN/ /MREF/)
 
 Parsed with xml.etree; a document with a DTD or entity declarations is refused.
+`scan(data)` parses bytes in memory; `scan_file(f)` the same from a file a chunk at a
+time (camt053_stream.py), entries dropped as they are read. The writer: camt053_write.py.
 Opening balance + entries must equal the closing balance; the summary's counts and
 sums must match the entries.
 """
@@ -23,21 +25,20 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
-from xml.sax.saxutils import escape
+from typing import BinaryIO, cast
 
+from recon.statements import camt053_stream as X
 from recon.statements import fields as F
+from recon.statements.camt053_stream import NTRY_END as _NTRY_END
+from recon.statements.camt053_stream import NTRY_START as _NTRY_START
+from recon.statements.camt053_stream import UTF16 as _UTF16
+from recon.statements.camt053_write import NAMESPACES
+from recon.statements.camt053_write import write as write
 from recon.statements.model import STATUSES, Statement, StatementError, StatementLine, Totals
 
 FORMAT = "camt053"
 TIME_FIELD = "Ntry/BookgDt/DtTm (occurred_at)"
 CTID_FIELD = "Ntry/AcctSvcrRef (channel_txn_id)"
-NAMESPACES = {
-    "001.02": "urn:iso:std:iso:20022:tech:xsd:camt.053.001.02",
-    "001.08": "urn:iso:std:iso:20022:tech:xsd:camt.053.001.08",
-}
-_NTRY_START = re.compile(rb"<(?:[A-Za-z_][\w.-]*:)?Ntry[\s>]")
-_NTRY_END = re.compile(rb"</(?:[A-Za-z_][\w.-]*:)?Ntry>")
-_UTF16 = {b"\xff\xfe": "utf-16", b"\xfe\xff": "utf-16", b"<\0": "utf-16-le", b"\0<": "utf-16-be"}
 _AMOUNT = re.compile(r"(0|[1-9][0-9]{0,12})(\.[0-9]{1,5})?")
 
 
@@ -175,6 +176,72 @@ def scan(data: bytes, file_name: str, env: Statement) -> Iterator[StatementLine]
             err_line, None, f"not well-formed XML (truncated?): {str(exc).split(':')[0]}"
         ) from None
     _finish(where, env, st)
+
+
+def scan_file(f: BinaryIO, file_name: str, env: Statement) -> Iterator[StatementLine]:
+    """`scan` of a binary file, read a chunk at a time: the same lines and refusals.
+    Entries are cleared and dropped from their parent as they are read; their spans
+    (line, raw text) are found by a second cursor over the file."""
+    where = F.Where(file_name)
+    X.prolog_file(f, where)
+    codec = X.utf16_file(f)
+    spans = X.Spans(X.Reader(f, codec))
+    source = X.Reader(f, codec, text=True)
+    parser: ET.XMLPullParser[ET.Element] = ET.XMLPullParser(events=("start", "end"))
+    st = _Scan()
+    stack: list[ET.Element] = []
+    closed = False
+    try:
+        while True:
+            for ev in parser.read_events():
+                event, el = cast(tuple[str, ET.Element], ev)
+                name = _local(el.tag)
+                if event == "start":
+                    stack.append(el)
+                    _start(where, el, name, env, st)
+                    continue
+                stack.pop()
+                if name == "Ntry":
+                    line = _next_entry(where, el, st, spans)
+                    st.add(line)
+                    yield line
+                    el.clear()
+                    if stack:
+                        stack[-1].remove(el)
+                else:
+                    _end(where, el, name, env, st)
+            if closed:
+                break
+            chunk = source.read()
+            if chunk:
+                parser.feed(chunk)
+            if source.done:
+                parser.close()
+                closed = True
+    except ET.ParseError as exc:
+        err_line, _col = exc.position
+        raise where.error(
+            err_line, None, f"not well-formed XML (truncated?): {str(exc).split(':')[0]}"
+        ) from None
+    _finish(where, env, st)
+
+
+def _next_entry(where: F.Where, el: ET.Element, st: _Scan, spans: X.Spans) -> StatementLine:
+    """`_read_entry` with the next span of the file."""
+    k = st.n_entry
+    span = spans.next() if spans.n == k else None
+    line_no, phys, first, raw = span if span is not None else (k + 1, k + 1, k, "")
+    st.n_entry += 1
+    try:
+        if not st.cur:
+            raise where.error(line_no, "Acct Ccy", "the statement's currency is unknown")
+        return _entry(where, line_no, el, st.cur, raw)
+    except StatementError as exc:
+        if line_no == phys:
+            raise
+        raise where.error(
+            phys, exc.field, f"{exc.message} (entry {k - first + 1} on line {phys})"
+        ) from None
 
 
 def _read_entry(
@@ -376,120 +443,4 @@ def _entry(where: F.Where, line_no: int, el: ET.Element, cur: str, raw: str) -> 
         merchant_ref=info.get("MREF", ""),
         occurred_at_ms=occurred,
         raw=raw,
-    )
-
-
-# -------------------------------------------------------------------- writer
-
-
-def _a(v: Decimal, cur: str) -> str:
-    return F.fmt_amount(v, cur)
-
-
-def _bal(code: str, v: Decimal, cur: str, d: date) -> str:
-    ind = "DBIT" if v < 0 else "CRDT"
-    return (
-        f"<Bal><Tp><CdOrPrtry><Cd>{code}</Cd></CdOrPrtry></Tp>"
-        f'<Amt Ccy="{cur}">{_a(abs(v), cur)}</Amt><CdtDbtInd>{ind}</CdtDbtInd>'
-        f"<Dt><Dt>{d.isoformat()}</Dt></Dt></Bal>"
-    )
-
-
-def write(statement: Statement) -> bytes:
-    """A camt.053 document for the lines (one currency).
-
-    meta: version (001.02 default, or 001.08), account, stmt_id, opening_balance,
-    created (ISO date-time of creation, default the next day 09:00 +08:00)."""
-    if statement.business_date is None:
-        raise ValueError("a camt.053 statement needs the business date")
-    d = statement.business_date
-    meta = statement.meta
-    version = meta.get("version", "001.02")
-    ns = NAMESPACES[version]
-    currencies = {x.currency for x in statement.lines} or {meta.get("currency", "CNY")}
-    if len(currencies) != 1:
-        raise ValueError(f"a camt.053 statement here has one currency, not {sorted(currencies)}")
-    cur = currencies.pop()
-    opening = Decimal(meta.get("opening_balance", "0"))
-    created = meta.get("created") or f"{date.fromordinal(d.toordinal() + 1)}T09:00:00+08:00"
-    stmt_id = meta.get("stmt_id") or f"STMT{d:%Y%m%d}"
-    account = meta.get("account") or "CN0000000000000000"
-    entries = [_ntry(x, cur, version, d) for x in statement.lines]
-    credits = [x.amount for x in statement.lines if x.kind == "payment"]
-    debits = [x.amount for x in statement.lines if x.kind != "payment"]
-    s_c, s_d = sum(credits, Decimal(0)), sum(debits, Decimal(0))
-    net = s_c - s_d
-    closing = opening + net
-    parts = [
-        '<?xml version="1.0" encoding="UTF-8"?>',
-        f'<Document xmlns="{ns}">',
-        "<BkToCstmrStmt>",
-        f"<GrpHdr><MsgId>{escape(stmt_id)}</MsgId><CreDtTm>{created}</CreDtTm></GrpHdr>",
-        "<Stmt>",
-        f"<Id>{escape(stmt_id)}</Id><CreDtTm>{created}</CreDtTm>",
-        f"<Acct><Id><Othr><Id>{escape(account)}</Id></Othr></Id><Ccy>{cur}</Ccy></Acct>",
-        _bal("OPBD", opening, cur, d),
-        _bal("CLBD", closing, cur, d),
-        _summary(cur, len(credits), s_c, len(debits), s_d),
-        *entries,
-        "</Stmt>",
-        "</BkToCstmrStmt>",
-        "</Document>",
-    ]
-    return ("\n".join(parts) + "\n").encode("utf-8")
-
-
-def _summary(cur: str, n_c: int, s_c: Decimal, n_d: int, s_d: Decimal) -> str:
-    net = s_c - s_d
-    net_ind = "DBIT" if net < 0 else "CRDT"
-    return (
-        "<TxsSummry>"
-        f"<TtlNtries><NbOfNtries>{n_c + n_d}</NbOfNtries><Sum>{_a(s_c + s_d, cur)}</Sum>"
-        f"<TtlNetNtry><Amt>{_a(abs(net), cur)}</Amt><CdtDbtInd>{net_ind}</CdtDbtInd></TtlNetNtry>"
-        "</TtlNtries>"
-        f"<TtlCdtNtries><NbOfNtries>{n_c}</NbOfNtries><Sum>{_a(s_c, cur)}</Sum></TtlCdtNtries>"
-        f"<TtlDbtNtries><NbOfNtries>{n_d}</NbOfNtries><Sum>{_a(s_d, cur)}</Sum></TtlDbtNtries>"
-        "</TxsSummry>"
-    )
-
-
-def _ntry(x: StatementLine, cur: str, version: str, d: date) -> str:
-    """One <Ntry> of a line."""
-    if x.kind == "payment":
-        ind, rv = "CRDT", ""
-    else:
-        ind = "DBIT"
-        rv = "<RvslInd>true</RvslInd>" if x.kind == "reversal" else ""
-    pending = x.status == "pending"
-    sts_code = "PDNG" if pending else "BOOK"
-    sts = f"<Sts><Cd>{sts_code}</Cd></Sts>" if version == "001.08" else f"<Sts>{sts_code}</Sts>"
-    chrgs = ""
-    if x.fee is not None:
-        if x.fee < 0:
-            raise ValueError("camt.053 charges are not negative")
-        amt = f'<Amt Ccy="{cur}">{_a(x.fee, cur)}</Amt>'
-        chrgs = (
-            f"<Chrgs><Rcrd>{amt}</Rcrd></Chrgs>" if version == "001.08" else f"<Chrgs>{amt}</Chrgs>"
-        )
-    info = ""
-    if x.original_txn_id:
-        info += f"/ORIG/{x.original_txn_id}"
-    if x.status not in ("success", "pending"):
-        info += f"/STAT/{x.status}"
-    if x.coupon_amount is not None:
-        info += f"/CPN/{cur}{_a(x.coupon_amount, cur)}"
-    if x.merchant_ref:
-        info += f"/MREF/{x.merchant_ref}"
-    addtl = f"<AddtlTxInf>{escape(info)}</AddtlTxInf>" if info else ""
-    e2e = escape(x.txn_id) if x.txn_id else "NOTPROVIDED"
-    return (
-        "<Ntry>"
-        f'<Amt Ccy="{cur}">{_a(x.amount, cur)}</Amt><CdtDbtInd>{ind}</CdtDbtInd>{rv}{sts}'
-        f"<BookgDt><DtTm>{F.utc_iso(x.occurred_at_ms)}</DtTm></BookgDt>"
-        f"<ValDt><Dt>{d.isoformat()}</Dt></ValDt>"
-        f"<AcctSvcrRef>{escape(x.channel_txn_id)}</AcctSvcrRef>"
-        "<BkTxCd><Prtry><Cd>PMNT</Cd></Prtry></BkTxCd>"
-        f"{chrgs}"
-        f"<NtryDtls><TxDtls><Refs><EndToEndId>{e2e}</EndToEndId></Refs>{addtl}</TxDtls></NtryDtls>"
-        "</Ntry>"
     )
