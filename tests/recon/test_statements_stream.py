@@ -261,8 +261,8 @@ print(json.dumps({"lines": c.line_count, "peak": _rss(resource.RUSAGE_SELF)}))
 
 def test_camt053_memory_does_not_grow_with_the_file(tmp_path: Path) -> None:
     """Checked in a child process under a 1 GB address-space cap: peak RSS for 80,000
-    entries (34 MB) within 12 MB of that for 20,000 (whole, with every entry's span
-    and element kept, it grew by about 0.6 KB an entry: +36 MB)."""
+    entries (34 MB) within 12 MB of that for 20,000 (given whole to `scan`, with every
+    entry's span and emptied element kept: 64 MB, then 108 MB)."""
     peaks = []
     for n in (20_000, 80_000):
         path = tmp_path / f"camt-{n}.xml"
