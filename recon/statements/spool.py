@@ -16,9 +16,9 @@ day (the time file, up to that line), and the first duplicate before both (each 
 file read alone: a dict of its keys only). The lowest of the three is the refusal
 `validate` gives, or the file is accepted.
 
-Formats with a `scan_file(f, file_name, env)` (the generic CSV) read the file a line
-at a time; the others are given its bytes whole (`scan(data, ...)`), only their lines
-are not held.
+Formats with a `scan_file(f, file_name, env)` (the generic CSV, WeChat, Alipay and
+camt.053) read the file a line or a chunk at a time; MT940 is given its bytes whole
+(`scan(data, ...)`), only its lines are not held.
 """
 
 from __future__ import annotations
