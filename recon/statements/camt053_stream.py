@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import codecs
 import re
-import xml.parsers.expat
 from typing import BinaryIO
 
 from recon.statements import fields as F
-from recon.statements.model import StatementError
 
 NTRY_START = re.compile(rb"<(?:[A-Za-z_][\w.-]*:)?Ntry[\s>]")
 NTRY_END = re.compile(rb"</(?:[A-Za-z_][\w.-]*:)?Ntry>")
@@ -111,30 +109,8 @@ class Spans:
 
 def prolog_file(f: BinaryIO, where: F.Where) -> None:
     """`F.xml_prolog` of the file, read a chunk at a time up to the root element."""
-    p = xml.parsers.expat.ParserCreate()
-    F.refuse_dtd(where, p)
-
-    def root(*_args: object) -> None:
-        raise _Root
-
-    p.StartElementHandler = root
     f.seek(0)
-    try:
-        while chunk := f.read(CHUNK):
-            p.Parse(chunk, False)
-        p.Parse(b"", True)
-    except _Root:
-        return
-    except StatementError:
-        raise
-    except (ValueError, LookupError) as exc:  # expat: multi-byte or unknown encoding
-        raise where.error(1, "encoding", f"encoding not supported: {exc}") from None
-    except xml.parsers.expat.ExpatError as exc:
-        raise where.error(exc.lineno, None, f"not well-formed XML: {exc}") from None
-
-
-class _Root(Exception):
-    """The root element opened."""
+    F.xml_prolog_chunks(iter(lambda: f.read(CHUNK), b""), where)
 
 
 def utf16_file(f: BinaryIO) -> str | None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import codecs
 import re
 import xml.parsers.expat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import BinaryIO
@@ -409,6 +409,11 @@ def refuse_dtd(where: Where, p: xml.parsers.expat.XMLParserType) -> None:
 def xml_prolog(data: bytes, where: Where) -> None:
     """Check an XML document's prolog: no DOCTYPE or entities, an encoding expat reads.
     Stops at the root element, so it costs nothing on a large file."""
+    xml_prolog_chunks((data,), where)
+
+
+def xml_prolog_chunks(chunks: Iterable[bytes], where: Where) -> None:
+    """`xml_prolog` of a document given in chunks (a file read a chunk at a time)."""
     p = xml.parsers.expat.ParserCreate()
     refuse_dtd(where, p)
 
@@ -417,7 +422,9 @@ def xml_prolog(data: bytes, where: Where) -> None:
 
     p.StartElementHandler = root
     try:
-        p.Parse(data, True)
+        for chunk in chunks:
+            p.Parse(chunk, False)
+        p.Parse(b"", True)
     except _Prolog:
         return
     except StatementError:
