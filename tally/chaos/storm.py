@@ -66,6 +66,10 @@ class StormError(RuntimeError):
     """The storm could not be run as planned (not a difference in the results)."""
 
 
+class InputRanOut(StormError):
+    """No input left to kill a busy worker on."""
+
+
 def plan(kills: int, rng: random.Random) -> list[str]:
     """The kinds of the `kills` kills, in order: the first always `busy` (so that a
     recovery has something to restore), about 15 % `recovery` (at least one from 2
@@ -115,6 +119,7 @@ class Storm:
     kills: list[Kill] = field(default_factory=list)
     incidents: list[str] = field(default_factory=list)  # workers that failed by themselves
     misses: int = 0  # recovery kills that came too late
+    ran_out: int = 0  # busy kills not done: the input ran out first
 
     async def run(self, kinds: list[str]) -> None:
         """The kills planned, as long as DRAIN_S are left for draining."""
@@ -127,6 +132,15 @@ class Storm:
             done = len(self.kills)
             try:
                 await self.step(kind, todo)
+            except InputRanOut:
+                # a live worker drained the input during the last step (e.g. while
+                # another one recovered): the busy kills left cannot be done
+                todo.insert(0, kind)
+                if any(k != "busy" for k in todo):
+                    raise StormError(f"the input ran out before the kills {todo}") from None
+                self.ran_out = len(todo)
+                self.log(f"  the input ran out: {self.ran_out} busy kills not done")
+                return
             except WorkerFailed as exc:
                 self.failed(exc)
                 if len(self.kills) == done:
@@ -178,7 +192,7 @@ class Storm:
         live = self.c.live()
         w = w or (live[0] if live else self.c.start_worker())
         start_pos = await self.prog.position()
-        pos, t = await self.moved(w, start_pos)
+        pos, t = await self.moved(w, start_pos, or_end=True)
         if not self.rate:  # the first worker: its rate from a second move
             pos2, t2 = await self.moved(w, pos)
             self.rate = (pos2 - pos) / max(t2 - t, 1e-3)
@@ -215,7 +229,7 @@ class Storm:
         shares = await self.c.balanced(timeout=self.remaining())
         if sorted(shares) != sorted([a.name, b.name]) or not all(shares.values()):
             raise StormError(f"takeover: the two workers do not share the input: {shares}")
-        pos, t = await self.moved(b, await self.prog.position())
+        pos, t = await self.moved(b, await self.prog.position(), or_end=True)
         kill_pos = await self.wait_busy(pos, t, left, [a, b])
         victim, survivor = (a, b) if self.rng.random() < 0.5 else (b, a)
         self._record("takeover", victim, start_pos, kill_pos)
@@ -261,7 +275,7 @@ class Storm:
             # soon as it moves again
             kill_pos, _ = await self.moved(ws[0], kill_pos, or_end=True)
         if kill_pos >= self.end:
-            raise StormError(
+            raise InputRanOut(
                 f"kill {len(self.kills) + 1}: the input ran out (position {kill_pos:,} of "
                 f"{self.end:,}): feed more events or plan fewer kills"
             )
@@ -351,6 +365,7 @@ async def run_storm(
         kills=done.kills,
         incidents=done.incidents,
         planned=kinds,
+        ran_out=done.ran_out,
         reference=figures[0],
         crashed=figures[1],
         known_breaks=differences(sim.expected, found),
