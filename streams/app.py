@@ -36,6 +36,7 @@ from streams import codecs
 from streams.agents import register_agents
 from streams.checkpoint import Checkpoint, TableWriter, group_offsets
 from streams.handles import TABLES, Tally, WorkerStats, changelog_topic
+from streams.intake import sought_offset
 from streams.metrics import WorkerMetrics
 from streams.offsets import recover_to_true_log_ends
 from tally.config import Settings
@@ -315,15 +316,8 @@ def early_reads_to_seek(app: Any, generation: int | None) -> dict[Any, int]:
     early: dict[Any, int | None] = app.tally_early_reads
     tps = [tp for tp, g in early.items() if g == generation]
     early.clear()
-    committed = app.consumer._committed_offset
-    out: dict[Any, int] = {}
-    for tp in tps:
-        offset = committed.get(tp)
-        if offset is None:
-            offset = app.tally_start_offsets.get(tp)
-        if offset is not None:
-            out[tp] = int(offset)
-    return out
+    offsets = {tp: sought_offset(app, tp) for tp in tps}
+    return {tp: o for tp, o in offsets.items() if o is not None}
 
 
 async def _seek_uncommitted_to_start(consumer: Any) -> None:

@@ -41,6 +41,15 @@ def _spans(messages: Iterable[Any]) -> str:
     )
 
 
+def sought_offset(app: Any, tp: TP) -> int | None:
+    """The offset an input partition was sought to on assignment: the group's committed
+    offset, or the start of its log if none (streams.app)."""
+    offset = app.consumer._committed_offset.get(tp)
+    if offset is None:
+        offset = app.tally_start_offsets.get(tp)
+    return None if offset is None else int(offset)
+
+
 class Intake:
     """The input positions of one worker's agents, reset on every assignment."""
 
@@ -53,13 +62,7 @@ class Intake:
         self.refilled: dict[tuple[str, int], tuple[int | None, float]] = {}  # tp -> from, when
 
     def committed(self, tp: tuple[str, int]) -> int | None:
-        """The offset the partition was sought to on assignment: the group's committed
-        offset, or the start of its log if none (streams.app)."""
-        key = TP(*tp)
-        offset = self.app.consumer._committed_offset.get(key)  # type: ignore[attr-defined]
-        if offset is None:
-            offset = self.app.tally_start_offsets.get(key)  # type: ignore[attr-defined]
-        return None if offset is None else int(offset)
+        return sought_offset(self.app, TP(*tp))
 
     def current(self, events: Sequence[Any]) -> tuple[int | None, list[Any]]:
         """The batch's messages to process (see the module doc), and the generation."""

@@ -117,14 +117,6 @@ def utf16_file(f: BinaryIO) -> str | None:
     """`_utf16` of the file: its codec when it is a UTF-16 document that decodes."""
     f.seek(0)
     codec = UTF16.get(f.read(2))
-    if codec is None:
-        return None
-    dec = codecs.getincrementaldecoder(codec)()
-    f.seek(0)
-    try:
-        while chunk := f.read(CHUNK):
-            dec.decode(chunk)
-        dec.decode(b"", final=True)
-    except UnicodeDecodeError:
+    if codec is None or not F.decodes_file(f, codec):
         return None
     return codec

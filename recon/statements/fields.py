@@ -258,7 +258,7 @@ def check_utf8_file(where: Where, f: BinaryIO, expected: str) -> tuple[int, byte
         f.seek(0)
         bad = (n for n, raw in enumerate(f, start=1) if not _decodes(raw, "utf-8"))
         line = next(bad, newlines + 1)
-        hint = " (it looks like GBK)" if _is_gbk_file(f) else ""
+        hint = " (it looks like GBK)" if decodes_file(f, "gbk") else ""
         raise where.error(
             line, None, f"wrong encoding: {expected} files are UTF-8, this one is not{hint}"
         ) from None
@@ -273,9 +273,10 @@ def _decodes(raw: bytes, encoding: str) -> bool:
     return True
 
 
-def _is_gbk_file(f: BinaryIO) -> bool:
+def decodes_file(f: BinaryIO, codec: str) -> bool:
+    """Whether the whole of `f` (from its start) decodes as `codec`, a chunk at a time."""
     f.seek(0)
-    dec = codecs.getincrementaldecoder("gbk")()
+    dec = codecs.getincrementaldecoder(codec)()
     try:
         while chunk := f.read(CHUNK):
             dec.decode(chunk)
